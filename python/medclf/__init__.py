@@ -1,0 +1,3 @@
+"""medclf: reproducible study toolkit for medical image classification."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from medclf.cli import main
+
+raise SystemExit(main())

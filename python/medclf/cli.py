@@ -1,0 +1,60 @@
+"""The `medclf` command: one subcommand per pipeline stage.
+
+Each subcommand lives in `medclf.commands.<name>` and provides HELP, add_arguments(parser)
+and run(args) -> int. Command modules import heavy libraries (torch) inside run(), so
+`medclf --help` and `medclf partition` start fast.
+"""
+
+import argparse
+import importlib
+import sys
+
+from medclf import __version__
+from medclf.errors import MedclfError
+
+COMMANDS = ["partition", "organize", "train", "test", "report", "compare", "study", "demo"]
+
+
+def _available_commands():
+    for name in COMMANDS:
+        try:
+            yield name, importlib.import_module(f"medclf.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"medclf.commands.{name}":
+                raise
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="medclf",
+        description="Reproducible medical image classification studies: "
+        "partition -> organize -> train -> test -> report.",
+    )
+    parser.add_argument("--version", action="version", version=f"medclf {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, module in _available_commands():
+        p = sub.add_parser(
+            name, help=module.HELP, description=getattr(module, "DESCRIPTION", module.HELP),
+            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        )
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run, _name=name)
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except MedclfError as exc:
+        print(f"medclf {args._name}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"medclf {args._name}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

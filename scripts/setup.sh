@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Set up everything medclf needs, idempotently:
+#   1. R and its Debian packages (pROC, jsonlite, optparse, testthat), unless --no-r
+#   2. a Python environment with the pinned requirements and medclf itself (editable)
+# Python target: the active virtualenv/conda env if there is one, else ./.venv
+# (created here; Debian/Ubuntu system Pythons refuse pip installs, PEP 668).
+# Usage: bash scripts/setup.sh [--no-r]     Prints the Python to use on its last line.
+set -euo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+want_r=1
+for arg in "$@"; do
+  case "$arg" in
+    --no-r) want_r=0 ;;
+    -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
+    *) echo "setup.sh: unknown option $arg (try --help)" >&2; exit 2 ;;
+  esac
+done
+
+log() { echo "[setup] $*" >&2; }
+
+r_packages_present() {
+  command -v Rscript >/dev/null 2>&1 &&
+    Rscript --vanilla -e 'q(status = !all(sapply(c("pROC","jsonlite","optparse","testthat"), requireNamespace, quietly = TRUE)))' >/dev/null 2>&1
+}
+
+if [ "$want_r" = 1 ] && ! r_packages_present; then
+  pkgs="r-base-core r-cran-proc r-cran-jsonlite r-cran-optparse r-cran-testthat"
+  if command -v apt-get >/dev/null 2>&1; then
+    sudo=""
+    if [ "$(id -u)" != 0 ]; then
+      if command -v sudo >/dev/null 2>&1; then sudo="sudo"; else
+        log "R is missing and I am not root. Install it with: apt-get install -y $pkgs"; exit 1; fi
+    fi
+    log "installing R from Debian packages: $pkgs"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq $pkgs >/dev/null
+  else
+    log "R with pROC, jsonlite, optparse and testthat is needed for the R report and its tests."
+    log "No apt-get here: install R (https://cran.r-project.org) and those packages, or run with --no-r."
+    exit 1
+  fi
+fi
+
+if [ -n "${VIRTUAL_ENV:-}" ]; then py="$VIRTUAL_ENV/bin/python"
+elif [ -n "${CONDA_PREFIX:-}" ]; then py="$CONDA_PREFIX/bin/python"
+else
+  venv="${MEDCLF_VENV:-$repo/.venv}"
+  if [ ! -x "$venv/bin/python" ]; then
+    log "creating virtual environment $venv"
+    "${PYTHON:-python3}" -m venv "$venv"
+  fi
+  py="$venv/bin/python"
+fi
+
+req="$repo/requirements.txt"
+if [ "$want_r" = 0 ]; then  # rpy2 cannot build without R
+  req="$(mktemp)"; grep -v '^rpy2' "$repo/requirements.txt" > "$req"
+fi
+stamp="$("$py" -c 'import sys; print(sys.prefix)')/.medclf-setup-stamp"
+digest="$(cat "$req" "$repo/pyproject.toml" | sha256sum | cut -d' ' -f1)"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$digest" ] && "$py" -c 'import medclf, torch' >/dev/null 2>&1; then
+  log "Python environment up to date ($py)"
+else
+  log "installing Python packages into $("$py" -c 'import sys; print(sys.prefix)') (torch takes a few minutes the first time)"
+  "$py" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+  "$py" -m pip install -q -r "$req"
+  "$py" -m pip install -q --no-deps --no-build-isolation -e "$repo"
+  echo "$digest" > "$stamp"
+fi
+echo "$py"

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Set up everything, then run all tests: R (testthat) and Python (pytest).
+# Extra arguments go to pytest, e.g.  bash scripts/test.sh -k partition
+set -euo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+py="$(bash "$repo/scripts/setup.sh" | tail -n 1)"
+cd "$repo"
+echo "== R tests (testthat)"
+Rscript --vanilla -e 'res <- as.data.frame(testthat::test_dir("R/tests/testthat", reporter = "summary", stop_on_failure = TRUE)); cat(sprintf("R: %d passed, %d failed\n", sum(res$nb) - sum(res$failed), sum(res$failed)))'
+echo "== Python tests (pytest)"
+"$py" -m pytest -q -p no:cacheprovider "$@"
