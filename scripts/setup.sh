@@ -62,9 +62,10 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$digest" ] && "$py" -c 'import medc
   log "Python environment up to date ($py)"
 else
   log "installing Python packages into $("$py" -c 'import sys; print(sys.prefix)') (torch takes a few minutes the first time)"
-  "$py" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-  "$py" -m pip install -q -r "$req"
-  "$py" -m pip install -q --no-deps --no-build-isolation -e "$repo"
+  # grep drops pip's notes about absent local mirror folders; real errors still show.
+  quiet_pip() { "$py" -m pip "$@" 2> >(grep -v 'is ignored: it is neither a file nor a directory' >&2); }
+  quiet_pip install -q -r "$req"
+  quiet_pip install -q --no-deps -e "$repo"
   echo "$digest" > "$stamp"
 fi
 echo "$py"
