@@ -1,0 +1,31 @@
+"""medclf organize: lay images out in folders from splits.csv (never overwrites or loses a file)."""
+
+from pathlib import Path
+
+HELP = "lay images out as OUT/<split>/<class>/ (imagefolder) or seed 002's bin/ csv/ models/ results/"
+DESCRIPTION = (
+    "Place the images listed in splits.csv under --out. imagefolder: OUT/<split>/<class>/<file>, "
+    "readable by torchvision ImageFolder, fastai and Keras. seed002: OUT/bin/<file> plus headerless "
+    "OUT/csv/{train,val,test}.csv (filename,class_idx) and empty models/ and results/. All name "
+    "collisions are reported before anything is touched, and nothing is overwritten. link/copy write "
+    "OUT/splits.csv pointing at the new files; move rewrites the input splits.csv instead."
+)
+
+
+def add_arguments(parser):
+    parser.add_argument("--splits", type=Path, required=True,
+                        help="splits.csv (or the folder holding it) written by `medclf partition`")
+    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument("--mode", choices=("link", "copy", "move"), default="link",
+                        help="link = hard link (falls back to symlink, then copy); move also rewrites splits.csv")
+    parser.add_argument("--layout", choices=("imagefolder", "seed002"), default="imagefolder", help="folder layout")
+    parser.add_argument("--data-root", type=Path, default=None,
+                        help="where the paths in splits.csv are relative to (default: partition.json's data_root)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+
+
+def run(args):
+    from medclf.organize import organize
+
+    organize(args.splits, args.out, mode=args.mode, layout=args.layout, data_root=args.data_root, quiet=args.quiet)
+    return 0

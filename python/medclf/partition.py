@@ -1,0 +1,580 @@
+"""Leakage-free partitioning: images -> splits.csv + partition.json.
+
+Steps (each a function below):
+ 1. collect the images: class folders (`scan_class_folders`) or a metadata CSV (`load_metadata`);
+ 2. read every image once through `medclf.imageio.read_image`: unreadable files are warned
+    about, excluded and counted; each readable file gets a SHA-256 and a 64-bit dHash;
+ 3. build groups: the `--group-col` value (patient, lesion), merged (union) with exact and
+    near-duplicate clusters, so that no group can cross splits;
+ 4. assign whole groups to train/val/test (`assign_groups`), stratified by class, then
+    optionally k stratified folds over the non-test groups;
+ 5. write splits.csv and partition.json atomically, with a leakage report that checks the
+    result rather than trusting the algorithm.
+The result depends only on the inputs and the seed, never on file-system listing order:
+everything is sorted before the seeded random generator is used.
+"""
+
+import math
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from medclf import dedup as dedup_lib
+from medclf.errors import MedclfError, UnreadableImageError
+from medclf.fileio import write_json
+from medclf.imageio import IMAGE_EXTENSIONS, is_image_name, read_image
+from medclf.splits import REQUIRED_COLUMNS, SPLITS, write_splits_csv
+
+SCHEMA = "medclf.partition/1"
+_IGNORED_NAMES = {"thumbs.db", "desktop.ini"}
+
+
+@dataclass
+class PartitionOptions:
+    out: Path
+    data_root: Path = None
+    metadata: Path = None
+    image_dir: Path = None
+    image_col: str = "image_id"
+    label_col: str = "label"
+    image_ext: str = None
+    group_col: str = None
+    val: float = 0.1
+    test: float = 0.2
+    seed: int = 0
+    folds: int = 0
+    classes: list = None
+    positive: str = None
+    dedup: bool = True
+    near_dup_distance: int = dedup_lib.DEFAULT_NEAR_DUP_DISTANCE
+    label_map: object = None  # inline "a=b,*=c", a file path, or a dict
+    quiet: bool = False
+
+
+@dataclass
+class Item:
+    path: str  # relative to the data root, forward slashes
+    label: str
+    label_original: str = None
+    group_value: str = None
+    extra: dict = field(default_factory=dict)
+
+
+def _rel(path, root):
+    return Path(path).relative_to(root).as_posix()
+
+
+def _warn(message):
+    print(f"medclf partition: warning: {message}", file=sys.stderr)
+
+
+# ---------------------------------------------------------------- collecting the images
+
+def scan_class_folders(data_root, exclude=()):
+    """Each subfolder of `data_root` is a class; images anywhere below it belong to it.
+    Returns (items, skipped non-image files)."""
+    root = Path(data_root)
+    if not root.is_dir():
+        raise MedclfError(f"{root}: data root not found; pass the folder that holds one subfolder per class")
+    exclude = {Path(e).resolve() for e in exclude}
+    class_dirs = sorted(
+        (d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".") and d.resolve() not in exclude),
+        key=lambda d: d.name,
+    )
+    items, skipped = [], []
+    for class_dir in class_dirs:
+        for path in sorted(class_dir.rglob("*")):
+            if path.is_dir() or any(part.startswith(".") for part in path.relative_to(root).parts):
+                continue
+            if path.name.lower() in _IGNORED_NAMES or not is_image_name(path):
+                skipped.append(_rel(path, root))
+                continue
+            items.append(Item(_rel(path, root), class_dir.name))
+    if not items:
+        raise MedclfError(
+            f"{root}: no images found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))} inside class "
+            "subfolders); put each class's images in its own subfolder, e.g. DATA/no/ and DATA/yes/"
+        )
+    return items, skipped
+
+
+def load_metadata(csv_path, image_dir, image_col, label_col, image_ext=None, group_col=None):
+    """Rows of a metadata CSV as Items; every CSV column passes through as `extra`."""
+    import pandas as pd
+
+    csv_path, image_dir = Path(csv_path), Path(image_dir) if image_dir else Path(csv_path).parent
+    if not csv_path.is_file():
+        raise MedclfError(f"{csv_path}: metadata CSV not found; check --metadata")
+    if not image_dir.is_dir():
+        raise MedclfError(f"{image_dir}: image folder not found; check --image-dir")
+    frame = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    for option, column in (("--image-col", image_col), ("--label-col", label_col), ("--group-col", group_col)):
+        if column and column not in frame.columns:
+            raise MedclfError(
+                f"{csv_path}: no column {column!r} (named by {option}); columns are: "
+                f"{', '.join(frame.columns)}; pass the right name with {option}"
+            )
+    if frame.empty:
+        raise MedclfError(f"{csv_path}: no rows; the metadata CSV must list one image per row")
+    ext = image_ext if (not image_ext or image_ext.startswith(".")) else "." + image_ext
+    items, missing, blank = [], [], []
+    for line, record in enumerate(frame.to_dict("records"), start=2):
+        name = record[image_col].strip().replace("\\", "/")
+        if ext and not name.lower().endswith(ext.lower()):
+            name += ext
+        label = record[label_col].strip()
+        group_value = record[group_col].strip() if group_col else None
+        if not name or not label or (group_col and not group_value):
+            blank.append(line)
+            continue
+        if not (image_dir / name).is_file():
+            missing.append((line, name))
+            continue
+        items.append(Item(name, label, group_value=group_value, extra=record))
+    if blank:
+        cols = ", ".join(c for c in (image_col, label_col, group_col) if c)
+        raise MedclfError(
+            f"{csv_path}: {len(blank)} row(s) with an empty {cols} value (line(s) "
+            f"{', '.join(map(str, blank[:10]))}); fill them in or remove those rows"
+        )
+    if missing:
+        listed = "; ".join(f"line {line}: {image_dir / name}" for line, name in missing[:10])
+        more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+        hint = "" if image_ext else " (if the CSV lacks extensions, pass --image-ext .jpg)"
+        raise MedclfError(
+            f"{csv_path}: {len(missing)} row(s) name an image that does not exist: {listed}{more}; "
+            f"check --image-dir{hint} or remove those rows"
+        )
+    dupes = sorted(name for name, n in Counter(i.path for i in items).items() if n > 1)
+    if dupes:
+        raise MedclfError(
+            f"{csv_path}: image(s) listed more than once in column {image_col!r}: {', '.join(dupes[:10])}; "
+            "keep one row per image"
+        )
+    return items, list(frame.columns)
+
+
+# ---------------------------------------------------------------- labels
+
+def parse_label_map(spec):
+    """`--label-map`: inline `mel=malignant,bcc=malignant,*=benign`, or a path to a .csv
+    (`from,to` rows, optional header), .json or .yaml mapping. `*` maps every other label."""
+    if spec is None or isinstance(spec, dict):
+        return spec
+    text = str(spec)
+    path = Path(text)
+    if path.suffix.lower() in (".csv", ".json", ".yaml", ".yml") or path.is_file():
+        if not path.is_file():
+            raise MedclfError(f"{path}: label map file not found; check --label-map")
+        suffix = path.suffix.lower()
+        if suffix == ".json":
+            import json
+
+            mapping = json.loads(path.read_text(encoding="utf-8"))
+        elif suffix in (".yaml", ".yml"):
+            import yaml
+
+            mapping = yaml.safe_load(path.read_text(encoding="utf-8"))
+        else:
+            import csv
+
+            with open(path, encoding="utf-8-sig", newline="") as fh:
+                rows = [r for r in csv.reader(fh) if r and any(c.strip() for c in r)]
+            if rows and [c.strip().lower() for c in rows[0][:2]] == ["from", "to"]:
+                rows = rows[1:]
+            if any(len(r) < 2 for r in rows):
+                raise MedclfError(f"{path}: each label map row needs two columns `from,to`")
+            mapping = {r[0].strip(): r[1].strip() for r in rows}
+        if not isinstance(mapping, dict):
+            raise MedclfError(f"{path}: the label map must be a mapping from original label to class")
+        return {str(k): str(v) for k, v in mapping.items()}
+    mapping = {}
+    for part in text.split(","):
+        if not part.strip():
+            continue
+        if "=" not in part:
+            raise MedclfError(
+                f"--label-map: {part.strip()!r} is not `from=to`; write e.g. "
+                "`mel=malignant,bcc=malignant,akiec=malignant,*=benign`"
+            )
+        source, target = (s.strip() for s in part.split("=", 1))
+        mapping[source] = target
+    return mapping
+
+
+def apply_label_map(items, mapping):
+    unmapped = sorted({i.label for i in items if i.label not in mapping} if "*" not in mapping else set())
+    if unmapped:
+        raise MedclfError(
+            f"--label-map: no mapping for label(s) {', '.join(unmapped)}; add them or a `*=CLASS` catch-all"
+        )
+    for item in items:
+        item.label_original = item.label
+        item.label = mapping.get(item.label, mapping.get("*"))
+
+
+def resolve_classes(items, classes=None, positive=None):
+    present = sorted({i.label for i in items})
+    if classes:
+        classes = [c.strip() for c in classes]
+        unknown = [c for c in present if c not in classes]
+        absent = [c for c in classes if c not in present]
+        if unknown or absent:
+            raise MedclfError(
+                f"--classes {','.join(classes)}: "
+                + (f"the data also has class(es) {', '.join(unknown)}; " if unknown else "")
+                + (f"no images of class(es) {', '.join(absent)}; " if absent else "")
+                + f"the data's classes are {', '.join(present)}"
+            )
+    else:
+        classes = present
+    if len(classes) < 2:
+        raise MedclfError(
+            f"only one class ({classes[0]!r}) found; a classifier needs at least two: add a second class "
+            "folder (e.g. no/ beside yes/) or check --label-col / --label-map"
+        )
+    if positive is None and classes == ["no", "yes"]:
+        positive = "yes"
+    if positive is not None and positive not in classes:
+        raise MedclfError(f"--positive {positive}: not one of the classes {', '.join(classes)}")
+    return classes, positive
+
+
+# ---------------------------------------------------------------- the split
+
+def assign_groups(group_counts, ratios, seed):
+    """Assign each group (a row of per-class image counts) to one of len(ratios) bins so that
+    every class is spread over the bins in proportion to `ratios`.
+
+    Greedy, largest group first (ties in a seeded random order): each group goes to the bin
+    whose choice brings the per-class allocation closest to its targets (squared error,
+    relative to each class's size). A repair pass then makes sure each class with enough
+    groups has at least one group in every bin with a non-zero ratio. Returns bin indices."""
+    counts = np.asarray(group_counts, dtype=np.float64)
+    n_groups, n_classes = counts.shape
+    ratios = np.asarray(ratios, dtype=np.float64) / float(sum(ratios))
+    totals = counts.sum(axis=0)
+    targets = np.outer(ratios, totals)
+    scale = np.maximum(totals, 1.0)
+    rng = np.random.default_rng(seed)
+    tie_break = rng.permutation(n_groups)
+    order = sorted(range(n_groups), key=lambda g: (-counts[g].sum(), tie_break[g]))
+    alloc = np.zeros_like(targets)
+    assignment = np.full(n_groups, -1, dtype=int)
+    active = [b for b in range(len(ratios)) if ratios[b] > 0]
+    for g in order:
+        best, best_cost = None, None
+        for b in active:
+            # Only rows that change matter: cost delta of adding counts[g] to bin b.
+            before = ((alloc[b] - targets[b]) / scale) ** 2
+            after = ((alloc[b] + counts[g] - targets[b]) / scale) ** 2
+            cost = float((after - before).sum())
+            if best_cost is None or cost < best_cost - 1e-12:
+                best, best_cost = b, cost
+        assignment[g] = best
+        alloc[best] += counts[g]
+    _repair_empty_bins(counts, assignment, alloc, active)
+    return assignment
+
+
+def _repair_empty_bins(counts, assignment, alloc, active):
+    n_classes = counts.shape[1]
+    for c in range(n_classes):
+        groups_of_c = [g for g in range(len(counts)) if counts[g, c] > 0]
+        if len(groups_of_c) < len(active):
+            continue
+        for b in active:
+            if alloc[b, c] > 0:
+                continue
+            # Take the smallest group of class c from the bin holding most of class c.
+            donor = max(active, key=lambda d: (alloc[d, c], -d))
+            candidates = [g for g in groups_of_c if assignment[g] == donor]
+            if len([g for g in groups_of_c if assignment[g] == donor]) < 2:
+                continue
+            g = min(candidates, key=lambda g: (counts[g].sum(), g))
+            assignment[g] = b
+            alloc[donor] -= counts[g]
+            alloc[b] += counts[g]
+
+
+def _check_class_sizes(classes, labels_by_group, ratios, folds):
+    """A class too small for the requested split is a user error, not a silent empty split."""
+    needed_bins = sum(1 for r in ratios if r > 0)
+    problems = []
+    for c in classes:
+        n_groups = sum(1 for labels in labels_by_group if c in labels)
+        needed = max(needed_bins, (folds + (1 if ratios[2] > 0 else 0)) if folds else 0)
+        if n_groups < needed:
+            problems.append(f"class {c!r} has {n_groups} independent image group(s) but needs at least {needed}")
+    if problems:
+        raise MedclfError(
+            "; ".join(problems)
+            + " (one per split"
+            + (" and fold" if folds else "")
+            + "); add images to that class, lower --val/--test to 0"
+            + (" or use fewer --folds" if folds else "")
+            + ", or leave the class out with --classes"
+        )
+
+
+# ---------------------------------------------------------------- the whole stage
+
+def partition(options):
+    """Run the whole partition stage; returns the partition.json dictionary."""
+    import pandas as pd
+
+    opts = options
+    out = Path(opts.out)
+    if opts.val < 0 or opts.test < 0 or opts.val + opts.test >= 1:
+        raise MedclfError(f"--val {opts.val} --test {opts.test}: each must be >= 0 and together below 1")
+    if opts.folds == 1 or opts.folds < 0:
+        raise MedclfError(f"--folds {opts.folds}: use 0 (no folds) or at least 2")
+
+    # 1. collect
+    columns = []
+    if opts.metadata:
+        data_root = Path(opts.image_dir or Path(opts.metadata).parent)
+        items, columns = load_metadata(opts.metadata, data_root, opts.image_col, opts.label_col,
+                                       opts.image_ext, opts.group_col)
+        skipped = []
+    else:
+        if opts.data_root is None:
+            raise MedclfError("no input: pass --data-root DIR (class folders) or --metadata CSV --image-dir DIR")
+        if opts.group_col:
+            raise MedclfError("--group-col needs --metadata (class folders have no columns); drop --group-col")
+        data_root = Path(opts.data_root)
+        items, skipped = scan_class_folders(data_root, exclude=[out])
+    data_root = data_root.resolve()
+    for s in skipped:
+        _warn(f"{data_root / s}: not an image file (by extension); skipped")
+
+    label_map = parse_label_map(opts.label_map)
+    if label_map:
+        apply_label_map(items, label_map)
+    items.sort(key=lambda i: i.path)
+    classes, positive = resolve_classes(items, opts.classes, opts.positive)
+
+    # 2. read every image once
+    from tqdm import tqdm
+
+    readable, unreadable, sha256s, dhashes = [], [], [], []
+    for item in tqdm(items, desc="reading images", unit="img", disable=opts.quiet, file=sys.stderr):
+        full = data_root / item.path
+        try:
+            image = read_image(full)
+            digest = dedup_lib.file_sha256(full) if opts.dedup else None
+            perceptual = dedup_lib.dhash(image) if opts.dedup else None
+        except UnreadableImageError as exc:
+            _warn(f"{exc}; excluded")
+            unreadable.append({"path": item.path, "label": item.label, "reason": exc.reason})
+            continue
+        readable.append(item)
+        sha256s.append(digest)
+        dhashes.append(perceptual)
+    items = readable
+    if not items:
+        raise MedclfError(f"{data_root}: none of the images could be read; see the warnings above")
+    classes, positive = resolve_classes(items, opts.classes or classes, positive)
+
+    # 3. groups: group column and duplicate clusters, merged
+    uf = dedup_lib.UnionFind(len(items))
+    if opts.group_col:
+        first_of = {}
+        for i, item in enumerate(items):
+            uf.union(first_of.setdefault(item.group_value, i), i)
+    dup_report = None
+    if opts.dedup:
+        dup_report = dedup_lib.find_duplicates(sha256s, dhashes, opts.near_dup_distance)
+        for cluster in dup_report.clusters:
+            for j in cluster[1:]:
+                uf.union(cluster[0], j)
+    components = uf.components()
+    group_of = [None] * len(items)
+    for members in components:
+        # A group's name: its smallest group-column value, else its first path (a singleton's own path).
+        name = min(items[i].group_value for i in members) if opts.group_col else items[members[0]].path
+        for i in members:
+            group_of[i] = name
+    class_index = {c: k for k, c in enumerate(classes)}
+    group_counts = np.zeros((len(components), len(classes)))
+    for g, members in enumerate(components):
+        for i in members:
+            group_counts[g, class_index[items[i].label]] += 1
+    ratios = [1.0 - opts.val - opts.test, opts.val, opts.test]
+    _check_class_sizes(classes, [{items[i].label for i in m} for m in components], ratios, opts.folds)
+
+    # 4. assign groups to splits (and folds)
+    split_of_group = assign_groups(group_counts, ratios, opts.seed)
+    fold_of_group = np.full(len(components), -1)
+    if opts.folds:
+        non_test = [g for g in range(len(components)) if SPLITS[split_of_group[g]] != "test"]
+        fold_assignment = assign_groups(group_counts[non_test], [1.0] * opts.folds, opts.seed + 1)
+        for g, f in zip(non_test, fold_assignment):
+            fold_of_group[g] = f
+    split_of = [None] * len(items)
+    fold_of = [None] * len(items)
+    for g, members in enumerate(components):
+        for i in members:
+            split_of[i] = SPLITS[split_of_group[g]]
+            fold_of[i] = int(fold_of_group[g]) if fold_of_group[g] >= 0 else None
+
+    # 5. outputs
+    rows = []
+    for i, item in enumerate(items):
+        row = {"path": item.path, "label": item.label, "label_index": class_index[item.label],
+               "split": split_of[i], "group": group_of[i]}
+        if opts.folds:
+            row["fold"] = "" if fold_of[i] is None else fold_of[i]
+        if label_map:
+            row["label_original"] = item.label_original
+        for column in columns:
+            if column not in row and column not in REQUIRED_COLUMNS:
+                row[column] = item.extra.get(column, "")
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    extra_columns = (["label_original"] if label_map else []) + [
+        c for c in columns if c not in REQUIRED_COLUMNS and c not in ("fold", "label_original")
+    ]
+    info = _partition_info(opts, classes, positive, data_root, items, split_of, fold_of, group_of, components,
+                           dup_report, unreadable, skipped, label_map, sha256s, dhashes)
+    out.mkdir(parents=True, exist_ok=True)
+    write_splits_csv(out / "splits.csv", frame, extra_columns=extra_columns)
+    write_json(out / "partition.json", info)
+    if not opts.quiet:
+        print(format_summary(info))
+        print(f"wrote {out / 'splits.csv'} and {out / 'partition.json'}")
+    return info
+
+
+def _duplicate_clusters_info(items, dup_report, split_of, label_of):
+    exact, near = [], []
+    exact_members = set()
+    for cluster in dup_report.exact_clusters:
+        exact_members.update(cluster)
+        exact.append({"paths": [items[i].path for i in cluster],
+                      "labels": sorted({label_of[i] for i in cluster}),
+                      "splits": sorted({split_of[i] for i in cluster})})
+    for cluster in dup_report.clusters:
+        near.append({"paths": [items[i].path for i in cluster],
+                     "labels": sorted({label_of[i] for i in cluster}),
+                     "splits": sorted({split_of[i] for i in cluster})})
+    return exact, near
+
+
+def _partition_info(opts, classes, positive, data_root, items, split_of, fold_of, group_of, components,
+                    dup_report, unreadable, skipped, label_map, sha256s, dhashes):
+    labels = [i.label for i in items]
+    counts = {s: {c: 0 for c in classes} for s in SPLITS}
+    for label, split in zip(labels, split_of):
+        counts[split][label] += 1
+    totals = {c: sum(counts[s][c] for s in SPLITS) for c in classes}
+
+    # Leakage report: recomputed from the final assignment, not assumed from the algorithm.
+    splits_of_group = {}
+    for g, s in zip(group_of, split_of):
+        splits_of_group.setdefault(g, set()).add(s)
+    crossing_groups = sorted(g for g, s in splits_of_group.items() if len(s) > 1)
+    leakage = {"groups_across_splits": len(crossing_groups), "crossing_groups": crossing_groups[:100]}
+    duplicates = {"enabled": bool(opts.dedup)}
+    if opts.dedup:
+        by_digest = {}
+        for i, digest in enumerate(sha256s):
+            by_digest.setdefault(digest, set()).add(split_of[i])
+        leakage["exact_duplicates_across_splits"] = sum(1 for s in by_digest.values() if len(s) > 1)
+        crossing_near = [(i, j, d) for i, j, d in dup_report.near_pairs if split_of[i] != split_of[j]]
+        leakage["near_duplicates_across_splits"] = len(crossing_near)
+        leakage["near_duplicate_pairs_across_splits"] = [
+            {"paths": [items[i].path, items[j].path], "distance": d} for i, j, d in crossing_near[:100]
+        ]
+        exact, merged = _duplicate_clusters_info(items, dup_report, split_of, labels)
+        cross_class = [c for c in merged if len(c["labels"]) > 1]
+        for c in cross_class:
+            _warn(f"duplicates with different labels ({', '.join(c['labels'])}), kept in one split: "
+                  + ", ".join(c["paths"]) + "; check these labels")
+        duplicates.update({
+            "exact": {"method": "sha256 of file bytes", "clusters": len(exact),
+                      "files": sum(len(c["paths"]) for c in exact), "members": exact},
+            "near": {"method": "dhash-64 (9x8 gray, Lanczos), Hamming distance",
+                     "max_distance": opts.near_dup_distance, "pairs": len(dup_report.near_pairs)},
+            "clusters": {"description": "exact and near duplicates merged transitively",
+                         "count": len(merged), "files": sum(len(c["paths"]) for c in merged),
+                         "members": merged},
+            "clusters_with_different_labels": len(cross_class),
+        })
+    group_sizes = Counter(len(m) for m in components)
+    info = {
+        "schema": SCHEMA,
+        "classes": classes,
+        "positive_class": positive,
+        "seed": opts.seed,
+        "ratios": {"train": round(1.0 - opts.val - opts.test, 10), "val": opts.val, "test": opts.test},
+        "folds": opts.folds,
+        "group_column": opts.group_col,
+        "data_root": str(data_root),
+        "metadata": str(Path(opts.metadata).resolve()) if opts.metadata else None,
+        "image_column": opts.image_col if opts.metadata else None,
+        "label_column": opts.label_col if opts.metadata else None,
+        "image_extension": opts.image_ext if opts.metadata else None,
+        "label_map": label_map,
+        "duplicates": duplicates,
+        "n_images": len(items),
+        "n_groups": len(components),
+        "group_sizes": {str(k): v for k, v in sorted(group_sizes.items())},
+        "counts": {**counts, "total": totals},
+        "unreadable": {"count": len(unreadable), "files": unreadable},
+        "skipped_non_images": {"count": len(skipped), "files": skipped},
+        "leakage": leakage,
+    }
+    if opts.folds:
+        fold_counts = {str(f): {c: 0 for c in classes} for f in range(opts.folds)}
+        for label, fold in zip(labels, fold_of):
+            if fold is not None:
+                fold_counts[str(fold)][label] += 1
+        info["fold_counts"] = fold_counts
+    return info
+
+
+def format_summary(info):
+    """The per-split, per-class table and the leakage report, as printed by the command."""
+    classes = info["classes"]
+    width = max(8, *(len(c) for c in classes))
+    header = f"{'split':<6} " + " ".join(f"{c:>{width}}" for c in classes) + f" {'total':>7}"
+    lines = [header]
+    totals = info["counts"]["total"]
+    n_total = sum(totals.values())
+    for split in SPLITS:
+        row = info["counts"][split]
+        n = sum(row.values())
+        cells = " ".join(f"{row[c]:>{width - 7}} ({row[c] / n if n else 0:4.0%})" for c in classes)
+        lines.append(f"{split:<6} {cells} {n:>7}")
+    lines.append(f"{'all':<6} " + " ".join(
+        f"{totals[c]:>{width - 7}} ({totals[c] / n_total:4.0%})" for c in classes) + f" {n_total:>7}")
+    leak = info["leakage"]
+    dup = info["duplicates"]
+    lines.append(f"images: {info['n_images']} in {info['n_groups']} groups; unreadable: "
+                 f"{info['unreadable']['count']}; skipped non-images: {info['skipped_non_images']['count']}")
+    if dup["enabled"]:
+        lines.append(
+            f"duplicates: {dup['exact']['clusters']} exact clusters ({dup['exact']['files']} files); "
+            f"{dup['clusters']['count']} clusters with near duplicates at dHash distance <= "
+            f"{dup['near']['max_distance']} ({dup['clusters']['files']} files)")
+    parts = [f"groups {leak['groups_across_splits']}"]
+    if dup["enabled"]:
+        parts += [f"exact duplicates {leak['exact_duplicates_across_splits']}",
+                  f"near duplicates {leak['near_duplicates_across_splits']}"]
+    verdict = "OK" if all(leak[k] == 0 for k in leak if k.endswith("_across_splits") and isinstance(leak[k], int)) \
+        else "LEAKAGE"
+    lines.append(f"leakage across splits: {', '.join(parts)} [{verdict}]")
+    return "\n".join(lines)
+
+
+def partition_percentages(info):
+    """Share of each class within each split (fractions), for reports and tests."""
+    out = {}
+    for split in SPLITS:
+        n = sum(info["counts"][split].values())
+        out[split] = {c: (info["counts"][split][c] / n if n else math.nan) for c in info["classes"]}
+    return out
