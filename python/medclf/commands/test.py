@@ -1,0 +1,29 @@
+"""medclf test: predictions of a run's best checkpoint (logic in medclf.predict)."""
+
+HELP = "predict a split with a run's best.pt; writes predictions_<split>.json (and predictions_val.json)"
+DESCRIPTION = (
+    "Load results/NAME/best.pt safely (torch.load(weights_only=True)) and write "
+    "predictions_<split>.json (medclf.predictions/1). Testing on `test` also writes "
+    "predictions_val.json, for choosing thresholds on validation."
+)
+
+
+def add_arguments(parser):
+    parser.add_argument("--run", required=True, help="run folder written by `medclf train` (results/NAME)")
+    parser.add_argument("--split", default="test", choices=["train", "val", "test"])
+    parser.add_argument("--splits", help="splits file (default: the one the run was trained on)")
+    parser.add_argument("--data-root", help="image root (default: the run's)")
+    parser.add_argument("--batch-size", type=int, help="default: the run's")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--use_GPU", "-use_GPU", dest="use_gpu", action="store_true", help="alias of --device cuda")
+    parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--no-progress", dest="progress", action="store_false")
+
+
+def run(args):
+    from medclf.predict import run_test
+
+    for path in run_test(args.run, args.split, args.splits, args.data_root,
+                         "cuda" if args.use_gpu else args.device, args.batch_size, args.workers, args.progress):
+        print(path)
+    return 0

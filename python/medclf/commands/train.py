@@ -1,0 +1,90 @@
+"""medclf train: train a torchvision classifier on a splits.csv (logic in medclf.training)."""
+
+HELP = "train a torchvision classifier on splits.csv; writes results/<run>/ (best.pt, last.pt, history)"
+DESCRIPTION = (
+    "Train any torchvision classification model on the train split, select it on the val split "
+    "(early stopping restores the best weights) and write a run folder: config.json, history.csv, "
+    "best.pt, last.pt, curves.png. A killed run continues with --resume (same --out/--run-name)."
+)
+
+
+def _bool_or_none(parser):
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--amp", dest="amp", action="store_true", default=None,
+                       help="mixed precision (CUDA only; default: on with CUDA, off on CPU)")
+    group.add_argument("--no-amp", dest="amp", action="store_false", help="turn mixed precision off")
+
+
+def add_arguments(parser):
+    data = parser.add_argument_group("data")
+    data.add_argument("--splits", help="splits.csv from `medclf partition` (or a seed split file/folder)")
+    data.add_argument("--data-root", help="folder the splits paths are relative to (default: partition.json's)")
+    data.add_argument("--img-size", type=int, default=224, help="square input size in pixels")
+    data.add_argument("--augment", default="none", choices=["none", "flip", "flips", "standard", "lesion"],
+                      help="augmentation preset (see docs/training.md)")
+    data.add_argument("--balance", default="none", choices=["none", "sampler", "loss-weights", "focal"],
+                      help="class-imbalance handling, computed from the train split only")
+    data.add_argument("--focal-gamma", type=float, default=2.0, help="focal loss gamma")
+    data.add_argument("--focal-alpha", default=None,
+                      help="focal loss alpha: positive-class weight in (0,1) for binary studies, or `balanced`")
+    data.add_argument("--cache", default="auto", choices=["auto", "memory", "disk"],
+                      help="decoded-image cache: memory, a memmap file in the run folder, or auto by size")
+    data.add_argument("--workers", type=int, default=0,
+                      help="DataLoader worker processes (0 is fastest on a 2-core CPU, see docs/training.md)")
+    model = parser.add_argument_group("model")
+    model.add_argument("--arch", default="resnet18",
+                       help="any torchvision classification model (resnet18, vgg11_bn, densenet121, "
+                            "efficientnet_b0, ...); aliases vgg, densenet")
+    model.add_argument("--weights", default="none", help="none | imagenet | PATH to a state dict")
+    model.add_argument("--freeze-backbone", action="store_true", help="train the classifier head only")
+    model.add_argument("--head", default="softmax", choices=["softmax", "single-logit"],
+                       help="K logits with cross-entropy, or one logit with BCEWithLogits (binary)")
+    opt = parser.add_argument_group("optimisation")
+    opt.add_argument("--epochs", type=int, default=50, help="maximum number of epochs")
+    opt.add_argument("--patience", type=int, default=5, help="epochs without improvement before stopping")
+    opt.add_argument("--min-delta", type=float, default=0.0, help="smallest change that counts as improvement")
+    opt.add_argument("--monitor", default="val_loss", choices=["val_loss", "val_auc", "val_balanced_accuracy"],
+                     help="validation value for early stopping and best.pt")
+    opt.add_argument("--lr", type=float, default=1e-3, help="learning rate")
+    opt.add_argument("--batch-size", type=int, default=32)
+    opt.add_argument("--optimizer", default="adam", choices=["adam", "adamw", "sgd"])
+    opt.add_argument("--weight-decay", type=float, default=0.0)
+    opt.add_argument("--scheduler", default="none", choices=["none", "cosine", "plateau", "warmup-cosine"],
+                     help="LR schedule; cosine and warmup-cosine step per batch")
+    opt.add_argument("--warmup-epochs", type=int, default=0, help="linear warm-up epochs for --scheduler cosine")
+    opt.add_argument("--warmup-fraction", type=float, default=0.1,
+                     help="warm-up fraction of all steps for --scheduler warmup-cosine")
+    run = parser.add_argument_group("run")
+    run.add_argument("--out", default="results", help="output root")
+    run.add_argument("--run-name", help="run folder name under --out (default: ARCH_DATE-TIME)")
+    run.add_argument("--resume", action="store_true", help="continue the run in --out/--run-name from last.pt")
+    run.add_argument("--seed", type=int, default=0, help="seeds python, numpy, torch and DataLoader workers")
+    run.add_argument("--deterministic", action="store_true", help="torch.use_deterministic_algorithms(True)")
+    run.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                     help="auto picks CUDA when present; CUDA asked for but absent: warning, CPU")
+    run.add_argument("--use_GPU", "-use_GPU", dest="use_gpu", action="store_true", help="alias of --device cuda")
+    _bool_or_none(run)
+    run.add_argument("--tensorboard", action="store_true", help="also log to <run>/tensorboard (needs tensorboard)")
+    run.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+
+
+def config_from_args(args):
+    config = {k: v for k, v in vars(args).items() if not k.startswith("_") and k not in ("command", "use_gpu")}
+    if getattr(args, "use_gpu", False):
+        config["device"] = "cuda"
+    if args.resume:
+        # Only what the user typed matters on --resume; argparse defaults must not look like changes.
+        config = {k: v for k, v in config.items()
+                  if k in ("out", "run_name", "resume", "progress", "device", "workers", "cache", "tensorboard")}
+    return config
+
+
+def run(args):
+    from medclf.errors import MedclfError
+    from medclf.training import run_training
+
+    if args.resume and not args.run_name:
+        raise MedclfError("--resume needs --run-name (and the same --out) of the run to continue")
+    summary = run_training(config_from_args(args))
+    print(summary["run"])
+    return 0

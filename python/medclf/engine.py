@@ -1,0 +1,116 @@
+"""One training epoch, evaluation and prediction (in the style of torchvision's references).
+
+Outputs are accumulated on the CPU and metrics are computed once per epoch over the whole split
+(AUC is not an average of per-batch AUCs). A model has either K logits (softmax) or one logit
+(sigmoid, binary); `probabilities_from_logits` turns both into K columns.
+"""
+
+import contextlib
+import os
+import signal
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from medclf.metrics import balanced_accuracy, roc_auc_ovr_macro
+
+# Test hook: SIGKILL this process after N training batches (tests of --resume use it).
+_KILL_AFTER_ENV = "MEDCLF_TEST_KILL_AFTER_BATCHES"
+_batches_done = 0
+
+
+def _maybe_kill_self():
+    global _batches_done
+    _batches_done += 1
+    limit = os.environ.get(_KILL_AFTER_ENV)
+    if limit and _batches_done >= int(limit):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def probabilities_from_logits(logits):
+    """(N, K) softmax, or (N, 1) -> two columns [1 - sigmoid, sigmoid]."""
+    logits = torch.as_tensor(logits, dtype=torch.float64)
+    if logits.ndim == 2 and logits.shape[1] == 1:
+        p1 = torch.sigmoid(logits[:, 0])
+        return torch.stack([1 - p1, p1], dim=1)
+    return F.softmax(logits, dim=1)
+
+
+def epoch_metrics(loss_sum, n, labels, logits):
+    labels = np.asarray(labels)
+    probs = probabilities_from_logits(logits).numpy()
+    preds = probs.argmax(axis=1)
+    return {
+        "loss": loss_sum / max(n, 1),
+        "accuracy": float((preds == labels).mean()) if n else float("nan"),
+        "auc": roc_auc_ovr_macro(labels, probs) if n else float("nan"),
+        "balanced_accuracy": balanced_accuracy(labels, preds, n_classes=probs.shape[1]) if n else float("nan"),
+    }
+
+
+def _autocast(device, amp):
+    if amp and device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.float16)
+    return contextlib.nullcontext()
+
+
+def train_one_epoch(model, criterion, optimizer, loader, device, scheduler=None, scaler=None, amp=False,
+                    progress=None):
+    """Train for one pass over `loader`; `scheduler` (if given) is stepped after every batch.
+    Returns the epoch's loss (mean per image) and metrics on the training outputs."""
+    model.train()
+    loss_sum, n = 0.0, 0
+    all_logits, all_labels = [], []
+    for images, labels in loader:
+        images = images.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        with _autocast(device, amp):
+            logits = model(images)
+            loss = criterion(logits, labels)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        batch = labels.shape[0]
+        loss_sum += float(loss.detach()) * batch
+        n += batch
+        all_logits.append(logits.detach().float().cpu())
+        all_labels.append(labels.cpu())
+        if progress is not None:
+            progress.update(batch)
+            progress.set_postfix(loss=f"{loss_sum / n:.4f}")
+        _maybe_kill_self()
+    if not all_logits:
+        return epoch_metrics(0.0, 0, [], torch.zeros(0, 2))
+    return epoch_metrics(loss_sum, n, torch.cat(all_labels).numpy(), torch.cat(all_logits))
+
+
+@torch.inference_mode()
+def predict(model, loader, device, amp=False):
+    """Logits (float32, CPU) and labels of every item of `loader`, in loader order."""
+    model.eval()
+    all_logits, all_labels = [], []
+    for images, labels in loader:
+        with _autocast(device, amp):
+            logits = model(images.to(device, non_blocking=True))
+        all_logits.append(logits.float().cpu())
+        all_labels.append(torch.as_tensor(labels).cpu())
+    if not all_logits:
+        return torch.zeros(0, 1), torch.zeros(0, dtype=torch.long)
+    return torch.cat(all_logits), torch.cat(all_labels)
+
+
+@torch.inference_mode()
+def evaluate(model, criterion, loader, device, amp=False):
+    """Loss (mean per image) and epoch-level metrics on a split."""
+    logits, labels = predict(model, loader, device, amp)
+    n = labels.shape[0]
+    loss = float(criterion(logits.to(device), labels.to(device))) * n if n else 0.0
+    return epoch_metrics(loss, n, labels.numpy(), logits)

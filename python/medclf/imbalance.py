@@ -1,0 +1,119 @@
+"""Class imbalance: `--balance none|sampler|loss-weights|focal`, from the train split only.
+
+  sampler       WeightedRandomSampler over the train split, each image weighted 1 / (its class
+                count), so every class is drawn equally often in expectation (with replacement,
+                one epoch = as many draws as train images). Validation and test are never resampled.
+  loss-weights  inverse-frequency class weights n / (k * count_c) (scikit-learn's "balanced")
+                in the cross-entropy (or pos_weight = count_0 / count_1 for a single-logit head).
+  focal         focal loss (Lin et al. 2017): -alpha_t * (1 - p_t)^gamma * log(p_t).
+                --focal-alpha: a number a gives class 1 weight a and class 0 weight 1 - a in a
+                binary study (Lin's convention), or scales every class in a multi-class study;
+                `balanced` uses the inverse-frequency class weights; omitted: no alpha.
+"""
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from medclf.errors import MedclfError
+
+MODES = ("none", "sampler", "loss-weights", "focal")
+
+
+def class_counts(train_labels, n_classes):
+    counts = np.bincount(np.asarray(train_labels, dtype=np.int64), minlength=n_classes)
+    missing = [k for k in range(n_classes) if counts[k] == 0]
+    if missing:
+        raise MedclfError(f"splits: class index(es) {missing} have no train images; every class needs train examples")
+    return counts
+
+
+def class_weights(train_labels, n_classes):
+    """n / (k * count_c) per class, from the train labels."""
+    counts = class_counts(train_labels, n_classes)
+    return counts.sum() / (n_classes * counts.astype(np.float64))
+
+
+def sample_weights(train_labels, n_classes):
+    """One weight per train image: 1 / (count of its class)."""
+    counts = class_counts(train_labels, n_classes)
+    labels = np.asarray(train_labels, dtype=np.int64)
+    return 1.0 / counts[labels].astype(np.float64)
+
+
+def make_sampler(train_labels, n_classes, generator=None):
+    weights = torch.as_tensor(sample_weights(train_labels, n_classes), dtype=torch.double)
+    return torch.utils.data.WeightedRandomSampler(weights, num_samples=len(weights), replacement=True,
+                                                  generator=generator)
+
+
+class FocalLoss(nn.Module):
+    """Focal loss on softmax logits (N, K) or single logits (N,) / (N, 1)."""
+
+    def __init__(self, gamma=2.0, alpha=None, single_logit=False):
+        super().__init__()
+        self.gamma = float(gamma)
+        self.single_logit = single_logit
+        self.register_buffer("alpha", None if alpha is None else torch.as_tensor(alpha, dtype=torch.float32))
+
+    def forward(self, logits, targets):
+        if self.single_logit:
+            logits = logits.reshape(-1)
+            targets = targets.float()
+            log_p1 = F.logsigmoid(logits)
+            log_p0 = F.logsigmoid(-logits)
+            log_pt = torch.where(targets > 0.5, log_p1, log_p0)
+            index = (targets > 0.5).long()
+        else:
+            log_pt = F.log_softmax(logits.float(), dim=1).gather(1, targets.long().unsqueeze(1)).squeeze(1)
+            index = targets.long()
+        pt = log_pt.exp()
+        loss = -((1 - pt).clamp(min=0) ** self.gamma) * log_pt
+        if self.alpha is not None:
+            loss = loss * (self.alpha[index] if self.alpha.ndim else self.alpha)
+        return loss.mean()
+
+
+class SingleLogitBCE(nn.Module):
+    """BCEWithLogits for a (N, 1) head against integer labels 0/1."""
+
+    def __init__(self, pos_weight=None):
+        super().__init__()
+        self.register_buffer("pos_weight", None if pos_weight is None else torch.tensor(float(pos_weight)))
+
+    def forward(self, logits, targets):
+        return F.binary_cross_entropy_with_logits(logits.reshape(-1).float(), targets.float(), pos_weight=self.pos_weight)
+
+
+def _alpha(focal_alpha, train_labels, n_classes):
+    if focal_alpha in (None, "", "none"):
+        return None
+    if str(focal_alpha) == "balanced":
+        return class_weights(train_labels, n_classes)
+    try:
+        a = float(focal_alpha)
+    except ValueError:
+        raise MedclfError(f"--focal-alpha {focal_alpha}: use a number in (0, 1], `balanced` or omit it") from None
+    if n_classes == 2:
+        if not 0 < a < 1:
+            raise MedclfError(f"--focal-alpha {a}: in a binary study give the positive class's weight in (0, 1)")
+        return np.array([1 - a, a])
+    return a
+
+
+def build_criterion(balance, train_labels, n_classes, single_logit=False, focal_gamma=2.0, focal_alpha=None):
+    """The training loss for a --balance mode, with every weight computed from `train_labels`."""
+    if balance not in MODES:
+        raise MedclfError(f"--balance {balance}: use one of {', '.join(MODES)}")
+    if single_logit and n_classes != 2:
+        raise MedclfError(f"--head single-logit needs exactly 2 classes (found {n_classes}); use --head softmax")
+    if balance == "focal":
+        return FocalLoss(focal_gamma, _alpha(focal_alpha, train_labels, n_classes), single_logit)
+    if balance == "loss-weights":
+        weights = class_weights(train_labels, n_classes)
+        if single_logit:
+            counts = class_counts(train_labels, n_classes)
+            return SingleLogitBCE(pos_weight=counts[0] / counts[1])
+        return nn.CrossEntropyLoss(weight=torch.as_tensor(weights, dtype=torch.float32))
+    return SingleLogitBCE() if single_logit else nn.CrossEntropyLoss()

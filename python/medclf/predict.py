@@ -1,0 +1,93 @@
+"""`medclf test`: predictions of a run's best.pt on a split, as predictions_<split>.json.
+
+Format (medclf.predictions/1, see docs/training.md): split, classes, positive_class, model
+{architecture, checkpoint, epoch}, paths (as in splits.csv), labels, predictions, probabilities
+(softmax, or [1 - sigmoid, sigmoid] for a single-logit head), logits, and seed 002's keys
+"predictive probabilities" (= probabilities) and "label probabilities" (one-hot labels).
+"""
+
+from pathlib import Path
+
+import torch
+
+from medclf import data as data_mod
+from medclf import models, transforms
+from medclf.engine import predict, probabilities_from_logits
+from medclf.errors import MedclfError
+from medclf.fileio import read_json, write_json
+from medclf.splits import read_splits
+from medclf.training import load_checkpoint, select_device
+
+PREDICTIONS_SCHEMA = "medclf.predictions/1"
+
+
+def load_run(run_dir, device="cpu"):
+    """(model, config, checkpoint) of a run folder's best.pt, loaded safely."""
+    run_dir = Path(run_dir)
+    config_path = run_dir / "config.json"
+    if not config_path.is_file():
+        raise MedclfError(f"{run_dir}: no config.json here; pass the folder `medclf train` wrote (results/NAME)")
+    config = read_json(config_path)
+    checkpoint = load_checkpoint(run_dir / "best.pt")
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+        raise MedclfError(f"{run_dir / 'best.pt'}: not a medclf checkpoint (no state_dict); re-run `medclf train`")
+    model, _ = models.build_model(config["architecture"], config["n_outputs"], "none")
+    try:
+        model.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as exc:
+        raise MedclfError(f"{run_dir / 'best.pt'}: weights do not fit {config['architecture']} ({exc})") from exc
+    model.to(device).eval()
+    return model, config, checkpoint
+
+
+def predictions_record(split, config, checkpoint, checkpoint_name, paths, labels, logits):
+    probabilities = probabilities_from_logits(logits)
+    n_classes = len(config["classes"])
+    labels = [int(x) for x in labels]
+    probs = probabilities.tolist()
+    return {
+        "schema": PREDICTIONS_SCHEMA,
+        "split": split,
+        "classes": list(config["classes"]),
+        "positive_class": config.get("positive_class"),
+        "model": {"architecture": config["architecture"], "checkpoint": checkpoint_name,
+                  "epoch": int(checkpoint.get("epoch", 0)) or None},
+        "paths": list(paths),
+        "labels": labels,
+        "predictions": [int(x) for x in probabilities.argmax(dim=1).tolist()],
+        "probabilities": probs,
+        "logits": torch.as_tensor(logits, dtype=torch.float64).tolist(),
+        "predictive probabilities": probs,
+        "label probabilities": [[1.0 if k == y else 0.0 for k in range(n_classes)] for y in labels],
+    }
+
+
+def run_test(run_dir, split="test", splits=None, data_root=None, device="auto", batch_size=None, workers=0,
+             progress=True, out_dir=None):
+    """Write predictions_<split>.json (and predictions_val.json when split is test). Returns the paths."""
+    run_dir = Path(run_dir)
+    device = select_device(device)
+    model, config, checkpoint = load_run(run_dir, device)
+    args = config["arguments"]
+    table = read_splits(splits or config.get("splits_file") or args["splits"],
+                        data_root=data_root or config.get("data_root"))
+    if [str(c) for c in table.classes] != list(config["classes"]):
+        raise MedclfError(f"{table.source}: classes {table.classes} differ from the run's {config['classes']}; "
+                          "test with the splits file the model was trained on")
+    norm = config["normalisation"]
+    transform = transforms.eval_transform(args["augment"], args["img_size"], norm["mean"], norm["std"])
+    side = config.get("cache_side", transforms.cache_side(args["augment"], args["img_size"]))
+    written = []
+    for name in [split] + (["val"] if split == "test" else []):
+        files, labels, rel = data_mod.split_paths(table, name)
+        if not files:
+            raise MedclfError(f"{table.source}: the {name} split is empty; nothing to predict")
+        cache = data_mod.build_cache(files, side, args.get("cache", "auto"), run_dir / "cache", name, progress)
+        loader = data_mod.make_loader(data_mod.CachedImageDataset(cache, labels, transform),
+                                      batch_size or args["batch_size"], workers=workers)
+        logits, _ = predict(model, loader, device, amp=bool(config.get("amp")))
+        record = predictions_record(name, config, checkpoint, "best.pt", rel, labels, logits)
+        path = Path(out_dir or run_dir) / f"predictions_{name}.json"
+        write_json(path, record)
+        written.append(path)
+    return written

@@ -1,0 +1,110 @@
+"""Augmentation presets on cached uint8 tensors (C, H, W), built on torchvision.transforms.v2.
+
+The data cache holds each image once, resized (aspect preserved) and centre-cropped to a square
+of `cache_side(preset, img_size)` pixels. Presets with a random crop cache a larger square
+(img_size * 256/224, the seeds' resize-256/crop-224 ratio) and crop `img_size` from it; their
+evaluation transform is the matching centre crop. Every random draw comes from torch's RNG, which
+medclf seeds per (seed, epoch) and per DataLoader worker.
+
+Presets:
+  none      no augmentation
+  flip      random horizontal flip
+  flips     horizontal + vertical flips (the HAM10000 classifier)
+  standard  flips + affine (rotate 15, translate 5%, scale 0.9-1.1) + random crop + colour jitter 0.1
+  lesion    the lesion classifier's Albumentations pipeline: smallest-side resize (the cache),
+            Affine(scale 0.9-1.1, translate 5%, rotate 180, shear 15) at p=0.33, random crop,
+            RGB shift +-16 at p=0.1, brightness/contrast +-0.1 at p=0.1
+"""
+
+import torch
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import v2
+
+from medclf.errors import MedclfError
+
+PRESETS = ("none", "flip", "flips", "standard", "lesion")
+_CROP_PRESETS = {"standard", "lesion"}
+SEED_RESIZE_RATIO = 256 / 224
+
+
+def cache_side(preset, img_size):
+    """Side of the cached square for a preset (larger than img_size when it random-crops)."""
+    check_preset(preset)
+    return int(round(img_size * SEED_RESIZE_RATIO)) if preset in _CROP_PRESETS else int(img_size)
+
+
+def check_preset(preset):
+    if preset not in PRESETS:
+        raise MedclfError(f"--augment {preset}: unknown preset; use one of {', '.join(PRESETS)}")
+
+
+class RandomRGBShift(torch.nn.Module):
+    """Albumentations RGBShift: add an independent integer in [-limit, limit] to each channel."""
+
+    def __init__(self, limit=16, p=0.1):
+        super().__init__()
+        self.limit, self.p = limit, p
+
+    def forward(self, image):
+        if torch.rand(()) >= self.p:
+            return image
+        shift = torch.randint(-self.limit, self.limit + 1, (image.shape[0], 1, 1), dtype=torch.int16)
+        return (image.to(torch.int16) + shift).clamp_(0, 255).to(torch.uint8)
+
+
+class RandomBrightnessContrast(torch.nn.Module):
+    """Albumentations RandomBrightnessContrast (brightness_by_max): x * (1 + c) + b * 255."""
+
+    def __init__(self, brightness=0.1, contrast=0.1, p=0.1):
+        super().__init__()
+        self.brightness, self.contrast, self.p = brightness, contrast, p
+
+    def forward(self, image):
+        if torch.rand(()) >= self.p:
+            return image
+        alpha = 1.0 + (torch.rand(()) * 2 - 1) * self.contrast
+        beta = (torch.rand(()) * 2 - 1) * self.brightness * 255.0
+        return (image.float() * alpha + beta).round_().clamp_(0, 255).to(torch.uint8)
+
+
+def _augmentations(preset, img_size):
+    if preset == "none":
+        return []
+    if preset == "flip":
+        return [v2.RandomHorizontalFlip()]
+    if preset == "flips":
+        return [v2.RandomHorizontalFlip(), v2.RandomVerticalFlip()]
+    if preset == "standard":
+        return [
+            v2.RandomHorizontalFlip(),
+            v2.RandomVerticalFlip(),
+            v2.RandomAffine(degrees=15, translate=(0.05, 0.05), scale=(0.9, 1.1),
+                            interpolation=InterpolationMode.BILINEAR),
+            v2.RandomCrop(img_size),
+            v2.ColorJitter(brightness=0.1, contrast=0.1, saturation=0.1),
+        ]
+    return [  # lesion
+        v2.RandomApply([v2.RandomAffine(degrees=180, translate=(0.05, 0.05), scale=(0.9, 1.1), shear=(-15, 15),
+                                        interpolation=InterpolationMode.BILINEAR)], p=0.33),
+        v2.RandomCrop(img_size),
+        RandomRGBShift(16, p=0.1),
+        RandomBrightnessContrast(0.1, 0.1, p=0.1),
+    ]
+
+
+def _normalise(mean, std):
+    return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(mean), std=list(std))]
+
+
+def train_transform(preset, img_size, mean, std):
+    check_preset(preset)
+    steps = _augmentations(preset, img_size)
+    if preset not in _CROP_PRESETS and cache_side(preset, img_size) != img_size:  # pragma: no cover
+        steps.append(v2.CenterCrop(img_size))
+    return v2.Compose(steps + _normalise(mean, std))
+
+
+def eval_transform(preset, img_size, mean, std):
+    check_preset(preset)
+    steps = [v2.CenterCrop(img_size)] if cache_side(preset, img_size) != img_size else []
+    return v2.Compose(steps + _normalise(mean, std))
