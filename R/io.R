@@ -1,0 +1,157 @@
+# medclf predictions input and results output.
+#
+# Reads two formats and validates them strictly; every problem stops with one medclf_error
+# whose message names the file and the field:
+# - medclf's predictions file, "schema": "medclf.predictions/1" (see shared DESIGN.md);
+# - the original four-key file of test_torchvision.py: labels, predictions,
+#   "predictive probabilities" (raw logits; softmax is applied here) and "label probabilities";
+#   classes are named "0", "1", ... and for two classes index 1 is the positive class.
+
+MC_PREDICTIONS_SCHEMA <- "medclf.predictions/1"
+MC_LEGACY_KEYS <- c("labels", "predictions", "predictive probabilities", "label probabilities")
+MC_ROW_SUM_TOLERANCE <- 1e-6
+
+mc_fail <- function(source, message) stop(mc_error(sprintf("%s: %s", source, message)))
+
+mc_read_json_text <- function(path) {
+  if (!file.exists(path)) mc_fail(path, "file not found")
+  size <- file.info(path)$size
+  if (is.na(size) || size == 0) mc_fail(path, "file is empty; re-create it with `medclf test`")
+  readChar(path, size, useBytes = TRUE)
+}
+
+# Parse JSON text. Python's json module writes NaN/Infinity, which JSON (and jsonlite) reject;
+# they are read as missing values so that validation can name the field that holds them.
+mc_parse_json <- function(text, source) {
+  parsed <- tryCatch(jsonlite::fromJSON(text, simplifyVector = TRUE), error = function(e) e)
+  if (!inherits(parsed, "error")) return(parsed)
+  cleaned <- gsub("(?<![A-Za-z_\"])-?(NaN|Infinity)(?![A-Za-z_\"])", "null", text, perl = TRUE)
+  if (!identical(cleaned, text)) {
+    retry <- tryCatch(jsonlite::fromJSON(cleaned, simplifyVector = TRUE), error = function(e) NULL)
+    if (!is.null(retry)) return(retry)
+  }
+  reason <- strsplit(conditionMessage(parsed), "\n", fixed = TRUE)[[1]][1]
+  mc_fail(source, sprintf("not valid JSON (%s; truncated?); re-create it with `medclf test`", trimws(reason)))
+}
+
+mc_read_predictions_file <- function(path) mc_parse_json(mc_read_json_text(path), path)
+
+mc_softmax_rows <- function(logits) {
+  shifted <- logits - apply(logits, 1, max)
+  e <- exp(shifted)
+  # Sequential column sums (not rowSums' extended precision) so Python matches bit for bit.
+  total <- e[, 1]
+  if (ncol(e) > 1) for (j in 2:ncol(e)) total <- total + e[, j]
+  e / total
+}
+
+mc_numeric_matrix <- function(x, field, source) {
+  if (is.data.frame(x)) x <- as.matrix(x)
+  if (is.list(x)) mc_fail(source, sprintf("%s: rows have different lengths or non-numeric entries; expected one row of numbers per image", field))
+  if (!is.matrix(x)) mc_fail(source, sprintf("%s: expected a list of rows (one row of class values per image)", field))
+  if (is.logical(x) && all(is.na(x))) storage.mode(x) <- "double"
+  if (!is.numeric(x)) mc_fail(source, sprintf("%s: entries must be numbers", field))
+  bad <- which(is.na(x), arr.ind = TRUE)
+  if (nrow(bad)) mc_fail(source, sprintf("%s: row %d, column %d is NaN or missing; every image needs finite values",
+                                         field, bad[1, 1], bad[1, 2]))
+  storage.mode(x) <- "double"
+  x
+}
+
+mc_check_probabilities <- function(p, field, source) {
+  out <- which(p < 0 | p > 1, arr.ind = TRUE)
+  if (nrow(out)) mc_fail(source, sprintf("%s: value %s at row %d, column %d is outside [0, 1]",
+                                         field, format(p[out[1, 1], out[1, 2]], digits = 15), out[1, 1], out[1, 2]))
+  total <- p[, 1]
+  if (ncol(p) > 1) for (j in 2:ncol(p)) total <- total + p[, j]
+  off <- which(abs(total - 1) > MC_ROW_SUM_TOLERANCE)
+  if (length(off)) mc_fail(source, sprintf("%s: row %d sums to %s, not 1 (tolerance %g); write softmax probabilities",
+                                           field, off[1], format(total[off[1]], digits = 15), MC_ROW_SUM_TOLERANCE))
+}
+
+mc_has <- function(obj, key) !is.null(obj[[key]]) && !(length(obj[[key]]) == 1 && is.na(obj[[key]]))
+
+# Validate a parsed predictions object. Returns list(format, split, classes, labels (0-based
+# integers), probabilities (n x K), paths, positive_class (declared in the file or NULL), model).
+mc_validate_predictions <- function(obj, source) {
+  if (!is.list(obj) || is.null(names(obj)))
+    mc_fail(source, "expected a JSON object with labels and probabilities")
+  legacy <- is.null(obj$schema)
+  if (!legacy && !identical(obj$schema, MC_PREDICTIONS_SCHEMA))
+    mc_fail(source, sprintf("schema: '%s' is not supported (expected %s)", paste(obj$schema, collapse = " "), MC_PREDICTIONS_SCHEMA))
+  required <- if (legacy) MC_LEGACY_KEYS else c("classes", "labels", "probabilities")
+  missing <- required[!vapply(required, function(k) k %in% names(obj), TRUE)]
+  if (length(missing))
+    mc_fail(source, sprintf("missing key%s %s; expected %s", if (length(missing) > 1) "s" else "",
+                            paste0("'", missing, "'", collapse = ", "),
+                            if (legacy) "the four keys of test_torchvision.py or a medclf.predictions/1 file"
+                            else "a file written by `medclf test`"))
+  field <- if (legacy) "predictive probabilities" else "probabilities"
+
+  labels <- obj$labels
+  if (is.list(labels) || !is.null(dim(labels)) || !(is.numeric(labels) || all(is.na(labels))))
+    mc_fail(source, "labels: expected a list of integer class indices")
+  if (length(labels) == 0) mc_fail(source, "labels: empty; there is nothing to report")
+  if (anyNA(labels)) mc_fail(source, sprintf("labels: entry %d is NaN or missing", which(is.na(labels))[1]))
+  if (any(labels != round(labels))) mc_fail(source, sprintf("labels: entry %d is not an integer class index", which(labels != round(labels))[1]))
+  n <- length(labels)
+
+  scores <- mc_numeric_matrix(obj[[field]], field, source)
+  lengths <- c(labels = n)
+  lengths[field] <- nrow(scores)
+  for (key in c("predictions", "paths", "label probabilities")) {
+    if (!mc_has(obj, key)) next
+    value <- obj[[key]]
+    lengths[key] <- if (is.null(dim(value))) length(value) else nrow(value)
+  }
+  if (any(lengths != n)) {
+    bad <- names(lengths)[lengths != n][1]
+    mc_fail(source, sprintf("%s: has %d entries but labels has %d; every field needs one entry per image",
+                            bad, lengths[[bad]], n))
+  }
+  if (mc_has(obj, "predictions") && (!is.numeric(obj$predictions) || anyNA(obj$predictions)))
+    mc_fail(source, "predictions: expected a list of integer class indices without missing values")
+
+  k <- ncol(scores)
+  if (k < 2) mc_fail(source, sprintf("%s: need at least two columns (one per class), found %d", field, k))
+  if (legacy) {
+    probabilities <- mc_softmax_rows(scores)
+    classes <- as.character(seq_len(k) - 1L)
+  } else {
+    mc_check_probabilities(scores, field, source)
+    probabilities <- scores
+    classes <- obj$classes
+    if (!is.character(classes) || anyNA(classes) || anyDuplicated(classes))
+      mc_fail(source, "classes: expected a list of distinct class names")
+    if (length(classes) != k)
+      mc_fail(source, sprintf("classes: has %d names but %s has %d columns", length(classes), field, k))
+  }
+  if (any(labels < 0 | labels >= k)) {
+    i <- which(labels < 0 | labels >= k)[1]
+    mc_fail(source, sprintf("labels: value %s at entry %d is not a class index 0..%d", labels[i], i, k - 1))
+  }
+  declared <- if (legacy) { if (k == 2) "1" else NULL } else if (mc_has(obj, "positive_class")) obj$positive_class else NULL
+  if (!is.null(declared) && !(declared %in% classes))
+    mc_fail(source, sprintf("positive_class: '%s' is not one of the classes (%s)", declared, paste(classes, collapse = ", ")))
+  list(format = if (legacy) "original four-key (logits -> softmax)" else MC_PREDICTIONS_SCHEMA,
+       split = if (mc_has(obj, "split")) obj$split else NULL,
+       classes = classes, labels = as.integer(labels), probabilities = probabilities,
+       paths = if (mc_has(obj, "paths")) obj$paths else NULL,
+       positive_class = declared,
+       model = if (is.list(obj$model)) obj$model else NULL, source = source)
+}
+
+# Results and comparisons: jsonlite with full precision and explicit nulls.
+mc_to_json <- function(x) {
+  as.character(jsonlite::toJSON(x, auto_unbox = TRUE, digits = NA, na = "null", null = "null", pretty = TRUE))
+}
+
+mc_write_text_atomic <- function(text, path) {
+  tmp <- tempfile(pattern = paste0(".", basename(path), "."), tmpdir = dirname(path))
+  writeLines(text, tmp, useBytes = TRUE)
+  if (!file.rename(tmp, path)) { unlink(tmp); mc_fail(path, "cannot write results file") }
+}
+
+mc_write_json <- function(x, path) {
+  jsonlite::write_json(x, path, auto_unbox = TRUE, digits = NA, na = "null", null = "null", pretty = TRUE)
+}
