@@ -1,0 +1,333 @@
+"""medclf partition: grouping, duplicates, stratification, determinism, bad input."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from medclf.cli import main
+from medclf.errors import MedclfError
+from medclf.partition import PartitionOptions, assign_groups, parse_label_map, partition
+
+HAM_ARGS = ["--image-col", "image_id", "--label-col", "dx", "--group-col", "lesion_id", "--image-ext", ".jpg"]
+
+
+def _noise_image(path, seed, size=32):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 255, (size, size), dtype=np.uint8)).save(path)
+
+
+def _class_folders(root, counts):
+    seed = 0
+    for name, n in counts.items():
+        for i in range(n):
+            seed += 1
+            _noise_image(root / name / f"{name}{i}.png", seed)
+    return root
+
+
+def _run_cli(argv, capsys):
+    code = main(["partition", "--quiet", *map(str, argv)])
+    return code, capsys.readouterr().err
+
+
+def _read(out):
+    return pd.read_csv(out / "splits.csv", dtype=str, keep_default_na=False), json.loads((out / "partition.json").read_text())
+
+
+# ---------------------------------------------------------------- real data
+
+@pytest.fixture(scope="module")
+def brain_run(brain_mri_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("brain")
+    assert main(["partition", "--quiet", "--data-root", str(brain_mri_root), "--out", str(out),
+                 "--val", "0.1", "--test", "0.2", "--seed", "0"]) == 0
+    return out
+
+
+def test_brain_accounts_for_every_file(brain_run, brain_mri_root):
+    frame, info = _read(brain_run)
+    on_disk = sorted(p.relative_to(brain_mri_root).as_posix() for p in brain_mri_root.glob("*/*"))
+    assert sorted(frame["path"]) == on_disk and len(on_disk) == 253
+    assert info["unreadable"]["count"] == 0
+    assert info["counts"]["total"] == {"no": 98, "yes": 155}
+    assert info["classes"] == ["no", "yes"] and info["positive_class"] == "yes"
+    assert info["data_root"] == str(brain_mri_root.resolve())
+
+
+def test_brain_duplicates_found_and_never_cross_splits(brain_run):
+    frame, info = _read(brain_run)
+    dup = info["duplicates"]
+    assert (dup["exact"]["clusters"], dup["exact"]["files"]) == (22, 47)
+    assert (dup["clusters"]["count"], dup["clusters"]["files"]) == (36, 83)
+    leak = info["leakage"]
+    assert (leak["groups_across_splits"], leak["exact_duplicates_across_splits"],
+            leak["near_duplicates_across_splits"]) == (0, 0, 0)
+    # Check independently of the report: every cluster's members share one split and one group.
+    for cluster in dup["clusters"]["members"]:
+        rows = frame[frame["path"].isin(cluster["paths"])]
+        assert rows["split"].nunique() == 1 and rows["group"].nunique() == 1
+    assert frame.groupby("group")["split"].nunique().max() == 1
+    assert frame["group"].nunique() == info["n_groups"] == 253 - 83 + 36
+
+
+def test_brain_split_is_stratified(brain_run):
+    frame, _ = _read(brain_run)
+    overall = (frame["label"] == "yes").mean()
+    sizes = frame["split"].value_counts(normalize=True)
+    assert abs(sizes["test"] - 0.2) < 0.02 and abs(sizes["val"] - 0.1) < 0.02
+    for split, rows in frame.groupby("split"):
+        assert abs((rows["label"] == "yes").mean() - overall) < 0.03, split
+
+
+def test_brain_second_run_and_shuffled_copy_are_identical(brain_run, brain_mri_root, tmp_path):
+    assert main(["partition", "--quiet", "--data-root", str(brain_mri_root), "--out", str(tmp_path / "again"),
+                 "--val", "0.1", "--test", "0.2", "--seed", "0"]) == 0
+    expected = (brain_run / "splits.csv").read_bytes()
+    assert (tmp_path / "again" / "splits.csv").read_bytes() == expected
+    # A copy created in a different order lists its files in a different order.
+    files = sorted(p for p in brain_mri_root.glob("*/*"))
+    copy = tmp_path / "copy"
+    for k in np.random.default_rng(5).permutation(len(files)):
+        target = copy / files[k].relative_to(brain_mri_root)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(files[k], target)
+    assert main(["partition", "--quiet", "--data-root", str(copy), "--out", str(tmp_path / "copy_out"),
+                 "--val", "0.1", "--test", "0.2", "--seed", "0"]) == 0
+    assert (tmp_path / "copy_out" / "splits.csv").read_bytes() == expected
+    different_seed = tmp_path / "seed1"
+    main(["partition", "--quiet", "--data-root", str(brain_mri_root), "--out", str(different_seed), "--seed", "1"])
+    assert (different_seed / "splits.csv").read_bytes() != expected
+
+
+@pytest.fixture(scope="module")
+def ham_run(ham_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ham")
+    assert main(["partition", "--quiet", "--metadata", str(ham_root / "HAM10000_metadata.csv"),
+                 "--image-dir", str(ham_root / "images"), *HAM_ARGS, "--out", str(out)]) == 0
+    return out
+
+
+def test_ham_no_lesion_in_two_splits_and_shares_within_2_points(ham_run, ham_root):
+    frame, info = _read(ham_run)
+    assert len(frame) == 1983
+    assert frame.groupby("lesion_id")["split"].nunique().max() == 1
+    assert info["leakage"]["groups_across_splits"] == 0
+    overall = frame["label"].value_counts(normalize=True)
+    big = [c for c, n in frame["label"].value_counts().items() if n >= 50]
+    assert len(big) == 5
+    for split, rows in frame.groupby("split"):
+        share = rows["label"].value_counts(normalize=True)
+        for c in big:
+            assert abs(share.get(c, 0) - overall[c]) <= 0.02, (split, c)
+    assert info["data_root"] == str((ham_root / "images").resolve())
+    assert info["group_column"] == "lesion_id"
+
+
+def test_ham_metadata_columns_pass_through(ham_run, ham_root):
+    frame, _ = _read(ham_run)
+    assert list(frame.columns) == ["path", "label", "label_index", "split", "group",
+                                   "lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization"]
+    assert (frame["path"] == frame["image_id"] + ".jpg").all()
+    assert (frame["label"] == frame["dx"]).all()
+    source = pd.read_csv(ham_root / "HAM10000_metadata.csv", dtype=str, keep_default_na=False)
+    merged = frame.merge(source, on="image_id", suffixes=("", "_src"))
+    assert (merged["age"] == merged["age_src"]).all()
+
+
+def test_ham_folds(ham_root, tmp_path):
+    out = tmp_path / "folds"
+    assert main(["partition", "--quiet", "--metadata", str(ham_root / "HAM10000_metadata.csv"),
+                 "--image-dir", str(ham_root / "images"), *HAM_ARGS, "--out", str(out),
+                 "--val", "0", "--test", "0.2", "--folds", "5", "--no-dedup"]) == 0
+    frame, info = _read(out)
+    assert set(frame["split"]) == {"train", "test"}
+    assert (frame.loc[frame["split"] == "test", "fold"] == "").all()
+    train = frame[frame["split"] == "train"]
+    assert sorted(train["fold"].unique()) == ["0", "1", "2", "3", "4"]
+    assert train.groupby("lesion_id")["fold"].nunique().max() == 1
+    sizes = train["fold"].value_counts(normalize=True)
+    assert (abs(sizes - 1 / 5) < 0.02).all()
+    nv_share = train.groupby("fold")["label"].apply(lambda s: (s == "nv").mean())
+    assert (abs(nv_share - (train["label"] == "nv").mean()) < 0.03).all()
+    assert info["folds"] == 5 and info["duplicates"] == {"enabled": False}
+
+
+def test_ham_label_map_malignant_vs_benign(ham_root, tmp_path):
+    out = tmp_path / "mal"
+    assert main(["partition", "--quiet", "--metadata", str(ham_root / "HAM10000_metadata.csv"),
+                 "--image-dir", str(ham_root / "images"), *HAM_ARGS, "--out", str(out), "--no-dedup",
+                 "--label-map", "mel=malignant,bcc=malignant,akiec=malignant,*=benign",
+                 "--positive", "malignant"]) == 0
+    frame, info = _read(out)
+    assert info["classes"] == ["benign", "malignant"] and info["positive_class"] == "malignant"
+    assert frame.columns[5] == "label_original"
+    assert (frame["label_original"] == frame["dx"]).all()
+    malignant = frame["label_original"].isin(["mel", "bcc", "akiec"])
+    assert ((frame["label"] == "malignant") == malignant).all()
+    assert info["counts"]["total"]["malignant"] == 222 + 102 + 67
+    assert frame.groupby("lesion_id")["split"].nunique().max() == 1
+
+
+# ---------------------------------------------------------------- the algorithm
+
+def test_assign_groups_hand_example():
+    # 10 singleton groups of class A and 10 of class B, ratios 0.6/0.2/0.2 -> 6/2/2 per class.
+    counts = [[1, 0]] * 10 + [[0, 1]] * 10
+    assignment = assign_groups(counts, [0.6, 0.2, 0.2], seed=3)
+    for cls in (slice(0, 10), slice(10, 20)):
+        assert np.bincount(assignment[cls], minlength=3).tolist() == [6, 2, 2]
+
+
+def test_assign_groups_keeps_big_groups_whole_and_balances():
+    counts = [[5, 0], [3, 0], [1, 0], [1, 0], [0, 4], [0, 2], [0, 1], [0, 1], [0, 1], [0, 1]]
+    a = assign_groups(counts, [0.5, 0.0, 0.5], seed=0)
+    assert set(a.tolist()) == {0, 2}  # a zero ratio gets nothing
+    per_bin = np.zeros((3, 2))
+    for g, b in enumerate(a):
+        per_bin[b] += counts[g]
+    # Largest first: 5A and 4B open bin 0; 3A and 2B then fit bin 2 better; the 1s fill the gaps.
+    assert per_bin.tolist() == [[5, 5], [0, 0], [5, 5]]
+
+
+def test_label_map_parsing(tmp_path):
+    assert parse_label_map("mel=malignant, bcc=malignant,*=benign") == {
+        "mel": "malignant", "bcc": "malignant", "*": "benign"}
+    (tmp_path / "m.csv").write_text("from,to\nmel,malignant\n*,benign\n")
+    (tmp_path / "m.json").write_text('{"mel": "malignant", "*": "benign"}')
+    (tmp_path / "m.yaml").write_text("mel: malignant\n'*': benign\n")
+    for name in ("m.csv", "m.json", "m.yaml"):
+        assert parse_label_map(str(tmp_path / name)) == {"mel": "malignant", "*": "benign"}
+    with pytest.raises(MedclfError, match="from=to"):
+        parse_label_map("mel")
+
+
+def test_label_map_without_catch_all_names_unmapped_labels(tmp_path, capsys):
+    root = _class_folders(tmp_path / "d", {"a": 4, "b": 4, "c": 4})
+    code, err = _run_cli(["--data-root", root, "--out", tmp_path / "o", "--label-map", "a=x,b=y"], capsys)
+    assert code == 1 and "no mapping for label(s) c" in err
+
+
+def test_classes_order_positive_and_skipped_files(tmp_path):
+    root = _class_folders(tmp_path / "d", {"yes": 6, "no": 6})
+    (root / "yes" / "notes.txt").write_text("radiologist notes")
+    (root / "README.md").write_text("top-level files are not classes")
+    info = partition(PartitionOptions(out=tmp_path / "o", data_root=root, classes=["yes", "no"],
+                                      positive="yes", val=0.2, test=0.2, quiet=True))
+    frame, _ = _read(tmp_path / "o")
+    assert info["classes"] == ["yes", "no"]
+    assert (frame.loc[frame["label"] == "yes", "label_index"] == "0").all()
+    assert info["skipped_non_images"] == {"count": 1, "files": ["yes/notes.txt"]}
+    assert info["counts"]["total"] == {"yes": 6, "no": 6}
+    for split in ("train", "val", "test"):
+        assert all(n >= 1 for n in info["counts"][split].values())
+
+
+def test_default_positive_rules(tmp_path):
+    root = _class_folders(tmp_path / "d", {"cat": 5, "dog": 5})
+    info = partition(PartitionOptions(out=tmp_path / "o", data_root=root, quiet=True))
+    assert info["positive_class"] is None
+    with pytest.raises(MedclfError, match="--positive bird"):
+        partition(PartitionOptions(out=tmp_path / "o", data_root=root, positive="bird", quiet=True))
+
+
+def test_duplicates_across_classes_warned_and_kept_together(tmp_path, capsys):
+    root = _class_folders(tmp_path / "d", {"no": 8, "yes": 8})
+    shutil.copyfile(root / "no" / "no0.png", root / "yes" / "copy_of_no0.png")
+    info = partition(PartitionOptions(out=tmp_path / "o", data_root=root, quiet=True))
+    err = capsys.readouterr().err
+    assert "duplicates with different labels (no, yes)" in err and "copy_of_no0.png" in err
+    frame, _ = _read(tmp_path / "o")
+    pair = frame[frame["path"].isin(["no/no0.png", "yes/copy_of_no0.png"])]
+    assert pair["split"].nunique() == 1 and pair["group"].nunique() == 1
+    assert info["duplicates"]["clusters_with_different_labels"] == 1
+    assert info["leakage"]["exact_duplicates_across_splits"] == 0
+
+
+def test_group_column_merged_with_duplicates(tmp_path):
+    images = tmp_path / "img"
+    for i in range(12):
+        _noise_image(images / f"i{i}.png", 100 + i)
+    shutil.copyfile(images / "i0.png", images / "i11.png")  # same picture, different patients
+    rows = [{"image": f"i{i}", "dx": "a" if i % 2 else "b", "patient": f"p{i // 2}"} for i in range(12)]
+    pd.DataFrame(rows).to_csv(tmp_path / "meta.csv", index=False)
+    partition(PartitionOptions(out=tmp_path / "o", metadata=tmp_path / "meta.csv", image_dir=images,
+                               image_col="image", label_col="dx", image_ext="png", group_col="patient",
+                               val=0.0, test=0.3, quiet=True))
+    frame, info = _read(tmp_path / "o")
+    merged = frame[frame["patient"].isin(["p0", "p5"])]
+    assert merged["split"].nunique() == 1 and set(merged["group"]) == {"p0"}
+    assert info["n_groups"] == 5
+
+
+# ---------------------------------------------------------------- bad input
+
+def test_empty_folder(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    code, err = _run_cli(["--data-root", tmp_path / "empty", "--out", tmp_path / "o"], capsys)
+    assert code == 1 and "empty: no images found" in err and "subfolder" in err
+
+
+def test_single_class(tmp_path, capsys):
+    root = _class_folders(tmp_path / "d", {"yes": 5})
+    code, err = _run_cli(["--data-root", root, "--out", tmp_path / "o"], capsys)
+    assert code == 1 and "only one class ('yes')" in err and "add a second class" in err
+
+
+def test_class_too_small(tmp_path, capsys):
+    root = _class_folders(tmp_path / "d", {"no": 10, "yes": 2})
+    code, err = _run_cli(["--data-root", root, "--out", tmp_path / "o", "--val", "0.1", "--test", "0.2"], capsys)
+    assert code == 1 and "class 'yes' has 2 independent image group(s) but needs at least 3" in err
+    assert "lower --val/--test" in err
+    assert _run_cli(["--data-root", root, "--out", tmp_path / "o", "--val", "0", "--test", "0.2"], capsys)[0] == 0
+    code, err = _run_cli(["--data-root", root, "--out", tmp_path / "o", "--val", "0", "--folds", "3"], capsys)
+    assert code == 1 and "fewer --folds" in err
+
+
+def test_csv_without_named_column(tmp_path, capsys):
+    _noise_image(tmp_path / "img" / "a.png", 1)
+    (tmp_path / "meta.csv").write_text("image_id,diagnosis\na.png,x\n")
+    code, err = _run_cli(["--metadata", tmp_path / "meta.csv", "--image-dir", tmp_path / "img",
+                          "--label-col", "dx", "--out", tmp_path / "o"], capsys)
+    assert code == 1 and "meta.csv: no column 'dx' (named by --label-col)" in err and "diagnosis" in err
+
+
+def test_csv_row_with_missing_image(tmp_path, capsys):
+    for i in range(6):
+        _noise_image(tmp_path / "img" / f"i{i}.jpg", i)
+    rows = "\n".join(f"i{i},{'ab'[i % 2]}" for i in range(6))
+    (tmp_path / "meta.csv").write_text(f"image_id,dx\n{rows}\ni9,a\n")
+    code, err = _run_cli(["--metadata", tmp_path / "meta.csv", "--image-dir", tmp_path / "img",
+                          "--label-col", "dx", "--image-ext", ".jpg", "--out", tmp_path / "o"], capsys)
+    assert code == 1 and "line 8:" in err and "i9.jpg" in err and "does not exist" in err
+
+
+def test_unreadable_images_are_warned_excluded_and_counted(tmp_path, capsys):
+    root = _class_folders(tmp_path / "d", {"no": 6, "yes": 6})
+    good = (root / "yes" / "yes0.png").read_bytes()
+    Image.open(root / "yes" / "yes1.png").convert("RGB").save(root / "yes" / "full.jpg")
+    data = (root / "yes" / "full.jpg").read_bytes()
+    (root / "yes" / "full.jpg").unlink()
+    (root / "yes" / "truncated.jpg").write_bytes(data[: len(data) // 3])
+    (root / "no" / "text.jpg").write_text("not an image at all\n")
+    assert good
+    code, err = _run_cli(["--data-root", root, "--out", tmp_path / "o", "--val", "0.2", "--test", "0.2"], capsys)
+    assert code == 0
+    assert "truncated.jpg" in err and "text.jpg" in err and "excluded" in err
+    frame, info = _read(tmp_path / "o")
+    assert info["unreadable"]["count"] == 2
+    assert sorted(f["path"] for f in info["unreadable"]["files"]) == ["no/text.jpg", "yes/truncated.jpg"]
+    assert len(frame) == 12 and not frame["path"].str.contains("truncated|text").any()
+
+
+def test_bad_ratios_and_inputs(tmp_path, capsys):
+    root = _class_folders(tmp_path / "d", {"no": 4, "yes": 4})
+    assert "together below 1" in _run_cli(["--data-root", root, "--out", tmp_path / "o", "--val", "0.5",
+                                           "--test", "0.5"], capsys)[1]
+    assert "exactly one of" in _run_cli(["--out", tmp_path / "o"], capsys)[1]
+    assert "data root not found" in _run_cli(["--data-root", tmp_path / "nope", "--out", tmp_path / "o"], capsys)[1]
