@@ -21,7 +21,6 @@ import random
 import subprocess
 import sys
 import time
-import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -57,8 +56,6 @@ _RESUME_FREE = {"resume", "progress", "tensorboard", "workers", "cache", "device
 
 def select_device(requested):
     if requested in ("cuda", "gpu") and not torch.cuda.is_available():
-        warnings.warn("CUDA was requested (--device cuda / --use_GPU) but is not available; running on CPU",
-                      stacklevel=2)
         print("medclf train: warning: CUDA requested but not available; running on CPU", file=sys.stderr)
         return torch.device("cpu")
     if requested == "auto":
