@@ -1,0 +1,726 @@
+"""Study files: one YAML file states every option of every stage; `run_study` runs them.
+
+A study file (see studies/*.yaml and docs/studies.md) looks like
+
+    name: ham10000_malignant
+    data:
+      root: ${MEDCLF_HAM10000:-../shared/data/ham10000_dev}
+      metadata: HAM10000_metadata.csv      # relative to data.root
+      image-dir: images                    # relative to data.root
+    partition: {image-col: image_id, label-col: dx, group-col: lesion_id, ...}
+    train: {arch: resnet18, img-size: 64, epochs: 30, ...}
+    runs: [{run-name: resnet18}, {run-name: densenet121, arch: densenet121}]   # optional
+    test: {}
+    report: {}
+    compare: true
+
+Each stage section becomes the argv of that stage's command (keys are the command's flag names
+without the leading dashes; `true` becomes a bare flag, `false` the `--no-` form or nothing; a
+mapping becomes `k=v,k=v`; a list becomes `a,b` or separate values for multi-value flags) and
+runs through `medclf.cli.main`, so the stages' own parsers validate every option, and a study
+can use any option a stage has without this module knowing it. All argv are built and parsed
+before the first stage runs, so a typo fails at once, not after an hour of training.
+
+Paths: `${VAR}`, `${VAR:-default}` (default when VAR is unset or empty) and `${VAR-default}`
+(default when unset) are expanded in every string value; relative paths in a study file, like
+every path given to a medclf command, are relative to the current working directory (the
+shipped studies assume the repository root). The runner records them as absolute paths.
+
+Outputs go to `<out>/<name>/`: `partition/`, one folder per run, `compare/`, plus the study file
+as given (`study.yaml`), the resolved configuration (`study_resolved.json`: every argv,
+expanded paths, versions, git commit, what ran and what was skipped) and `summary.md`.
+A stage whose outputs exist is skipped (an interrupted study resumes; an interrupted training
+continues with `--resume`) unless `force`; a stage that reruns makes the stages after it rerun
+for the same run; outputs made with different options are refused rather than silently reused.
+"""
+
+import argparse
+import contextlib
+import datetime
+import difflib
+import io
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from medclf import __version__
+from medclf.errors import MedclfError
+from medclf.fileio import read_json, write_json, write_text
+
+SCHEMA = "medclf.study/1"
+STAGES = ("partition", "train", "test", "report", "compare")
+TOP_LEVEL_KEYS = ("name", "description", "data", "partition", "train", "runs", "test", "report", "compare")
+DATA_KEYS = ("root", "metadata", "image-dir")
+# Options the runner sets itself (by argparse dest), so every output lands under <out>/<name>/.
+MANAGED_DESTS = {
+    "partition": {"out": "the runner writes splits to <out>/<name>/partition/",
+                  "data_root": "give it as data.root", "metadata": "give it as data.metadata",
+                  "image_dir": "give it as data.image-dir"},
+    "train": {"splits": "the runner uses <out>/<name>/partition/splits.csv",
+              "out": "runs go to <out>/<name>/<run-name>/", "run_name": "name the run in runs: [{run-name: ...}]"},
+    "test": {"run": "the runner tests every run of the study"},
+    "report": {"run": "the runner reports every run of the study"},
+    "compare": {},
+}
+RESERVED_RUN_NAMES = ("partition", "compare")
+_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?-)([^}]*))?\}")
+
+
+# --------------------------------------------------------------------------- YAML and values
+
+class _StudyLoader(yaml.SafeLoader):
+    """YAML with YAML 1.2 booleans: only true/false are booleans, so `positive: yes`,
+    `classes: [no, yes]` or a class called `on` stay strings (PyYAML's YAML 1.1 default would
+    turn them into True/False)."""
+
+
+_StudyLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_StudyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def parse_yaml(text, source):
+    try:
+        return yaml.load(text, Loader=_StudyLoader)
+    except yaml.YAMLError as exc:
+        raise MedclfError(f"{source}: not valid YAML ({exc}); fix the file") from exc
+
+
+def load_study(study_file):
+    """Return (text as given, parsed mapping)."""
+    path = Path(study_file)
+    if not path.is_file():
+        raise MedclfError(f"{path}: study file not found; give a path such as studies/brain_mri.yaml")
+    text = path.read_text(encoding="utf-8")
+    study = parse_yaml(text, path)
+    if not isinstance(study, dict):
+        raise MedclfError(f"{path}: a study file must be a YAML mapping with name, data, partition, train, ...")
+    return text, study
+
+
+def expand_env(value, where, environ=None):
+    """Expand ${VAR}, ${VAR:-default} and ${VAR-default} in every string inside `value`."""
+    environ = os.environ if environ is None else environ
+    if isinstance(value, dict):
+        return {k: expand_env(v, f"{where}.{k}", environ) for k, v in value.items()}
+    if isinstance(value, list):
+        return [expand_env(v, f"{where}[{i}]", environ) for i, v in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+
+    def substitute(match):
+        name, operator, default = match.groups()
+        current = environ.get(name)
+        if operator == ":-" and not current:
+            return default
+        if operator == "-" and current is None:
+            return default
+        if current is None:
+            raise MedclfError(
+                f"{where}: environment variable {name} is not set and has no default; "
+                f"set it (export {name}=...) or write ${{{name}:-default}}"
+            )
+        return current
+
+    return _ENV_PATTERN.sub(substitute, value)
+
+
+def apply_overrides(study, overrides, source="--set"):
+    """Apply `section.key=value` overrides (value parsed as YAML) to the study mapping in place.
+
+    `runs.NAME.key=v` changes one run, `runs.*.key=v` every run, `train.key=v` the options
+    every run inherits (a run's own value still wins)."""
+    for item in overrides or ():
+        if "=" not in item:
+            raise MedclfError(f"{source} {item!r}: expected SECTION.KEY=VALUE, e.g. train.epochs=3")
+        dotted, raw = item.split("=", 1)
+        value = parse_yaml(raw, f"{source} {item!r}") if raw.strip() else None
+        keys = [k for k in dotted.strip().split(".")]
+        if not keys or any(not k for k in keys):
+            raise MedclfError(f"{source} {item!r}: empty key; expected SECTION.KEY=VALUE, e.g. train.epochs=3")
+        if keys[0] == "runs" and len(keys) >= 3:
+            runs = study.get("runs")
+            if not isinstance(runs, list):
+                raise MedclfError(f"{source} {item!r}: this study has no runs: list; use train.{'.'.join(keys[2:])}=...")
+            selected = [r for i, r in enumerate(runs) if isinstance(r, dict) and (
+                keys[1] == "*" or keys[1] == str(i) or keys[1] == _run_name_of(r, None))]
+            if not selected:
+                names = ", ".join(str(_run_name_of(r, i)) for i, r in enumerate(runs))
+                raise MedclfError(f"{source} {item!r}: no run named {keys[1]!r}; runs are {names} (or * for all)")
+            for run in selected:
+                _set_path(run, keys[2:], value, item, source)
+        else:
+            _set_path(study, keys, value, item, source)
+    return study
+
+
+def _set_path(mapping, keys, value, item, source):
+    for key in keys[:-1]:
+        child = mapping.get(key)
+        if child is None or child is True or child is False:
+            child = mapping[key] = {}
+        if not isinstance(child, dict):
+            raise MedclfError(f"{source} {item!r}: {key} is not a section")
+        mapping = child
+    mapping[keys[-1]] = value
+
+
+def _run_name_of(run, index):
+    for key in ("run-name", "run_name"):
+        if run.get(key):
+            return str(run[key])
+    return run.get("arch") or (f"run{index}" if index is not None else None)
+
+
+# --------------------------------------------------------------------------- options -> argv
+
+def stage_parsers():
+    """The argparse parser of each medclf command that exists in this installation."""
+    from medclf.cli import build_parser
+
+    parser = build_parser()
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def _find_action(parser, key):
+    by_flag = {flag: action for action in parser._actions for flag in action.option_strings}
+    key = str(key)
+    for flag in (f"--{key}", f"--{key.replace('_', '-')}", f"-{key}"):
+        if flag in by_flag:
+            return flag, by_flag[flag], by_flag
+    return None, None, by_flag
+
+
+def _render_scalar(value):
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return ",".join(f"{k}={_render_scalar(v)}" for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return ",".join(_render_scalar(v) for v in value)
+    return str(value)
+
+
+def options_to_argv(options, parser, stage, where):
+    """Translate one section's mapping into argv tokens for `parser` (the stage's parser)."""
+    argv = []
+    if not options:
+        return argv
+    if not isinstance(options, dict):
+        raise MedclfError(f"{where}: expected a mapping of option: value, got {options!r}")
+    for key, value in options.items():
+        if value is False:
+            # `dedup: false`, `amp: false`, `progress: false`: the parser's `--no-KEY` switch if it has one.
+            no_flag, no_action, _ = _find_action(parser, f"no-{key}")
+            if no_action is not None and no_action.nargs == 0:
+                argv.append(no_flag)
+                continue
+        flag, action, by_flag = _find_action(parser, key)
+        if action is None:
+            known = sorted(f.lstrip("-") for f in by_flag if f.startswith("--") and f != "--help")
+            close = difflib.get_close_matches(str(key), known, n=3)
+            hint = f"did you mean {', '.join(close)}?" if close else f"options are: {', '.join(known)}"
+            raise MedclfError(f"{where}.{key}: `medclf {stage}` has no option --{key}; {hint}")
+        reason = MANAGED_DESTS.get(stage, {}).get(action.dest)
+        if reason:
+            raise MedclfError(f"{where}.{key}: set by the study runner ({reason}); remove it from the study file")
+        argv += _option_tokens(flag, action, value, where, key)
+    return argv
+
+
+def _option_tokens(flag, action, value, where, key):
+    if value is None:
+        return []
+    if isinstance(action, argparse.BooleanOptionalAction):
+        if not isinstance(value, bool):
+            raise MedclfError(f"{where}.{key}: expected true or false, got {value!r}")
+        if value:
+            return [flag]
+        negative = [f for f in action.option_strings if f.startswith("--no-")]
+        return negative[:1]
+    if action.nargs == 0:
+        if isinstance(action, argparse._CountAction) and isinstance(value, int) and not isinstance(value, bool):
+            return [flag] * value
+        if not isinstance(value, bool):
+            raise MedclfError(f"{where}.{key}: --{key} is a switch; write {key}: true or {key}: false")
+        return [flag] if value else []
+    multi = action.nargs in ("+", "*") or (isinstance(action.nargs, int) and action.nargs > 1)
+    if isinstance(action, argparse._AppendAction):
+        items = value if isinstance(value, (list, tuple)) else [value]
+        return [token for item in items for token in (flag, _render_scalar(item))]
+    if multi:
+        items = value if isinstance(value, (list, tuple)) else [value]
+        return [flag, *(_render_scalar(item) for item in items)]
+    return [flag, _render_scalar(value)]
+
+
+# --------------------------------------------------------------------------- plan
+
+@dataclass
+class StageCall:
+    stage: str
+    run: str = None
+    argv: list = field(default_factory=list)
+    where: str = ""
+    outputs: list = field(default_factory=list)     # all exist -> the stage is done
+    resume_argv: list = None                         # argv to continue an interrupted stage
+    run_dir: Path = None
+
+    def finished(self):
+        if self.stage == "train":
+            return training_finished(self.run_dir)
+        return bool(self.outputs) and all(p.exists() for p in self.outputs)
+
+    def started(self):
+        """Some output exists (a finished or interrupted stage)."""
+        return self.run_dir is not None and self.stage == "train" and (
+            (self.run_dir / "last.pt").exists() or (self.run_dir / "best.pt").exists())
+
+    @property
+    def key(self):
+        return f"{self.stage}:{self.run}" if self.run else self.stage
+
+    @property
+    def label(self):
+        return f"{self.stage} ({self.run})" if self.run else self.stage
+
+
+@dataclass
+class StudyPlan:
+    name: str
+    study_file: Path
+    out_dir: Path
+    data: dict
+    runs: list
+    calls: list
+    report_split: str = "test"
+
+
+def _section(study, key, source):
+    value = study.get(key)
+    if value is None or value is True:
+        return {}
+    if value is False:
+        return None
+    if not isinstance(value, dict):
+        raise MedclfError(f"{source}: {key}: expected a mapping of option: value (or nothing), got {value!r}")
+    return dict(value)
+
+
+def _resolve_path(value, base=None):
+    path = Path(os.path.expanduser(str(value)))
+    if not path.is_absolute() and base is not None:
+        path = Path(base) / path
+    return path.absolute()
+
+
+def _resolve_data(study, source, data_root):
+    data = study.get("data") or {}
+    if isinstance(data, str):
+        data = {"root": data}
+    if not isinstance(data, dict):
+        raise MedclfError(f"{source}: data: expected a mapping with root (and metadata, image-dir for a CSV dataset)")
+    data = {str(k).replace("_", "-"): v for k, v in data.items()}
+    unknown = sorted(set(data) - set(DATA_KEYS))
+    if unknown:
+        raise MedclfError(f"{source}: data: unknown key(s) {', '.join(unknown)}; use {', '.join(DATA_KEYS)}")
+    if data_root is not None:
+        data["root"] = str(data_root)
+    if not data.get("root"):
+        raise MedclfError(f"{source}: data.root is not set; write it in the study file or give --data-root DIR")
+    root = _resolve_path(data["root"])
+    resolved = {"root": str(root)}
+    if data.get("metadata"):
+        resolved["metadata"] = str(_resolve_path(data["metadata"], root))
+        resolved["image-dir"] = str(_resolve_path(data.get("image-dir") or ".", root))
+    elif data.get("image-dir"):
+        raise MedclfError(f"{source}: data.image-dir is only used with data.metadata (a CSV dataset); "
+                          "for class folders give data.root only")
+    return resolved
+
+
+def build_plan(study, study_file, data_root=None, out_root="results", parsers=None, environ=None):
+    """Turn a parsed study (overrides applied) into the list of stage calls; validate everything."""
+    source = Path(study_file)
+    unknown = sorted(set(map(str, study)) - set(TOP_LEVEL_KEYS))
+    if unknown:
+        raise MedclfError(f"{source}: unknown section(s) {', '.join(unknown)}; a study has {', '.join(TOP_LEVEL_KEYS)}")
+    study = expand_env(study, str(source), environ)
+    name = str(study.get("name") or source.stem)
+    if not _NAME_PATTERN.match(name):
+        raise MedclfError(f"{source}: name {name!r}: use letters, digits, '.', '_' and '-' only (it names a folder)")
+    parsers = stage_parsers() if parsers is None else parsers
+    data = _resolve_data(study, source, data_root)
+    out_dir = _resolve_path(out_root) / name
+
+    def parser_for(stage):
+        if stage not in parsers:
+            raise MedclfError(f"{source}: stage {stage} needs the `medclf {stage}` command, which this "
+                              "installation does not have; update medclf or remove the stage")
+        return parsers[stage]
+
+    calls = []
+    partition_dir = out_dir / "partition"
+    partition = _section(study, "partition", source) or {}
+    argv = ["partition"]
+    if "metadata" in data:
+        argv += ["--metadata", data["metadata"], "--image-dir", data["image-dir"]]
+    else:
+        argv += ["--data-root", data["root"]]
+    argv += ["--out", str(partition_dir)]
+    argv += options_to_argv(partition, parser_for("partition"), "partition", f"{source}: partition")
+    calls.append(StageCall("partition", None, argv, f"{source}: partition",
+                           outputs=[partition_dir / "splits.csv", partition_dir / "partition.json"]))
+
+    runs = _runs(study, source)
+    test_options = _section(study, "test", source)
+    report_options = _section(study, "report", source)
+    split = str((test_options or {}).get("split") or "test")
+    report_split = str((report_options or {}).get("split") or split)
+    for run_name, options, where in runs:
+        run_dir = out_dir / run_name
+        argv = ["train", "--splits", str(partition_dir / "splits.csv"), "--out", str(out_dir), "--run-name", run_name]
+        train_parser = parser_for("train")
+        argv += options_to_argv(options, train_parser, "train", where)
+        resume_flag, _, _ = _find_action(train_parser, "resume")
+        calls.append(StageCall("train", run_name, argv, where,
+                               outputs=[run_dir / "best.pt", run_dir / "history.csv", run_dir / "config.json"],
+                               resume_argv=argv + [resume_flag] if resume_flag else None, run_dir=run_dir))
+        if test_options is not None:
+            argv = ["test", "--run", str(run_dir)]
+            argv += options_to_argv(test_options, parser_for("test"), "test", f"{source}: test")
+            calls.append(StageCall("test", run_name, argv, f"{source}: test",
+                                   outputs=[run_dir / f"predictions_{split}.json"]))
+        if report_options is not None:
+            argv = ["report", "--run", str(run_dir)]
+            argv += options_to_argv(report_options, parser_for("report"), "report", f"{source}: report")
+            calls.append(StageCall("report", run_name, argv, f"{source}: report",
+                                   outputs=[run_dir / f"results_{report_split}.json", run_dir / "report.md"]))
+
+    compare = study.get("compare", False)
+    if compare and len(runs) >= 2:
+        compare_options = {} if compare is True else compare
+        if not isinstance(compare_options, dict):
+            raise MedclfError(f"{source}: compare: expected true, false or a mapping of options")
+        compare_parser = parser_for("compare")
+        compare_dir = out_dir / "compare"
+        argv = ["compare", *(str(out_dir / run_name) for run_name, _, _ in runs)]
+        out_flag, _, _ = _find_action(compare_parser, "out")
+        if out_flag and "out" not in compare_options:
+            argv += [out_flag, str(compare_dir)]
+        argv += options_to_argv(compare_options, compare_parser, "compare", f"{source}: compare")
+        calls.append(StageCall("compare", None, argv, f"{source}: compare",
+                               outputs=[compare_dir / "compare.json"] if out_flag else []))
+    elif compare and len(runs) < 2:
+        raise MedclfError(f"{source}: compare: true needs at least two runs; add runs: [...] or set compare: false")
+
+    for call in calls:
+        _check_parses(call, parsers[call.stage])
+    return StudyPlan(name, source, out_dir, data, [r for r, _, _ in runs], calls, report_split)
+
+
+def _runs(study, source):
+    base = _section(study, "train", source)
+    if base is None:
+        raise MedclfError(f"{source}: train: false leaves nothing to train; give train options")
+    runs = study.get("runs")
+    if runs is None:
+        runs = [{}]
+    if not isinstance(runs, list) or not runs or not all(isinstance(r, dict) for r in runs):
+        raise MedclfError(f"{source}: runs: expected a list of mappings such as [{{run-name: resnet18, arch: resnet18}}]")
+    result, seen = [], set()
+    for index, run in enumerate(runs):
+        run = dict(run)
+        name = None
+        for key in ("run-name", "run_name"):
+            if key in run:
+                name = str(run.pop(key))
+        options = {**base, **run}
+        for key in ("run-name", "run_name"):
+            if key in options:
+                name = name or str(options.pop(key))
+        name = name or str(options.get("arch") or "model")
+        where = f"{source}: runs[{index}] ({name})" if study.get("runs") else f"{source}: train"
+        if not _NAME_PATTERN.match(name) or name in RESERVED_RUN_NAMES:
+            raise MedclfError(f"{where}: run-name {name!r} cannot name a run folder; use letters, digits, '.', '_', "
+                              f"'-' and not {' or '.join(RESERVED_RUN_NAMES)}")
+        if name in seen:
+            raise MedclfError(f"{where}: two runs are called {name!r}; give each run its own run-name")
+        seen.add(name)
+        result.append((name, options, where))
+    return result
+
+
+def _check_parses(call, parser):
+    """Parse the argv with the stage's own parser now, so a bad value fails before any stage runs."""
+    stderr = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(stderr):
+            parser.parse_args(call.argv[1:])
+    except SystemExit as exc:
+        message = stderr.getvalue().strip().splitlines()
+        detail = message[-1] if message else f"exit status {exc.code}"
+        raise MedclfError(f"{call.where}: `medclf {' '.join(call.argv)}` is refused: {detail}") from None
+
+
+# --------------------------------------------------------------------------- run
+
+def training_finished(run_dir):
+    """True when a run folder holds a training that ended by itself (max epochs or patience), judged
+    from history.csv and the arguments in config.json; an interrupted run is not finished."""
+    import csv
+
+    run_dir = Path(run_dir)
+    history, config = run_dir / "history.csv", run_dir / "config.json"
+    if not (history.is_file() and config.is_file() and (run_dir / "best.pt").is_file()):
+        return False
+    try:
+        arguments = read_json(config).get("arguments", {})
+        with open(history, encoding="utf-8", newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        epochs, patience = int(arguments["epochs"]), int(arguments["patience"])
+        best_rows = [i for i, row in enumerate(rows) if str(row.get("best", "")).strip() in ("1", "True", "true")]
+    except (MedclfError, KeyError, TypeError, ValueError, OSError):
+        return False
+    if not rows:
+        return False
+    epochs_without_improvement = len(rows) - 1 - best_rows[-1] if best_rows else len(rows)
+    return len(rows) >= epochs or epochs_without_improvement >= patience
+
+
+def git_commit(path=None):
+    """The commit of the medclf checkout (with '+dirty' for local changes), or None."""
+    cwd = Path(path) if path else Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("+dirty" if dirty else "")
+
+
+def _now():
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def _log(message):
+    print(f"medclf study: {message}", file=sys.stderr, flush=True)
+
+
+def run_study(study_file, data_root=None, out_root="results", stages=None, overrides=(), force=False,
+              dry_run=False, runner=None, parsers=None, environ=None):
+    """Run a study file; return the plan. `runner(argv) -> int` defaults to medclf.cli.main."""
+    text, study = load_study(study_file)
+    apply_overrides(study, overrides)
+    plan = build_plan(study, study_file, data_root=data_root, out_root=out_root, parsers=parsers, environ=environ)
+    selected = _select_stages(stages, study_file)
+    if dry_run:
+        for call in plan.calls:
+            marker = "" if call.stage in selected else "  (not selected)"
+            print("medclf " + " ".join(_quote(a) for a in call.argv) + marker)
+        return plan
+    if runner is None:
+        from medclf.cli import main as runner
+
+    plan.out_dir.mkdir(parents=True, exist_ok=True)
+    resolved_path = plan.out_dir / "study_resolved.json"
+    previous = _previous_argvs(resolved_path)
+    write_text(plan.out_dir / "study.yaml", text)
+    record = {
+        "schema": SCHEMA, "name": plan.name, "study_file": str(Path(study_file).absolute()),
+        "overrides": list(overrides or ()), "stages_selected": sorted(selected, key=STAGES.index),
+        "force": bool(force), "data": plan.data, "out_dir": str(plan.out_dir), "runs": plan.runs,
+        "medclf_version": __version__, "git_commit": git_commit(), "python": platform.python_version(),
+        "started": _now(), "finished": None,
+        "calls": [{"stage": c.stage, "run": c.run, "argv": c.argv, "status": "pending"} for c in plan.calls],
+    }
+    write_json(resolved_path, record)
+
+    rerun_runs, any_rerun = set(), False
+    for index, call in enumerate(plan.calls):
+        entry = record["calls"][index]
+        if call.stage not in selected:
+            entry["status"] = "not selected"
+            continue
+        upstream_reran = (call.stage == "train" and "partition" in rerun_runs) or \
+                         (call.stage in ("test", "report") and call.run in rerun_runs) or \
+                         (call.stage == "compare" and any_rerun)
+        if call.finished() and not force and not upstream_reran:
+            before = previous.get(call.key)
+            if before is not None and before != call.argv:
+                raise MedclfError(
+                    f"{call.where}: {call.label} outputs in {plan.out_dir} were made with other options "
+                    f"({_argv_difference(before, call.argv)}); rerun it with --force --stages {call.stage}, "
+                    "or give the study another name"
+                )
+            entry["status"] = "skipped (outputs exist)"
+            _log(f"skip {call.label}: outputs exist (--force reruns it)")
+            continue
+        argv = call.argv
+        resumable = bool(call.resume_argv) and not force and not upstream_reran and \
+            call.run_dir is not None and (call.run_dir / "last.pt").exists()
+        if resumable:
+            argv = call.resume_argv
+            entry["resumed"] = True
+        elif call.started():
+            # `medclf train` never overwrites a run; keep the old one beside the new.
+            kept = call.run_dir.with_name(
+                f"{call.run_dir.name}.replaced-{datetime.datetime.now():%Y%m%d-%H%M%S}")
+            call.run_dir.rename(kept)
+            entry["previous_run_kept_in"] = str(kept)
+            _log(f"{call.label}: the previous run folder is kept as {kept}")
+        _log(f"{'resume' if resumable else 'run'} {call.label}: medclf {' '.join(_quote(a) for a in argv)}")
+        started = time.monotonic()
+        entry["status"] = "running"
+        write_json(resolved_path, record)
+        try:
+            status = runner(list(argv))
+        except SystemExit as exc:   # an argparse error inside the stage
+            status = exc.code if isinstance(exc.code, int) else 2
+        entry["seconds"] = round(time.monotonic() - started, 1)
+        if status:
+            entry["status"] = f"failed (exit status {status})"
+            write_json(resolved_path, record)
+            raise MedclfError(
+                f"{call.where}: stage {call.label} failed (exit status {status}); the message above says why. "
+                f"Fix the study file or the data, then rerun the same command: finished stages are skipped"
+            )
+        entry["status"] = "ran"
+        write_json(resolved_path, record)
+        any_rerun = True
+        rerun_runs.add(call.run if call.run else call.stage)
+
+    summary = summary_table(plan)
+    write_text(plan.out_dir / "summary.md", summary)
+    record["finished"] = _now()
+    write_json(resolved_path, record)
+    print(summary)
+    return plan
+
+
+def _select_stages(stages, source):
+    if stages is None or stages == "" or stages == []:
+        return set(STAGES)
+    if isinstance(stages, str):
+        stages = [s.strip() for s in stages.split(",") if s.strip()]
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        raise MedclfError(f"--stages {','.join(stages)}: unknown stage(s) {', '.join(unknown)}; "
+                          f"choose from {','.join(STAGES)}")
+    return set(stages)
+
+
+def _previous_argvs(resolved_path):
+    if not resolved_path.is_file():
+        return {}
+    try:
+        previous = read_json(resolved_path)
+    except MedclfError:
+        return {}
+    argvs = {}
+    for entry in previous.get("calls", []):
+        if entry.get("status") in ("ran", "skipped (outputs exist)"):
+            key = f"{entry['stage']}:{entry['run']}" if entry.get("run") else entry["stage"]
+            argvs[key] = entry.get("argv")
+    return argvs
+
+
+def _argv_difference(before, after):
+    removed = [a for a in before if a not in after]
+    added = [a for a in after if a not in before]
+    parts = []
+    if removed:
+        parts.append("was " + " ".join(removed))
+    if added:
+        parts.append("now " + " ".join(added))
+    return "; ".join(parts) or "order changed"
+
+
+def _quote(token):
+    return token if re.match(r"^[A-Za-z0-9_./:=,+@%-]+$", token) else json.dumps(token)
+
+
+# --------------------------------------------------------------------------- summary
+
+# (label, where in results_<split>.json) for the summary table, binary then multi-class.
+BINARY_COLUMNS = (
+    ("ROC-AUC", ("metrics", "roc_auc")), ("sensitivity", ("metrics", "sensitivity")),
+    ("specificity", ("metrics", "specificity")), ("balanced acc.", ("metrics", "balanced_accuracy")),
+    ("kappa", ("metrics", "cohen_kappa")),
+)
+MULTICLASS_COLUMNS = (
+    ("macro AUC", ("macro", "roc_auc")), ("balanced acc.", ("metrics", "balanced_accuracy")),
+    ("accuracy", ("metrics", "accuracy")), ("kappa", ("metrics", "cohen_kappa")),
+    ("macro F1", ("macro", "f1")),
+)
+
+
+def _lookup(results, path):
+    value = results
+    for key in path:
+        if not isinstance(value, dict) or key not in value:
+            return None
+        value = value[key]
+    return value
+
+
+def format_interval(metric):
+    """'0.912 (0.851-0.958)' from {"estimate", "lower", "upper"}; a bare number as is; '-' if absent."""
+    if metric is None:
+        return "-"
+    if isinstance(metric, (int, float)) and not isinstance(metric, bool):
+        return f"{metric:.3f}"
+    if not isinstance(metric, dict) or metric.get("estimate") is None:
+        return "NA"
+    text = f"{metric['estimate']:.3f}"
+    if metric.get("lower") is not None and metric.get("upper") is not None:
+        text += f" ({metric['lower']:.3f}-{metric['upper']:.3f})"
+    return text
+
+
+def summary_table(plan):
+    """Markdown: one row per run with key test metrics and their 95% intervals."""
+    rows, multiclass = [], False
+    for run in plan.runs:
+        path = plan.out_dir / run / f"results_{plan.report_split}.json"
+        results = read_json(path) if path.is_file() else None
+        if results is not None and _lookup(results, ("macro",)) and not results.get("positive_class"):
+            multiclass = True
+        rows.append((run, results))
+    columns = MULTICLASS_COLUMNS if multiclass else BINARY_COLUMNS
+    lines = [f"# Study {plan.name}: {plan.report_split} results", "",
+             f"Data: {plan.data.get('metadata') or plan.data['root']}. Estimates with 95% intervals "
+             "(Clopper-Pearson for proportions, DeLong for AUC, asymptotic for kappa) "
+             f"from each run's results_{plan.report_split}.json.", ""]
+    header = ["run", "n"] + [label for label, _ in columns]
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("|" + "---|" * len(header))
+    for run, results in rows:
+        if results is None:
+            lines.append("| " + " | ".join([run, "-"] + ["not reported"] + ["-"] * (len(columns) - 1)) + " |")
+            continue
+        cells = [run, str(results.get("n", "-"))]
+        cells += [format_interval(_lookup(results, path)) for _, path in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    compare_md = plan.out_dir / "compare" / "compare.md"
+    if compare_md.is_file():
+        lines += ["", f"Pairwise comparison: {compare_md}"]
+    return "\n".join(lines) + "\n"
