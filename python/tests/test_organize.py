@@ -1,0 +1,222 @@
+"""medclf organize and the seed-002 wrappers: layouts, modes, collisions, nothing lost."""
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from medclf.cli import main
+from medclf.errors import MedclfError
+from medclf.organize import organize
+from medclf.partition import PartitionOptions, partition
+from medclf.splits import read_splits
+
+
+def _md5s(paths):
+    return Counter(hashlib.md5(Path(p).read_bytes()).hexdigest() for p in paths)
+
+
+def _files(root):
+    return sorted(p for p in Path(root).rglob("*") if p.is_file())
+
+
+def _dataset(root, counts, seed=0):
+    for name, n in counts.items():
+        for i in range(n):
+            seed += 1
+            path = root / name / f"img {i}.png"  # spaces on purpose
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.random.default_rng(seed).integers(0, 255, (24, 24), dtype=np.uint8)).save(path)
+    return root
+
+
+@pytest.fixture
+def small(tmp_path):
+    data = _dataset(tmp_path / "my data", {"a": 6, "b": 6})
+    part = tmp_path / "part"
+    partition(PartitionOptions(out=part, data_root=data, val=0.2, test=0.2, quiet=True))
+    return data, part
+
+
+def test_imagefolder_link(small, tmp_path):
+    data, part = small
+    out = tmp_path / "out"
+    before = _md5s(_files(data))
+    summary = organize(part / "splits.csv", out, mode="link", quiet=True)
+    frame = pd.read_csv(part / "splits.csv")
+    for row in frame.itertuples():
+        target = out / row.split / row.label / Path(row.path).name
+        assert target.is_file() and os.path.samefile(target, data / row.path)
+    assert summary["placed"] == 12
+    assert _md5s(_files(data)) == before  # sources untouched
+    moved = read_splits(out / "splits.csv")
+    assert Path(moved.data_root) == out.resolve()
+    assert all((out / p).is_file() for p in moved.frame["path"])
+    # A rerun finds everything in place and changes nothing.
+    assert organize(part / "splits.csv", out, mode="link", quiet=True)["placed"] == 0
+
+
+def test_imagefolder_copy_is_readable_by_torchvision(small, tmp_path):
+    torchvision = pytest.importorskip("torchvision")
+    data, part = small
+    organize(part, tmp_path / "out", mode="copy", quiet=True)
+    dataset = torchvision.datasets.ImageFolder(str(tmp_path / "out" / "train"))
+    assert dataset.classes == ["a", "b"]
+    assert len(dataset) == (pd.read_csv(part / "splits.csv")["split"] == "train").sum()
+
+
+def test_move_rewrites_splits_csv(small, tmp_path):
+    data, part = small
+    before = _md5s(_files(data))
+    out = tmp_path / "moved"
+    organize(part / "splits.csv", out, mode="move", layout="imagefolder", quiet=True)
+    assert _files(data) == []
+    assert _md5s(_files(out)) == before
+    table = read_splits(part / "splits.csv")
+    assert Path(table.data_root) == out.resolve()
+    assert all((out / p).is_file() for p in table.frame["path"])
+    assert table.info["organized"]["from_data_root"] == str(data.resolve())
+
+
+def test_collisions_reported_all_and_nothing_touched(tmp_path, capsys):
+    data = _dataset(tmp_path / "d", {"no": 5, "yes": 5})  # both have "img 0.png" ... "img 4.png"
+    part = tmp_path / "p"
+    partition(PartitionOptions(out=part, data_root=data, val=0.2, test=0.2, quiet=True))
+    before = sorted((p, p.stat().st_mtime_ns) for p in _files(data))
+    code = main(["organize", "--splits", str(part / "splits.csv"), "--out", str(tmp_path / "o"),
+                 "--mode", "move", "--layout", "seed002", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "5 problem(s) found, nothing was changed" in err
+    for i in range(5):
+        assert f"bin/img {i}.png: 2 images would get this name" in err
+    assert sorted((p, p.stat().st_mtime_ns) for p in _files(data)) == before
+    assert not (tmp_path / "o").exists()
+
+
+def test_existing_different_file_is_a_collision(small, tmp_path):
+    data, part = small
+    out = tmp_path / "out"
+    frame = pd.read_csv(part / "splits.csv")
+    first = frame.iloc[0]
+    clash = out / first["split"] / first["label"] / Path(first["path"]).name
+    clash.parent.mkdir(parents=True)
+    clash.write_bytes(b"someone else's file")
+    with pytest.raises(MedclfError, match="already exists and differs"):
+        organize(part / "splits.csv", out, mode="copy", quiet=True)
+    assert clash.read_bytes() == b"someone else's file"
+    assert _files(out) == [clash]
+
+
+def test_missing_source_is_reported(small, tmp_path):
+    data, part = small
+    victim = sorted((data / "a").iterdir())[0]
+    victim.unlink()
+    with pytest.raises(MedclfError, match="listed in splits.csv is missing"):
+        organize(part, tmp_path / "out", mode="copy", quiet=True)
+
+
+def test_interrupted_move_can_be_rerun(small, tmp_path):
+    data, part = small
+    out = tmp_path / "out"
+    frame = pd.read_csv(part / "splits.csv")
+    row = frame.iloc[0]
+    target = out / row["split"] / row["label"] / Path(row["path"]).name
+    target.parent.mkdir(parents=True)
+    os.replace(data / row["path"], target)  # as if the first run stopped after one file
+    organize(part, out, mode="move", quiet=True)
+    assert len(_files(out)) == 12 and _files(data) == []
+
+
+# ---------------------------------------------------------------- seed 002 workflow
+
+@pytest.fixture(scope="module")
+def seed002_project(brain_mri_root, repo_root, tmp_path_factory):
+    proj = tmp_path_factory.mktemp("seed002") / "brain mri project"
+    shutil.copytree(brain_mri_root, proj, ignore=shutil.ignore_patterns("*.md"))
+    before = _md5s(_files(proj))
+    names = {c: {p.name for p in (proj / c).iterdir()} for c in ("no", "yes")}
+    subprocess.run([sys.executable, str(repo_root / "partition" / "partition_datasets.py"), "-proj_dir", str(proj),
+                    "-val_test_prop", "0.1", "-num_classes", "2"], check=True, capture_output=True)
+    seed_csvs = {s: (proj / f"{s}.csv").read_text() for s in ("train", "val", "test")}
+    env = dict(os.environ, MEDCLF_PYTHON=sys.executable)
+    result = subprocess.run(["bash", str(repo_root / "organize" / "organize_files.sh"), str(proj)],
+                            capture_output=True, text=True, env=env)
+    return proj, before, names, seed_csvs, result
+
+
+def test_brain_mri_has_no_name_collisions(seed002_project):
+    _, _, names, _, _ = seed002_project
+    assert names["no"] & names["yes"] == set()
+
+
+def test_seed002_workflow_loses_nothing(seed002_project):
+    proj, before, _, seed_csvs, result = seed002_project
+    assert result.returncode == 0, result.stderr
+    for folder in ("bin", "csv", "models", "results"):
+        assert (proj / folder).is_dir()
+    images = _files(proj / "bin")
+    assert len(images) == 253
+    assert _md5s(images) == before  # same md5 multiset: every image exactly once
+    assert _files(proj / "no") == [] and _files(proj / "yes") == []
+
+
+def test_seed002_csvs(seed002_project):
+    proj, _, _, seed_csvs, _ = seed002_project
+    rows = []
+    for split in ("train", "val", "test"):
+        text = (proj / "csv" / f"{split}.csv").read_text()
+        assert text == seed_csvs[split]  # organize files the lists partition_datasets.py wrote
+        frame = pd.read_csv(proj / "csv" / f"{split}.csv", header=None, names=["filename", "class_idx"])
+        assert frame["class_idx"].isin([0, 1]).all()
+        assert all((proj / "bin" / name).is_file() for name in frame["filename"])
+        rows.append(frame.assign(split=split))
+    frame = pd.concat(rows)
+    assert len(frame) == 253 and frame["filename"].is_unique
+    yes = frame[frame["filename"].str.match(r"^Y", case=False)]
+    assert (yes["class_idx"] == 1).all()
+    # -val_test_prop 0.1: a tenth of all images for val and a tenth for test (groups kept whole)
+    shares = frame["split"].value_counts(normalize=True)
+    assert abs(shares["val"] - 0.1) < 0.02 and abs(shares["test"] - 0.1) < 0.02
+    table = read_splits(proj / "splits.csv")
+    assert all((proj / p).is_file() for p in table.frame["path"])
+    assert table.info["leakage"]["near_duplicates_across_splits"] == 0
+
+
+def test_organize_sh_needs_an_argument(repo_root):
+    result = subprocess.run(["bash", str(repo_root / "organize" / "organize_files.sh")], capture_output=True, text=True)
+    assert result.returncode == 2 and "usage" in result.stderr
+
+
+def test_organize_sh_collision_aborts_before_moving(repo_root, tmp_path):
+    proj = _dataset(tmp_path / "proj dir", {"no": 3, "yes": 3})
+    subprocess.run([sys.executable, str(repo_root / "partition" / "partition_datasets.py"), "-proj_dir", str(proj),
+                    "-val_test_prop", "0.2"], check=True, capture_output=True)
+    before = _files(proj / "no") + _files(proj / "yes")
+    result = subprocess.run(["bash", str(repo_root / "organize" / "organize_files.sh"), str(proj)],
+                            capture_output=True, text=True, env=dict(os.environ, MEDCLF_PYTHON=sys.executable))
+    assert result.returncode == 1 and "nothing was changed" in result.stderr
+    assert _files(proj / "no") + _files(proj / "yes") == before
+    assert not (proj / "bin").exists()
+
+
+@pytest.mark.skipif(shutil.which("pwsh") is None, reason="PowerShell (pwsh) not installed")
+def test_organize_ps1(repo_root, tmp_path):
+    proj = _dataset(tmp_path / "proj dir", {"no": 3, "yes": 3}, seed=0)
+    for i, p in enumerate(sorted((proj / "yes").iterdir())):
+        p.rename(p.with_name(f"Y{i}.png"))
+    subprocess.run([sys.executable, str(repo_root / "partition" / "partition_datasets.py"), "-proj_dir", str(proj),
+                    "-val_test_prop", "0.2"], check=True, capture_output=True)
+    result = subprocess.run(["pwsh", "-NoProfile", "-File", str(repo_root / "organize" / "organize_files.ps1"),
+                             str(proj)], capture_output=True, text=True,
+                            env=dict(os.environ, MEDCLF_PYTHON=sys.executable))
+    assert result.returncode == 0, result.stderr
+    assert len(_files(proj / "bin")) == 6
