@@ -43,3 +43,320 @@ def balanced_accuracy(labels, predictions, n_classes=None):
     if len(present) == 0:
         return float("nan")
     return float(np.mean([(predictions[labels == k] == k).mean() for k in present]))
+
+
+# ---------------------------------------------------------------------------------------------
+# The pure-Python fallback of the R report (R/metrics.R). Same conventions, same order of
+# floating-point operations where it matters, so both agree to 1e-9 (tests/test_metrics_parity).
+#
+# - A case is called positive when its score (probability of the positive class) >= threshold.
+# - Each metric is a dict {estimate, lower, upper, method[, note]}; 95% intervals; a ratio with
+#   denominator 0 has estimate/lower/upper None and a note (never an error).
+# - Proportions: exact Clopper-Pearson (as R's binom.test). F1: Clopper-Pearson of the Jaccard
+#   index J = TP/(TP+FP+FN) mapped through F1 = 2J/(1+J). Balanced accuracy: interval = mean of
+#   the per-class Clopper-Pearson bounds (approximate).
+# - ROC-AUC: Mann-Whitney (ties 1/2) with DeLong's interval as pROC computes it (fast DeLong of
+#   Sun & Xu 2014 via mid-ranks); one class absent: None + note; fewer than 2 cases in a class:
+#   interval None.
+# - Average precision: sum_k (R_k - R_{k-1}) P_k over distinct thresholds (sklearn's definition).
+# - Cohen's kappa: Fleiss, Cohen & Everitt (1969) asymptotic SE, kappa +/- z SE clipped to [-1, 1].
+# ---------------------------------------------------------------------------------------------
+
+CONF_LEVEL = 0.95
+METHOD_CP = "Clopper-Pearson"
+METHOD_F1 = "Clopper-Pearson of Jaccard J=TP/(TP+FP+FN), mapped by F1=2J/(1+J)"
+METHOD_BALANCED_BINARY = "mean of per-class recalls; interval = mean of their Clopper-Pearson bounds (approximate)"
+METHOD_BALANCED_MULTI = "mean recall over classes present; interval = mean of their Clopper-Pearson bounds (approximate)"
+METHOD_AUC = "DeLong (pROC, direction '<')"
+METHOD_AP = "step-wise sum over distinct thresholds (sklearn average_precision_score)"
+METHOD_KAPPA = "Cohen's kappa; asymptotic SE of Fleiss, Cohen & Everitt (1969)"
+METHOD_MACRO = "macro mean over classes where defined (one-vs-rest)"
+METHOD_MACRO_AUC = "macro mean of one-vs-rest AUCs over classes where defined (not Hand & Till)"
+
+
+def _num(x):
+    if x is None:
+        return None
+    x = float(x)
+    return None if np.isnan(x) else x
+
+
+def value(estimate, lower=None, upper=None, method="", note=None):
+    out = {"estimate": _num(estimate), "lower": _num(lower), "upper": _num(upper), "method": method}
+    if note is not None:
+        out["note"] = note
+    return out
+
+
+def proportion(x, n, empty_note, method=METHOD_CP):
+    """x/n with its exact Clopper-Pearson interval (R's binom.test); n = 0 gives None + note."""
+    from scipy.stats import beta
+
+    if n == 0:
+        return value(None, None, None, method, empty_note)
+    alpha = (1 - CONF_LEVEL) / 2
+    lower = 0.0 if x == 0 else beta.ppf(alpha, x, n - x + 1)
+    upper = 1.0 if x == n else beta.ppf(1 - alpha, x + 1, n - x)
+    return value(x / n, lower, upper, method)
+
+
+def confusion(is_positive, called_positive):
+    y = np.asarray(is_positive, dtype=bool)
+    c = np.asarray(called_positive, dtype=bool)
+    return {"tp": int((y & c).sum()), "fn": int((y & ~c).sum()), "tn": int((~y & ~c).sum()), "fp": int((~y & c).sum())}
+
+
+def mean_of_values(values, method, na_note):
+    if any(v["estimate"] is None for v in values):
+        return value(None, None, None, method, na_note)
+    return value(np.mean([v["estimate"] for v in values]), np.mean([v["lower"] for v in values]),
+                 np.mean([v["upper"] for v in values]), method)
+
+
+def macro_mean(values, method):
+    est = [v["estimate"] for v in values if v["estimate"] is not None]
+    if not est:
+        return value(None, None, None, method, "undefined for every class")
+    return value(np.mean(est), None, None, method)
+
+
+def count_metrics(cm):
+    tp, fn, tn, fp = cm["tp"], cm["fn"], cm["tn"], cm["fp"]
+    sens = proportion(tp, tp + fn, "0/0: no positive cases; sensitivity undefined")
+    spec = proportion(tn, tn + fp, "0/0: no negative cases; specificity undefined")
+    ppv = proportion(tp, tp + fp, "0/0: no case called positive; PPV undefined")
+    npv = proportion(tn, tn + fn, "0/0: no case called negative; NPV undefined")
+    acc = proportion(tp + tn, tp + tn + fp + fn, "0/0: no cases")
+    jac = proportion(tp, tp + fp + fn, "0/0: no positive cases and none called positive; F1 undefined", METHOD_F1)
+
+    def to_f1(j):
+        return None if j is None else 2 * j / (1 + j)
+
+    f1 = dict(jac, estimate=to_f1(jac["estimate"]), lower=to_f1(jac["lower"]), upper=to_f1(jac["upper"]))
+    bal = mean_of_values([sens, spec], METHOD_BALANCED_BINARY, "undefined unless both classes are present")
+    return {"sensitivity": sens, "specificity": spec, "ppv": ppv, "npv": npv, "accuracy": acc, "f1": f1,
+            "balanced_accuracy": bal}
+
+
+def delong_placements(is_positive, scores):
+    """(theta, V10 per positive case, V01 per negative case) by mid-ranks (Sun & Xu 2014)."""
+    y = np.asarray(is_positive, dtype=bool)
+    s = np.asarray(scores, dtype=np.float64)
+    cases, controls = s[y], s[~y]
+    m, n = len(cases), len(controls)
+    combined = rankdata(s)
+    v10 = (combined[y] - rankdata(cases)) / n
+    v01 = 1.0 - (combined[~y] - rankdata(controls)) / m
+    return float(v10.mean()), v10, v01
+
+
+def auc_delong(is_positive, scores):
+    """ROC-AUC with pROC's DeLong interval (ci.auc(method = "delong"))."""
+    from scipy.stats import norm
+
+    y = np.asarray(is_positive, dtype=bool)
+    m, n = int(y.sum()), int((~y).sum())
+    if m == 0 or n == 0:
+        return value(None, None, None, METHOD_AUC, "only one class present; AUC undefined")
+    est = roc_auc(y, scores)
+    if m < 2 or n < 2:
+        return value(est, None, None, METHOD_AUC, "fewer than 2 cases in a class; DeLong interval undefined")
+    theta, v10, v01 = delong_placements(y, scores)
+    sx = float(np.sum((v10 - theta) * (v10 - theta))) / (m - 1)
+    sy = float(np.sum((v01 - theta) * (v01 - theta))) / (n - 1)
+    sd = np.sqrt(sx / m + sy / n)
+    alpha = (1 - CONF_LEVEL) / 2
+    lower = min(1.0, max(0.0, theta + sd * norm.ppf(alpha)))
+    upper = min(1.0, max(0.0, theta + sd * norm.ppf(1 - alpha)))
+    note = "perfect separation: DeLong variance is 0, interval degenerate" if est in (0.0, 1.0) else None
+    return value(est, lower, upper, METHOD_AUC, note)
+
+
+def threshold_table(is_positive, scores):
+    """One row per distinct score, highest first: counts of cases scoring >= that threshold."""
+    y = np.asarray(is_positive, dtype=bool)
+    s = np.asarray(scores, dtype=np.float64)
+    order = np.argsort(-s, kind="stable")
+    s, yo = s[order], y[order]
+    last = np.append(s[1:] != s[:-1], True)
+    tp = np.cumsum(yo)[last].astype(np.float64)
+    fp = np.cumsum(~yo)[last].astype(np.float64)
+    n_pos = int(y.sum())
+    n_neg = len(y) - n_pos
+    return {
+        "threshold": s[last], "tp": tp, "fp": fp,
+        "sensitivity": tp / n_pos if n_pos > 0 else np.full(len(tp), np.nan),
+        "specificity": (n_neg - fp) / n_neg if n_neg > 0 else np.full(len(tp), np.nan),
+        "precision": tp / (tp + fp),
+    }
+
+
+def average_precision(is_positive, scores):
+    y = np.asarray(is_positive, dtype=bool)
+    n_pos = int(y.sum())
+    if n_pos == 0:
+        return value(None, None, None, METHOD_AP, "no positive cases; AP undefined")
+    tab = threshold_table(y, scores)
+    recall = tab["tp"] / n_pos
+    return value(float(np.sum(np.diff(np.concatenate([[0.0], recall])) * tab["precision"])), None, None, METHOD_AP)
+
+
+def kappa(counts):
+    """Cohen's kappa of a square matrix (rows = truth, columns = decision) with the FCE (1969) SE."""
+    from scipy.stats import norm
+
+    counts = np.asarray(counts, dtype=np.float64)
+    n = counts.sum()
+    if n == 0:
+        return value(None, None, None, METHOD_KAPPA, "0/0: no cases")
+    p = counts / n
+    rows, cols = p.sum(axis=1), p.sum(axis=0)
+    po, pe = float(np.trace(p)), float(np.sum(rows * cols))
+    if pe == 1:
+        return value(None, None, None, METHOD_KAPPA,
+                     "0/0: chance agreement is 1 (truth and decisions each one class); kappa undefined")
+    k = (po - pe) / (1 - pe)
+    a = np.sum(np.diag(p) * (1 - (rows + cols) * (1 - k)) ** 2)
+    off = p.copy()
+    np.fill_diagonal(off, 0)
+    # cols[i] + rows[j] = p_.i + p_j., the weight of cell p_ij in the FCE formula.
+    b = (1 - k) ** 2 * np.sum(off * (cols[:, None] + rows[None, :]) ** 2)
+    variance = max(0.0, (a + b - (k - pe * (1 - k)) ** 2) / (n * (1 - pe) ** 2))
+    z = norm.ppf(1 - (1 - CONF_LEVEL) / 2)
+    se = np.sqrt(variance)
+    return value(k, max(-1.0, k - z * se), min(1.0, k + z * se), METHOD_KAPPA)
+
+
+def parse_rule(rule):
+    """'youden' | 'sensitivity:T' | 'specificity:T' -> (kind, target)."""
+    from medclf.errors import MedclfError
+
+    if rule == "youden":
+        return "youden", None
+    kind, _, target = str(rule).partition(":")
+    try:
+        t = float(target)
+    except ValueError:
+        t = None
+    if kind not in ("sensitivity", "specificity") or t is None or not (0 < t <= 1):
+        raise MedclfError(f"threshold rule '{rule}': use youden, sensitivity:T or specificity:T with 0 < T <= 1")
+    return kind, t
+
+
+def choose_threshold(is_positive, scores, rule):
+    """Threshold from distinct observed scores (R: mc_choose_threshold): youden = max(sens+spec-1),
+    ties to the higher threshold; sensitivity:T = highest threshold with sensitivity >= T;
+    specificity:T = lowest threshold with specificity >= T."""
+    from medclf.errors import MedclfError
+
+    kind, target = parse_rule(rule)
+    y = np.asarray(is_positive, dtype=bool)
+    if y.all() or not y.any():
+        raise MedclfError(f"threshold rule '{rule}' needs both classes in the validation predictions")
+    tab = threshold_table(y, scores)
+    if kind == "youden":
+        j = tab["sensitivity"] + tab["specificity"] - 1
+        i = int(np.flatnonzero(j == j.max())[0])
+    elif kind == "sensitivity":
+        ok = np.flatnonzero(tab["sensitivity"] >= target)
+        i = int(ok[0]) if len(ok) else None
+    else:
+        ok = np.flatnonzero(tab["specificity"] >= target)
+        i = int(ok[-1]) if len(ok) else None
+    if i is None:
+        raise MedclfError(f"threshold rule '{rule}': no threshold reaches the target on the validation predictions")
+    return {"threshold": float(tab["threshold"][i]), "rule": rule, "sensitivity": float(tab["sensitivity"][i]),
+            "specificity": float(tab["specificity"][i])}
+
+
+def _operating_point(kind, target, tab, i):
+    if i is None:
+        return {"kind": kind, "target": target, "threshold": None, "sensitivity": None, "specificity": None,
+                "precision": None, "note": "no threshold reaches the target"}
+    return {"kind": kind, "target": target, "threshold": float(tab["threshold"][i]),
+            "sensitivity": float(tab["sensitivity"][i]), "specificity": float(tab["specificity"][i]),
+            "precision": float(tab["precision"][i])}
+
+
+def operating_points(is_positive, scores, spec_targets=(0.9, 0.95), sens_targets=(0.9, 0.95),
+                     recall_targets=(0.95, 0.999)):
+    """Step-function operating points on one set (no interpolation): sensitivity at specificity >= T,
+    specificity at sensitivity >= T, and the highest precision with recall >= T (ties to the
+    higher threshold; the original notebook took the first point below the target instead)."""
+    y = np.asarray(is_positive, dtype=bool)
+    if y.all() or not y.any():
+        return []
+    tab = threshold_table(y, scores)
+    out = []
+    for t in spec_targets:
+        ok = np.flatnonzero(tab["specificity"] >= t)
+        out.append(_operating_point("sensitivity_at_specificity", t, tab, int(ok[-1]) if len(ok) else None))
+    for t in sens_targets:
+        ok = np.flatnonzero(tab["sensitivity"] >= t)
+        out.append(_operating_point("specificity_at_sensitivity", t, tab, int(ok[0]) if len(ok) else None))
+    for t in recall_targets:
+        ok = np.flatnonzero(tab["sensitivity"] >= t)
+        i = None
+        if len(ok):
+            prec = tab["precision"][ok]
+            i = int(ok[np.flatnonzero(prec == prec.max())[0]])
+        out.append(_operating_point("precision_at_recall", t, tab, i))
+    return out
+
+
+def binary_metrics(is_positive, scores, threshold):
+    y = np.asarray(is_positive, dtype=bool)
+    s = np.asarray(scores, dtype=np.float64)
+    cm = confusion(y, s >= threshold)
+    m = count_metrics(cm)
+    m["roc_auc"] = auc_delong(y, s)
+    m["average_precision"] = average_precision(y, s)
+    m["cohen_kappa"] = kappa([[cm["tn"], cm["fp"]], [cm["fn"], cm["tp"]]])
+    return {"confusion_matrix": cm, "metrics": m}
+
+
+def per_class_metrics(labels, decided, probabilities, classes):
+    labels = np.asarray(labels)
+    decided = np.asarray(decided)
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    out = {}
+    for k, name in enumerate(classes):
+        is_k = labels == k
+        cm = confusion(is_k, decided == k)
+        m = count_metrics(cm)
+        del m["balanced_accuracy"], m["accuracy"]
+        m["roc_auc"] = auc_delong(is_k, probabilities[:, k])
+        m["average_precision"] = average_precision(is_k, probabilities[:, k])
+        out[name] = {"n": int(is_k.sum()), "confusion_matrix": cm, "metrics": m}
+    return out
+
+
+def macro_metrics(per_class):
+    names = ["sensitivity", "specificity", "ppv", "npv", "f1", "roc_auc", "average_precision"]
+    return {nm: macro_mean([pc["metrics"][nm] for pc in per_class.values()], METHOD_MACRO) for nm in names}
+
+
+def confusion_table(labels, decided, n_classes):
+    counts = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(counts, (np.asarray(labels), np.asarray(decided)), 1)
+    return counts
+
+
+def multiclass_metrics(labels, probabilities, classes):
+    """Decided class = argmax (first on ties); per-class one-vs-rest, macro, accuracy, balanced
+    accuracy (mean recall over classes present), kappa and macro one-vs-rest AUC."""
+    labels = np.asarray(labels)
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    decided = probabilities.argmax(axis=1)
+    counts = confusion_table(labels, decided, len(classes))
+    per_class = per_class_metrics(labels, decided, probabilities, classes)
+    macro = macro_metrics(per_class)
+    present = [pc["metrics"]["sensitivity"] for pc in per_class.values() if pc["metrics"]["sensitivity"]["estimate"] is not None]
+    bal = mean_of_values(present, METHOD_BALANCED_MULTI, "") if present else value(
+        None, None, None, "mean recall over classes present", "no cases")
+    auc = dict(macro["roc_auc"], method=METHOD_MACRO_AUC)
+    metrics = {"accuracy": proportion(int(np.trace(counts)), len(labels), "0/0: no cases"),
+               "balanced_accuracy": bal, "cohen_kappa": kappa(counts), "macro_auc": auc}
+    return {"confusion_matrix": {"classes": list(classes), "rows": "truth", "columns": "decision",
+                                 "matrix": counts.tolist()},
+            "metrics": metrics, "per_class": per_class, "macro": macro, "decided": decided}
