@@ -366,7 +366,7 @@ def rpy2_report(request):
             from rpy2.rinterface_lib.embedded import RRuntimeError
 
             for package in ("pROC", "jsonlite"):
-                if not ro.r(f'suppressWarnings(requireNamespace("{package}", quietly = TRUE))')[0]:
+                if not ro.r(f'isTRUE(suppressWarnings(requireNamespace("{package}", quietly = TRUE)))')[0]:
                     raise EngineUnavailable(f"R package {package} is not installed")
             report_r = r_dir() / "report.R"
             if not report_r.is_file():
