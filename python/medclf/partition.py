@@ -492,8 +492,10 @@ def _partition_info(opts, classes, positive, data_root, items, split_of, fold_of
         exact, merged = _duplicate_clusters_info(items, dup_report, split_of, labels)
         cross_class = [c for c in merged if len(c["labels"]) > 1]
         for c in cross_class:
-            _warn(f"duplicates with different labels ({', '.join(c['labels'])}), kept in one split: "
-                  + ", ".join(c["paths"]) + "; check these labels")
+            shown = ", ".join(c["paths"][:8]) + (f" and {len(c['paths']) - 8} more" if len(c["paths"]) > 8 else "")
+            _warn(f"{len(c['paths'])} duplicates with different labels ({', '.join(c['labels'])}), kept in one "
+                  f"split: {shown}; check these labels (all listed in partition.json), or lower "
+                  "--near-dup-distance if they are different pictures")
         duplicates.update({
             "exact": {"method": "sha256 of file bytes", "clusters": len(exact),
                       "files": sum(len(c["paths"]) for c in exact), "members": exact},

@@ -241,7 +241,7 @@ def test_duplicates_across_classes_warned_and_kept_together(tmp_path, capsys):
     shutil.copyfile(root / "no" / "no0.png", root / "yes" / "copy_of_no0.png")
     info = partition(PartitionOptions(out=tmp_path / "o", data_root=root, quiet=True))
     err = capsys.readouterr().err
-    assert "duplicates with different labels (no, yes)" in err and "copy_of_no0.png" in err
+    assert "2 duplicates with different labels (no, yes)" in err and "copy_of_no0.png" in err
     frame, _ = _read(tmp_path / "o")
     pair = frame[frame["path"].isin(["no/no0.png", "yes/copy_of_no0.png"])]
     assert pair["split"].nunique() == 1 and pair["group"].nunique() == 1

@@ -1,5 +1,7 @@
 """medclf partition: images -> splits.csv + partition.json (grouped, stratified, deduplicated)."""
 
+import argparse
+
 from pathlib import Path
 
 HELP = "split images into train/val/test (and folds) without leakage: writes splits.csv + partition.json"
@@ -35,14 +37,14 @@ def add_arguments(parser):
     parser.add_argument("--folds", type=int, default=0,
                         help="also assign K grouped, stratified folds to the non-test images (0 = none)")
     parser.add_argument("--classes", type=_csv_list, default=None,
-                        help="class order, comma-separated (default: sorted names), e.g. no,yes")
+                        help="class order, comma-separated, e.g. no,yes; None = sorted class names")
     parser.add_argument("--positive", default=None,
-                        help="the positive class (default: yes when the classes are no,yes, else none)")
+                        help="the positive class; None = yes when the classes are no,yes, else no positive class")
     parser.add_argument("--label-map", default=None,
                         help="map labels to study classes: inline `mel=malignant,bcc=malignant,*=benign` "
                         "or a .csv (from,to) / .json / .yaml file; the original label goes to label_original")
-    parser.add_argument("--no-dedup", dest="dedup", action="store_false",
-                        help="turn off exact and near-duplicate detection")
+    parser.add_argument("--no-dedup", dest="dedup", action="store_false", default=argparse.SUPPRESS,
+                        help="turn off exact and near-duplicate detection (on by default)")
     parser.add_argument("--near-dup-distance", type=int, default=3,
                         help="max Hamming distance between 64-bit dHashes for near duplicates (-1 = exact only)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or table")
@@ -58,7 +60,7 @@ def run(args):
         out=args.out, data_root=args.data_root, metadata=args.metadata, image_dir=args.image_dir,
         image_col=args.image_col, label_col=args.label_col, image_ext=args.image_ext, group_col=args.group_col,
         val=args.val, test=args.test, seed=args.seed, folds=args.folds, classes=args.classes,
-        positive=args.positive, dedup=args.dedup, near_dup_distance=args.near_dup_distance,
+        positive=args.positive, dedup=getattr(args, "dedup", True), near_dup_distance=args.near_dup_distance,
         label_map=args.label_map, quiet=args.quiet,
     )
     info = partition(options)
