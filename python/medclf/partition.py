@@ -220,17 +220,16 @@ def resolve_classes(items, classes=None, positive=None):
     present = sorted({i.label for i in items})
     if classes:
         classes = [c.strip() for c in classes]
-        unknown = [c for c in present if c not in classes]
         absent = [c for c in classes if c not in present]
-        if unknown or absent:
+        if absent:
             raise MedclfError(
-                f"--classes {','.join(classes)}: "
-                + (f"the data also has class(es) {', '.join(unknown)}; " if unknown else "")
-                + (f"no images of class(es) {', '.join(absent)}; " if absent else "")
-                + f"the data's classes are {', '.join(present)}"
+                f"--classes {','.join(classes)}: no images of class(es) {', '.join(absent)}; "
+                f"the data's classes are {', '.join(present)}"
             )
     else:
         classes = present
+    if not classes:
+        raise MedclfError("no images left to partition; check --classes and --label-map")
     if len(classes) < 2:
         raise MedclfError(
             f"only one class ({classes[0]!r}) found; a classifier needs at least two: add a second class "
@@ -355,6 +354,14 @@ def partition(options):
     if label_map:
         apply_label_map(items, label_map)
     items.sort(key=lambda i: i.path)
+    excluded_classes = {}
+    if opts.classes:
+        # --classes may name a subset: images of the other classes are left out (and counted).
+        wanted = {c.strip() for c in opts.classes}
+        excluded_classes = dict(sorted(Counter(i.label for i in items if i.label not in wanted).items()))
+        items = [i for i in items if i.label in wanted]
+        if excluded_classes and not opts.quiet:
+            print("left out by --classes: " + ", ".join(f"{c} ({n} images)" for c, n in excluded_classes.items()))
     classes, positive = resolve_classes(items, opts.classes, opts.positive)
 
     # 2. read every image once
@@ -440,6 +447,7 @@ def partition(options):
     ]
     info = _partition_info(opts, classes, positive, data_root, items, split_of, fold_of, group_of, components,
                            dup_report, unreadable, skipped, label_map, sha256s, dhashes)
+    info["excluded_classes"] = excluded_classes
     out.mkdir(parents=True, exist_ok=True)
     write_splits_csv(out / "splits.csv", frame, extra_columns=extra_columns)
     write_json(out / "partition.json", info)

@@ -228,6 +228,17 @@ def test_classes_order_positive_and_skipped_files(tmp_path):
         assert all(n >= 1 for n in info["counts"][split].values())
 
 
+def test_classes_subset_leaves_other_classes_out(tmp_path, capsys):
+    root = _class_folders(tmp_path / "d", {"a": 5, "b": 5, "c": 3})
+    info = partition(PartitionOptions(out=tmp_path / "o", data_root=root, classes=["b", "a"], val=0.2, test=0.2))
+    assert "left out by --classes: c (3 images)" in capsys.readouterr().out
+    assert info["classes"] == ["b", "a"] and info["excluded_classes"] == {"c": 3}
+    frame, _ = _read(tmp_path / "o")
+    assert len(frame) == 10 and set(frame["label"]) == {"a", "b"}
+    with pytest.raises(MedclfError, match="no images of class"):
+        partition(PartitionOptions(out=tmp_path / "o", data_root=root, classes=["a", "z"], quiet=True))
+
+
 def test_default_positive_rules(tmp_path):
     root = _class_folders(tmp_path / "d", {"cat": 5, "dog": 5})
     info = partition(PartitionOptions(out=tmp_path / "o", data_root=root, quiet=True))
