@@ -119,5 +119,5 @@ def read_image(path):
         raise UnreadableImageError(path, "file not found") from exc
     except UnidentifiedImageError as exc:
         raise UnreadableImageError(path, "not an image file (content is not JPEG/PNG/BMP/TIFF/DICOM)") from exc
-    except (OSError, ValueError, SyntaxError) as exc:
+    except Exception as exc:  # Pillow plugins raise many types (DecompressionBombError, struct.error...)
         raise UnreadableImageError(path, f"corrupt or truncated: {exc}") from exc

@@ -146,3 +146,12 @@ def test_text_and_empty_files_raise(tmp_path, content):
 def test_missing_file_raises(tmp_path):
     with pytest.raises(UnreadableImageError):
         read_image(tmp_path / "nothing.png")
+
+
+def test_oversized_image_is_unreadable_not_a_crash(tmp_path, monkeypatch):
+    Image.new("L", (64, 64)).save(tmp_path / "big.png")
+    # Pillow refuses images above twice MAX_IMAGE_PIXELS with DecompressionBombError (not an OSError).
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(UnreadableImageError) as info:
+        read_image(tmp_path / "big.png")
+    assert "big.png" in str(info.value)
