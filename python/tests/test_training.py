@@ -1,0 +1,204 @@
+"""Training runs on real brain MRI images: the run folder, early stopping restoring the best
+weights, --resume after SIGKILL replaying the uninterrupted run exactly, devices."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from medclf import cli
+from medclf.errors import MedclfError
+from medclf.fileio import read_json, write_json
+from medclf.splits import read_splits, write_splits_csv
+
+PYTHON = sys.executable
+
+
+def partition_brain_mri(root, out):
+    """`medclf partition` on the real brain MRI folder."""
+    status = cli.main(["partition", "--data-root", str(root), "--out", str(out), "--quiet", "--seed", "0"])
+    assert status == 0
+    return Path(out) / "splits.csv"
+
+
+def tiny_splits(full_splits, out, per_class=None):
+    """A subset of a splits.csv (first `per_class[split]` images of each class of each split),
+    with partition.json copied, so short tests still read real images."""
+    per_class = per_class or {"train": 24, "val": 8, "test": 8}
+    table = read_splits(full_splits)
+    frame = pd.concat([table.rows(s).groupby("label", sort=True).head(n) for s, n in per_class.items()],
+                      ignore_index=True)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_splits_csv(out / "splits.csv", frame)
+    write_json(out / "partition.json", read_json(Path(full_splits).parent / "partition.json"))
+    return out / "splits.csv"
+
+
+@pytest.fixture(scope="module")
+def brain_splits(brain_mri_root, tmp_path_factory):
+    return partition_brain_mri(brain_mri_root, tmp_path_factory.mktemp("partition"))
+
+
+@pytest.fixture(scope="module")
+def small_splits(brain_splits, tmp_path_factory):
+    return tiny_splits(brain_splits, tmp_path_factory.mktemp("tiny"))
+
+
+def base_config(splits, out, **overrides):
+    config = {"splits": str(splits), "arch": "resnet18", "img_size": 32, "epochs": 3, "patience": 5,
+              "batch_size": 8, "out": str(out), "run_name": "run", "seed": 3, "deterministic": True,
+              "progress": False, "device": "cpu"}
+    config.update(overrides)
+    return config
+
+
+def read_history(run_dir, drop=("seconds",)):
+    with open(Path(run_dir) / "history.csv", newline="") as fh:
+        return [{k: v for k, v in row.items() if k not in drop} for row in csv.DictReader(fh)]
+
+
+def state_dicts_equal(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_integration_partition_train_test_on_brain_mri(brain_splits, tmp_path):
+    out = tmp_path / "results"
+    assert cli.main(["train", "--splits", str(brain_splits), "--arch", "resnet18", "--weights", "none",
+                     "--img-size", "64", "--epochs", "2", "--batch-size", "32", "--out", str(out),
+                     "--run-name", "r18", "--no-progress", "--seed", "1"]) == 0
+    run_dir = out / "r18"
+    for name in ("config.json", "history.csv", "best.pt", "last.pt", "curves.png"):
+        assert (run_dir / name).is_file(), name
+    assert cli.main(["test", "--run", str(run_dir), "--no-progress"]) == 0
+
+    table = read_splits(brain_splits)
+    for split in ("test", "val"):
+        record = json.loads((run_dir / f"predictions_{split}.json").read_text())
+        rows = table.rows(split)
+        assert record["schema"] == "medclf.predictions/1"
+        assert record["split"] == split
+        assert record["classes"] == ["no", "yes"] and record["positive_class"] == "yes"
+        assert record["model"]["architecture"] == "resnet18" and record["model"]["checkpoint"] == "best.pt"
+        assert record["paths"] == list(rows["path"])
+        assert record["labels"] == rows["label_index"].tolist()
+        n = len(rows)
+        for key in ("predictions", "probabilities", "logits", "predictive probabilities", "label probabilities"):
+            assert len(record[key]) == n, key
+        for p in record["probabilities"]:
+            assert sum(p) == pytest.approx(1.0, abs=1e-12) and all(0 <= v <= 1 for v in p)
+        assert record["predictive probabilities"] == record["probabilities"]
+        assert record["predictions"] == [max(range(2), key=p.__getitem__) for p in record["probabilities"]]
+        assert record["label probabilities"] == [[1.0 if k == y else 0.0 for k in range(2)] for y in record["labels"]]
+    config = read_json(run_dir / "config.json")
+    assert config["classes"] == ["no", "yes"] and config["seed"] == 1
+    assert config["normalisation"]["source"] == "train split"
+    assert config["arguments"]["img_size"] == 64 and config["versions"]["torch"] == torch.__version__
+    history = read_history(run_dir, drop=())
+    assert [int(r["epoch"]) for r in history] == [1, 2]
+
+
+def test_best_weights_are_restored_and_equal_a_run_stopped_at_the_best_epoch(small_splits, tmp_path):
+    from medclf.training import load_checkpoint, run_training
+
+    # A high learning rate makes the validation loss bounce, so the best epoch is rarely the last.
+    summary = run_training(base_config(small_splits, tmp_path, lr=0.05, epochs=4, run_name="long"))
+    best = load_checkpoint(tmp_path / "long" / "best.pt")
+    assert best["epoch"] == summary["best_epoch"]
+    assert state_dicts_equal(summary["model"].state_dict(), best["state_dict"])
+    history = read_history(tmp_path / "long")
+    losses = [float(r["val_loss"]) for r in history]
+    assert best["epoch"] == 1 + losses.index(min(losses))
+    # The same seed stopped after the best epoch ends with exactly those weights.
+    run_training(base_config(small_splits, tmp_path, lr=0.05, epochs=best["epoch"], run_name="short"))
+    last_short = load_checkpoint(tmp_path / "short" / "last.pt")
+    assert state_dicts_equal(last_short["model"], best["state_dict"])
+
+
+def test_ctrl_c_still_restores_best_weights_and_writes_curves(small_splits, tmp_path, monkeypatch):
+    from medclf import training
+
+    real_epoch = training.train_one_epoch
+    calls = {"n": 0}
+
+    def interrupted_on_second_epoch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(training, "train_one_epoch", interrupted_on_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        training.run_training(base_config(small_splits, tmp_path))
+    assert (tmp_path / "run" / "curves.png").is_file()
+    assert training.load_checkpoint(tmp_path / "run" / "best.pt")["epoch"] == 1
+    assert len(read_history(tmp_path / "run")) == 1
+
+
+def _train_cli(splits, out, name, extra=(), env=None):
+    args = [PYTHON, "-m", "medclf", "train", "--splits", str(splits), "--img-size", "32", "--epochs", "3",
+            "--batch-size", "8", "--out", str(out), "--run-name", name, "--seed", "5", "--deterministic",
+            "--device", "cpu", "--no-progress", "--augment", "lesion", "--scheduler", "warmup-cosine", *extra]
+    return subprocess.run(args, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=600)
+
+
+def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(small_splits, tmp_path):
+    from medclf.training import load_checkpoint
+
+    done = _train_cli(small_splits, tmp_path, "whole")
+    assert done.returncode == 0, done.stderr
+    # 48 train images / batch 8 = 6 batches per epoch: batch 9 is the middle of epoch 2.
+    killed = _train_cli(small_splits, tmp_path, "killed", env={"MEDCLF_TEST_KILL_AFTER_BATCHES": "9"})
+    assert killed.returncode == -9, killed.stderr
+    assert [r["epoch"] for r in read_history(tmp_path / "killed")] == ["1"]
+    resumed = subprocess.run([PYTHON, "-m", "medclf", "train", "--resume", "--out", str(tmp_path),
+                              "--run-name", "killed", "--no-progress"], capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" in resumed.stderr
+    assert read_history(tmp_path / "killed") == read_history(tmp_path / "whole")
+    for name, key in (("last.pt", "model"), ("best.pt", "state_dict")):
+        assert state_dicts_equal(load_checkpoint(tmp_path / "killed" / name)[key],
+                                 load_checkpoint(tmp_path / "whole" / name)[key]), name
+
+
+def test_checkpoints_load_with_weights_only_and_hold_resume_state(small_splits, tmp_path):
+    from medclf.training import run_training
+
+    run_training(base_config(small_splits, tmp_path, epochs=1, scheduler="cosine", optimizer="sgd"))
+    last = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert {"model", "optimizer", "scheduler", "early_stopping", "rng", "epoch", "history"} <= set(last)
+    assert set(last["rng"]) >= {"python", "numpy", "torch", "loader_generator"}
+    assert last["epoch"] == 1 and len(last["history"]) == 1
+
+
+def test_existing_run_is_not_overwritten_without_resume(small_splits, tmp_path):
+    from medclf.training import run_training
+
+    run_training(base_config(small_splits, tmp_path, epochs=1))
+    with pytest.raises(MedclfError, match="--resume"):
+        run_training(base_config(small_splits, tmp_path, epochs=1))
+
+
+def test_cuda_requested_without_cuda_warns_and_uses_cpu(capsys):
+    from medclf.training import select_device
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert select_device("cuda").type == "cpu"
+    assert "CUDA requested but not available" in capsys.readouterr().err
+
+
+def test_warmup_cosine_schedule_values():
+    from medclf.training import warmup_cosine_factor
+
+    assert warmup_cosine_factor(0, 10, 100) == 0
+    assert warmup_cosine_factor(5, 10, 100) == 1 / 2
+    assert warmup_cosine_factor(10, 10, 100) == 1
+    assert warmup_cosine_factor(55, 10, 100) == pytest.approx(1 / 2)
+    assert warmup_cosine_factor(100, 10, 100) == pytest.approx(0)
