@@ -327,7 +327,7 @@ def _resolve_path(value, base=None):
     path = Path(os.path.expanduser(str(value)))
     if not path.is_absolute() and base is not None:
         path = Path(base) / path
-    return path.absolute()
+    return Path(os.path.abspath(path))
 
 
 def _resolve_data(study, source, data_root):
@@ -667,7 +667,7 @@ BINARY_COLUMNS = (
     ("kappa", ("metrics", "cohen_kappa")),
 )
 MULTICLASS_COLUMNS = (
-    ("macro AUC", ("macro", "roc_auc")), ("balanced acc.", ("metrics", "balanced_accuracy")),
+    ("macro AUC", ("metrics", "macro_auc")), ("balanced acc.", ("metrics", "balanced_accuracy")),
     ("accuracy", ("metrics", "accuracy")), ("kappa", ("metrics", "cohen_kappa")),
     ("macro F1", ("macro", "f1")),
 )
@@ -702,7 +702,7 @@ def summary_table(plan):
     for run in plan.runs:
         path = plan.out_dir / run / f"results_{plan.report_split}.json"
         results = read_json(path) if path.is_file() else None
-        if results is not None and _lookup(results, ("macro",)) and not results.get("positive_class"):
+        if results is not None and results.get("task") == "multiclass":
             multiclass = True
         rows.append((run, results))
     columns = MULTICLASS_COLUMNS if multiclass else BINARY_COLUMNS
