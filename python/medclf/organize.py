@@ -23,7 +23,7 @@ from pathlib import Path
 
 from medclf.errors import MedclfError
 from medclf.fileio import read_json, write_json, write_text
-from medclf.splits import SPLITS, read_splits, write_splits_csv
+from medclf.splits import REQUIRED_COLUMNS, SPLITS, read_splits, write_splits_csv
 
 LAYOUTS = ("imagefolder", "seed002")
 MODES = ("link", "copy", "move")
@@ -163,10 +163,8 @@ def organize(splits, out, mode="link", layout="imagefolder", data_root=None, qui
             (out / folder).mkdir(parents=True, exist_ok=True)
         write_seed002_split_csvs(table, out / "csv")
 
-    # Point a splits.csv at the organized files.
-    new_frame = table.frame.copy()
-    new_frame["path"] = [p.new_path for p in planned]
-    extra = [c for c in table.frame.columns if c not in ("path", "label", "label_index", "split", "group", "fold")]
+    # Point a splits.csv at the organized files. Re-read the file as text so that every other
+    # cell is written back exactly as it was (no "007" -> 7, no "1" -> "1.0").
     source_csv = Path(table.source)
     target_csv = source_csv if mode == "move" else out / "splits.csv"
     wrote_splits = None
@@ -181,6 +179,11 @@ def organize(splits, out, mode="link", layout="imagefolder", data_root=None, qui
             info["data_root"] = str(out.resolve())
             # Write partition.json first: a reader that sees the new splits.csv also sees its root.
             write_json(target_csv.parent / "partition.json", info)
+            import pandas as pd
+
+            new_frame = pd.read_csv(source_csv, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+            new_frame["path"] = [p.new_path for p in planned]
+            extra = [c for c in new_frame.columns if c not in REQUIRED_COLUMNS and c != "fold"]
             write_splits_csv(target_csv, new_frame, extra_columns=extra)
             wrote_splits = target_csv
     summary = {"out": str(out), "layout": layout, "mode": mode, "images": len(planned), "placed": done,

@@ -86,6 +86,42 @@ def test_move_rewrites_splits_csv(small, tmp_path):
     assert table.info["organized"]["from_data_root"] == str(data.resolve())
 
 
+def test_move_keeps_every_other_cell_verbatim(tmp_path):
+    images = tmp_path / "img"
+    for i in range(12):
+        path = images / f"i{i}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (24, 24), dtype=np.uint8)).save(path)
+    rows = [{"image": f"i{i}", "dx": "ab"[i % 2], "patient": f"00{i // 2}", "age": "55.0" if i else ""}
+            for i in range(12)]
+    pd.DataFrame(rows).to_csv(tmp_path / "meta.csv", index=False)
+    part = tmp_path / "part"
+    partition(PartitionOptions(out=part, metadata=tmp_path / "meta.csv", image_dir=images, image_col="image",
+                               label_col="dx", image_ext=".png", group_col="patient", val=0, test=0.34, folds=2,
+                               quiet=True))
+    before = pd.read_csv(part / "splits.csv", dtype=str, keep_default_na=False)
+    organize(part / "splits.csv", tmp_path / "out", mode="move", quiet=True)
+    after = pd.read_csv(part / "splits.csv", dtype=str, keep_default_na=False)
+    assert list(after.columns) == list(before.columns)
+    assert after.drop(columns="path").equals(before.drop(columns="path"))
+    assert (after["path"] == before["split"] + "/" + before["label"] + "/" + before["path"]).all()
+    assert set(after["patient"]) == {f"00{k}" for k in range(6)}
+
+
+def test_link_falls_back_to_symlink(small, tmp_path, monkeypatch, capsys):
+    data, part = small
+
+    def no_hard_links(source, destination):
+        raise OSError(18, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", no_hard_links)
+    summary = organize(part, tmp_path / "out", mode="link")
+    assert summary["link_fallbacks"]["symlink"] == 12
+    assert "hard links were not possible" in capsys.readouterr().out
+    linked = [p for p in (tmp_path / "out").rglob("*.png")]
+    assert len(linked) == 12 and all(p.is_symlink() and p.resolve().parent.parent == data.resolve() for p in linked)
+
+
 def test_collisions_reported_all_and_nothing_touched(tmp_path, capsys):
     data = _dataset(tmp_path / "d", {"no": 5, "yes": 5})  # both have "img 0.png" ... "img 4.png"
     part = tmp_path / "p"
