@@ -43,7 +43,6 @@ import json
 import os
 import platform
 import re
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -504,17 +503,10 @@ def training_finished(run_dir):
     return len(rows) >= epochs or epochs_without_improvement >= patience
 
 
-def git_commit(path=None):
-    """The commit of the medclf checkout (with '+dirty' for local changes), or None."""
-    cwd = Path(path) if path else Path(__file__).resolve().parent
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
-                                timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return commit + ("+dirty" if dirty else "")
+def _git_commit():
+    from medclf.training import git_commit   # the one implementation, shared with config.json
+
+    return git_commit()
 
 
 def _now():
@@ -548,7 +540,7 @@ def run_study(study_file, data_root=None, out_root="results", stages=None, overr
         "schema": SCHEMA, "name": plan.name, "study_file": str(Path(study_file).absolute()),
         "overrides": list(overrides or ()), "stages_selected": sorted(selected, key=STAGES.index),
         "force": bool(force), "data": plan.data, "out_dir": str(plan.out_dir), "runs": plan.runs,
-        "medclf_version": __version__, "git_commit": git_commit(), "python": platform.python_version(),
+        "medclf_version": __version__, "git_commit": _git_commit(), "python": platform.python_version(),
         "started": _now(), "finished": None,
         "calls": [{"stage": c.stage, "run": c.run, "argv": c.argv, "status": "pending"} for c in plan.calls],
     }
