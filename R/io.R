@@ -34,7 +34,10 @@ mc_parse_json <- function(text, source) {
   mc_fail(source, sprintf("not valid JSON (%s; truncated?); re-create it with `medclf test`", trimws(reason)))
 }
 
-mc_read_predictions_file <- function(path) mc_parse_json(mc_read_json_text(path), path)
+mc_read_predictions_file <- function(path) {
+  text <- mc_read_json_text(path)
+  mc_parse_json(text, path)
+}
 
 mc_softmax_rows <- function(logits) {
   shifted <- logits - apply(logits, 1, max)
@@ -52,6 +55,7 @@ mc_numeric_matrix <- function(x, field, source) {
   if (is.logical(x) && all(is.na(x))) storage.mode(x) <- "double"
   if (!is.numeric(x)) mc_fail(source, sprintf("%s: entries must be numbers", field))
   bad <- which(is.na(x), arr.ind = TRUE)
+  bad <- bad[order(bad[, 1], bad[, 2]), , drop = FALSE]
   if (nrow(bad)) mc_fail(source, sprintf("%s: row %d, column %d is NaN or missing; every image needs finite values",
                                          field, bad[1, 1], bad[1, 2]))
   storage.mode(x) <- "double"
@@ -60,6 +64,7 @@ mc_numeric_matrix <- function(x, field, source) {
 
 mc_check_probabilities <- function(p, field, source) {
   out <- which(p < 0 | p > 1, arr.ind = TRUE)
+  out <- out[order(out[, 1], out[, 2]), , drop = FALSE]  # first in reading order, as in Python
   if (nrow(out)) mc_fail(source, sprintf("%s: value %s at row %d, column %d is outside [0, 1]",
                                          field, format(p[out[1, 1], out[1, 2]], digits = 15), out[1, 1], out[1, 2]))
   total <- p[, 1]

@@ -1,0 +1,81 @@
+# calc_model_performance.R end to end: the original positional form, flags, and strict input checks.
+
+test_that("--legacy writes the original two-array form with correct values and a real AUC", {
+  out <- tempfile(fileext = ".json")
+  r <- run_rscript("calc_model_performance.R", c(fixture("readme_original.json"), out, "--legacy"))
+  expect_equal(r$status, 0)
+  x <- jsonlite::fromJSON(out, simplifyVector = FALSE)
+  expect_equal(unlist(x[[1]]), c("Accuracy", "Sensitivity", "Specificity", "ROC-AUC", "Cohen's Kappa"))
+  expect_equal(unlist(x[[2]]), c(24 / 26, 15 / 16, 9 / 10, 159 / 160, 268 / 320), tolerance = 1e-14)
+})
+
+test_that("the medclf file with 'yes' positive reports sensitivity 15/16, specificity 9/10 and intervals", {
+  out <- tempfile(fileext = ".json")
+  r <- run_rscript("calc_model_performance.R", c(fixture("readme_medclf.json"), out, "--positive", "yes"))
+  expect_equal(r$status, 0)
+  x <- jsonlite::fromJSON(out, simplifyVector = FALSE)
+  expect_equal(x$schema, "medclf.results/1")
+  expect_equal(x$positive_class, "yes")
+  expect_equal(x$metrics$sensitivity$estimate, 15 / 16, tolerance = 1e-14)
+  expect_equal(x$metrics$specificity$estimate, 9 / 10, tolerance = 1e-14)
+  expect_equal(x$metrics$roc_auc$method, "DeLong (pROC, direction '<')")
+  expect_lt(x$metrics$roc_auc$lower, 159 / 160)
+  expect_equal(x$engine$name, "R")
+  # naming 'no' positive swaps the two, as it must
+  r2 <- run_rscript("calc_model_performance.R", c(fixture("readme_medclf.json"), "--positive", "no"))
+  y <- jsonlite::fromJSON(paste(r2$stdout, collapse = "\n"), simplifyVector = FALSE)
+  expect_equal(c(y$metrics$sensitivity$estimate, y$metrics$specificity$estimate), c(9 / 10, 15 / 16), tolerance = 1e-14)
+})
+
+test_that("a threshold rule is chosen on validation predictions and applied to test; --boot adds intervals", {
+  val <- write_text_file(predictions_json(c(0, 0, 0, 0, 1, 1, 1, 1), c(0.1, 0.2, 0.3, 0.6, 0.4, 0.7, 0.8, 0.9)))
+  test <- write_text_file(predictions_json(c(0, 0, 1, 1), c(0.65, 0.2, 0.69, 0.75)))
+  r <- run_rscript("calc_model_performance.R", c(test, "--threshold-from", val, "--threshold-rule", "youden", "--boot", "50"))
+  expect_equal(r$status, 0)
+  x <- jsonlite::fromJSON(paste(r$stdout, collapse = "\n"), simplifyVector = FALSE)
+  expect_equal(x$threshold, 0.7)
+  expect_equal(x$threshold_source, "validation:youden")
+  expect_equal(x$confusion_matrix, list(tp = 1L, fn = 1L, tn = 2L, fp = 0L))
+  expect_equal(x$bootstrap$n, 50L)
+  expect_true(all(c("sensitivity", "roc_auc", "cohen_kappa") %in% names(x$bootstrap$intervals)))
+})
+
+test_that("--group turns a multi-class file into the clinical binary report", {
+  probs <- list(c(.6, .3, .1), c(.2, .2, .6), c(.1, .1, .8), c(.5, .4, .1))
+  f <- write_text_file(as.character(jsonlite::toJSON(list(schema = "medclf.predictions/1", classes = c("mel", "bcc", "nv"),
+    positive_class = NULL, labels = c(0, 1, 2, 2), probabilities = probs), auto_unbox = TRUE, null = "null")))
+  r <- run_rscript("calc_model_performance.R", c(f, "--group", "malignant=mel,bcc"))
+  expect_equal(r$status, 0)
+  x <- jsonlite::fromJSON(paste(r$stdout, collapse = "\n"), simplifyVector = FALSE)
+  expect_equal(x$positive_class, "malignant")
+  expect_equal(unlist(x$grouping$classes), c("mel", "bcc"))
+  # P(malignant) = .9, .4, .2, .9 -> called positive at 0.5: 1, 0, 0, 1 against truth 1, 1, 0, 0
+  expect_equal(x$confusion_matrix, list(tp = 1L, fn = 1L, tn = 1L, fp = 1L))
+})
+
+expect_one_message <- function(args, pattern) {
+  r <- run_rscript("calc_model_performance.R", args)
+  expect_equal(r$status, 1)
+  expect_length(r$stderr, 1)
+  expect_match(r$stderr, pattern)
+  expect_match(r$stderr, "^calc_model_performance.R: error: ")
+}
+
+test_that("malformed input: exit status 1 and one message naming the field", {
+  good <- predictions_json(c(0, 1, 1), c(0.2, 0.7, 0.9))
+  truncated <- write_text_file(substr(good, 1, nchar(good) - 20))
+  expect_one_message(truncated, "not valid JSON")
+  wrong_length <- write_text_file(predictions_json(c(0, 1, 1, 0), c(0.2, 0.7, 0.9)))
+  expect_one_message(wrong_length, "probabilities: has 3 entries but labels has 4")
+  with_nan <- write_text_file(sub("0.7", "NaN", good, fixed = TRUE))
+  expect_one_message(with_nan, "probabilities: row 2, column 2 is NaN or missing")
+  too_big <- write_text_file(predictions_json(c(0, 1, 1), c(0.2, 0.7, 0.9)))
+  writeLines(sub("[0.8,0.2]", "[0,1.3]", readLines(too_big), fixed = TRUE), too_big)
+  expect_one_message(too_big, "probabilities: value 1.3 at row 1, column 2 is outside \\[0, 1\\]")
+  not_summing <- write_text_file(sub("[0.8,0.2]", "[0.5,0.2]", good, fixed = TRUE))
+  expect_one_message(not_summing, "probabilities: row 1 sums to 0.7, not 1")
+  expect_one_message(c(fixture("readme_medclf.json"), "--positive", "maybe"), "positive class: 'maybe' is not one of the classes \\(no, yes\\)")
+  missing_key <- write_text_file('{"labels": [0, 1], "predictions": [0, 1]}')
+  expect_one_message(missing_key, "missing keys 'predictive probabilities', 'label probabilities'")
+  expect_one_message(tempfile(fileext = ".json"), "file not found")
+})

@@ -1,0 +1,166 @@
+"""Parity: Rscript, rpy2 and the pure-Python engine agree to 1e-9 on every number of the
+results (estimates, interval bounds, operating points, thresholds, counts)."""
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+
+from medclf import report as R
+
+TOL = 1e-9
+SKIP_KEYS = {"engine", "engine_notes"}
+
+
+def leaves(obj, path=""):
+    """Flatten a results structure into {path: leaf}."""
+    out = {}
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if k not in SKIP_KEYS:
+                out.update(leaves(v, f"{path}/{k}"))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            out.update(leaves(v, f"{path}[{i}]"))
+    else:
+        out[path] = obj
+    return out
+
+
+def assert_same(a, b, what):
+    la, lb = leaves(a), leaves(b)
+    assert set(la) == set(lb), f"{what}: keys differ: {sorted(set(la) ^ set(lb))[:10]}"
+    n_numbers = 0
+    for key, x in la.items():
+        y = lb[key]
+        if isinstance(x, (int, float)) and not isinstance(x, bool) and isinstance(y, (int, float)):
+            assert math.isclose(x, y, rel_tol=0, abs_tol=TOL), f"{what}: {key}: {x} != {y}"
+            n_numbers += 1
+        else:
+            assert x == y, f"{what}: {key}: {x!r} != {y!r}"
+    assert n_numbers > 0
+
+
+def write_predictions(path, labels, probabilities, classes, positive=None, legacy=False):
+    labels = [int(v) for v in labels]
+    probs = np.asarray(probabilities, dtype=float).tolist()
+    onehot = [[1.0 if k == y else 0.0 for k in range(len(classes))] for y in labels]
+    preds = [int(np.argmax(r)) for r in probs]
+    if legacy:
+        obj = {"labels": labels, "predictions": preds, "predictive probabilities": probs, "label probabilities": onehot}
+    else:
+        obj = {"schema": "medclf.predictions/1", "split": path.stem.split("_")[-1], "classes": classes,
+               "positive_class": positive, "model": {"architecture": "fixture"},
+               "paths": [f"img{i:04d}.png" for i in range(len(labels))], "labels": labels, "predictions": preds,
+               "probabilities": probs, "logits": probs, "predictive probabilities": probs, "label probabilities": onehot}
+    path.write_text(json.dumps(obj))
+    return path
+
+
+def normalise_rows(raw):
+    raw = np.asarray(raw, dtype=float)
+    return raw / raw.sum(axis=1, keepdims=True)
+
+
+def binary_probs(p1):
+    p1 = np.asarray(p1, dtype=float)
+    return np.column_stack([1 - p1, p1])
+
+
+def make_cases(tmp_path):
+    rng = np.random.default_rng(20261122)
+    cases = {}
+    # Random binary with informative scores.
+    y = rng.integers(0, 2, 150)
+    p1 = 1 / (1 + np.exp(-(1.4 * y - 0.7 + rng.normal(0, 1, 150))))
+    yv = rng.integers(0, 2, 80)
+    pv = 1 / (1 + np.exp(-(1.4 * yv - 0.7 + rng.normal(0, 1, 80))))
+    test = write_predictions(tmp_path / "bin_test.json", y, binary_probs(p1), ["no", "yes"], "yes")
+    val = write_predictions(tmp_path / "bin_val.json", yv, binary_probs(pv), ["no", "yes"], "yes")
+    cases["binary"] = R.build_request(test)
+    cases["binary_threshold"] = R.build_request(test, threshold=0.37)
+    cases["binary_youden"] = R.build_request(test, val, threshold_rule="youden")
+    cases["binary_sens95"] = R.build_request(test, val, threshold_rule="sensitivity:0.95")
+    cases["binary_spec90"] = R.build_request(test, val, threshold_rule="specificity:0.9")
+    cases["binary_negative_positive"] = R.build_request(test, positive="no")
+    # Heavy ties: scores on a 0.1 grid.
+    pt = np.round(p1, 1)
+    ties = write_predictions(tmp_path / "ties_test.json", y, binary_probs(pt), ["no", "yes"], "yes")
+    cases["ties"] = R.build_request(ties)
+    # Perfect separation.
+    ys = np.array([0] * 12 + [1] * 9)
+    sep = write_predictions(tmp_path / "sep_test.json", ys, binary_probs(np.where(ys == 1, 0.8, 0.2) + rng.uniform(-0.1, 0.1, 21)),
+                            ["benign", "malignant"], "malignant")
+    cases["perfect_separation"] = R.build_request(sep)
+    # All one class (every case positive).
+    one = write_predictions(tmp_path / "one_test.json", [1] * 15, binary_probs(rng.uniform(0, 1, 15)), ["no", "yes"], "yes")
+    cases["all_one_class"] = R.build_request(one)
+    # A single positive case (DeLong interval undefined).
+    single = write_predictions(tmp_path / "single_test.json", [0] * 10 + [1], binary_probs(rng.uniform(0, 1, 11)),
+                               ["no", "yes"], "yes")
+    cases["single_positive"] = R.build_request(single)
+    # The original four-key file: logits, softmax applied.
+    logits = rng.normal(0, 2, (40, 2))
+    legacy = write_predictions(tmp_path / "legacy_test.json", rng.integers(0, 2, 40), logits, ["0", "1"], legacy=True)
+    cases["legacy_file"] = R.build_request(legacy)
+    cases["legacy_output"] = R.build_request(legacy, legacy=True)
+    # Multi-class, 7 classes like HAM10000, one class absent from the labels.
+    classes = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
+    ym = rng.choice([0, 1, 2, 4, 5, 6], 220, p=[0.05, 0.1, 0.15, 0.15, 0.45, 0.1])
+    raw = rng.gamma(1.0, 1.0, (220, 7))
+    raw[np.arange(220), ym] += 2.0
+    multi = write_predictions(tmp_path / "multi_test.json", ym, normalise_rows(raw), classes)
+    yvm = rng.choice(7, 90)
+    rawv = rng.gamma(1.0, 1.0, (90, 7))
+    rawv[np.arange(90), yvm] += 2.0
+    multi_val = write_predictions(tmp_path / "multi_val.json", yvm, normalise_rows(rawv), classes)
+    cases["multiclass"] = R.build_request(multi)
+    cases["multiclass_group"] = R.build_request(multi, group="malignant=mel,bcc,akiec")
+    cases["multiclass_group_youden"] = R.build_request(multi, multi_val, threshold_rule="youden",
+                                                       group="malignant=mel,bcc,akiec")
+    cases["multiclass_one_vs_rest"] = R.build_request(multi, positive="mel")
+    cases["multiclass_boot_free"] = R.build_request(multi, positive="df")  # df absent: AUC NA + note
+    return cases
+
+
+@pytest.fixture(scope="module")
+def cases(tmp_path_factory):
+    return make_cases(tmp_path_factory.mktemp("parity"))
+
+
+def _python(request):
+    return json.loads(json.dumps(R.python_report(request)))  # as written to disk
+
+
+@pytest.mark.skipif(shutil.which("Rscript") is None, reason="Rscript not installed")
+def test_rscript_matches_python_on_every_number(cases):
+    for name, request in cases.items():
+        assert_same(R.rscript_report(request), _python(request), f"{name} (Rscript vs Python)")
+
+
+def test_rpy2_matches_python_on_every_number(cases):
+    pytest.importorskip("rpy2.robjects")
+    try:
+        first = R.rpy2_report(cases["binary"])
+    except R.EngineUnavailable as exc:
+        pytest.skip(f"rpy2 cannot run R here: {exc}")
+    assert first["engine"]["name"] == "R"
+    for name, request in cases.items():
+        assert_same(R.rpy2_report(request), _python(request), f"{name} (rpy2 vs Python)")
+
+
+def test_edge_case_conventions_are_reported_not_raised(cases):
+    one = _python(cases["all_one_class"])
+    assert one["metrics"]["roc_auc"]["estimate"] is None
+    assert "one class" in one["metrics"]["roc_auc"]["note"]
+    assert one["metrics"]["specificity"]["estimate"] is None and "0/0" in one["metrics"]["specificity"]["note"]
+    assert one["operating_points"] == []
+    sep = _python(cases["perfect_separation"])
+    assert sep["metrics"]["roc_auc"]["estimate"] == 1.0
+    assert sep["metrics"]["roc_auc"]["lower"] == 1.0 and "perfect" in sep["metrics"]["roc_auc"]["note"]
+    single = _python(cases["single_positive"])
+    assert single["metrics"]["roc_auc"]["estimate"] is not None and single["metrics"]["roc_auc"]["lower"] is None
+    df = _python(cases["multiclass_boot_free"])
+    assert df["metrics"]["roc_auc"]["estimate"] is None and df["n_positive"] == 0
