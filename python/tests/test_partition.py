@@ -90,6 +90,7 @@ def test_brain_second_run_and_shuffled_copy_are_identical(brain_run, brain_mri_r
                  "--val", "0.1", "--test", "0.2", "--seed", "0"]) == 0
     expected = (brain_run / "splits.csv").read_bytes()
     assert (tmp_path / "again" / "splits.csv").read_bytes() == expected
+    assert (tmp_path / "again" / "partition.json").read_bytes() == (brain_run / "partition.json").read_bytes()
     # A copy created in a different order lists its files in a different order.
     files = sorted(p for p in brain_mri_root.glob("*/*"))
     copy = tmp_path / "copy"
@@ -237,6 +238,13 @@ def test_classes_subset_leaves_other_classes_out(tmp_path, capsys):
     assert len(frame) == 10 and set(frame["label"]) == {"a", "b"}
     with pytest.raises(MedclfError, match="no images of class"):
         partition(PartitionOptions(out=tmp_path / "o", data_root=root, classes=["a", "z"], quiet=True))
+
+
+def test_out_inside_data_root_is_not_a_class(tmp_path):
+    root = _class_folders(tmp_path / "d", {"no": 5, "yes": 5})
+    first = partition(PartitionOptions(out=root / "partition", data_root=root, val=0.2, test=0.2, quiet=True))
+    again = partition(PartitionOptions(out=root / "partition", data_root=root, val=0.2, test=0.2, quiet=True))
+    assert first["classes"] == again["classes"] == ["no", "yes"] and again["n_images"] == 10
 
 
 def test_default_positive_rules(tmp_path):
