@@ -384,7 +384,7 @@ def partition(options):
     items = readable
     if not items:
         raise MedclfError(f"{data_root}: none of the images could be read; see the warnings above")
-    classes, positive = resolve_classes(items, opts.classes or classes, positive)
+    classes, positive = resolve_classes(items, opts.classes, positive)  # a class may have been all unreadable
 
     # 3. groups: group column and duplicate clusters, merged
     uf = dedup_lib.UnionFind(len(items))
