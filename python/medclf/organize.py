@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medclf.errors import MedclfError
-from medclf.fileio import read_json, write_json, write_text
+from medclf.fileio import write_json, write_text
 from medclf.splits import REQUIRED_COLUMNS, SPLITS, read_splits, write_splits_csv
 
 LAYOUTS = ("imagefolder", "seed002")

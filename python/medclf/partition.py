@@ -14,7 +14,6 @@ The result depends only on the inputs and the seed, never on file-system listing
 everything is sorted before the seeded random generator is used.
 """
 
-import math
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
@@ -580,11 +579,3 @@ def format_summary(info):
     lines.append(f"leakage across splits: {', '.join(parts)} [{verdict}]")
     return "\n".join(lines)
 
-
-def partition_percentages(info):
-    """Share of each class within each split (fractions), for reports and tests."""
-    out = {}
-    for split in SPLITS:
-        n = sum(info["counts"][split].values())
-        out[split] = {c: (info["counts"][split][c] / n if n else math.nan) for c in info["classes"]}
-    return out
