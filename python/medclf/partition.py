@@ -546,6 +546,11 @@ def _partition_info(opts, classes, positive, data_root, items, split_of, fold_of
     return info
 
 
+def leakage_free(info):
+    """True when no group, exact duplicate or near duplicate is found in more than one split."""
+    return all(v == 0 for k, v in info["leakage"].items() if k.endswith("_across_splits") and isinstance(v, int))
+
+
 def format_summary(info):
     """The per-split, per-class table and the leakage report, as printed by the command."""
     classes = info["classes"]
@@ -574,8 +579,7 @@ def format_summary(info):
     if dup["enabled"]:
         parts += [f"exact duplicates {leak['exact_duplicates_across_splits']}",
                   f"near duplicates {leak['near_duplicates_across_splits']}"]
-    verdict = "OK" if all(leak[k] == 0 for k in leak if k.endswith("_across_splits") and isinstance(leak[k], int)) \
-        else "LEAKAGE"
+    verdict = "OK" if leakage_free(info) else "LEAKAGE"
     lines.append(f"leakage across splits: {', '.join(parts)} [{verdict}]")
     return "\n".join(lines)
 

@@ -52,7 +52,7 @@ def add_arguments(parser):
 
 def run(args):
     from medclf.errors import MedclfError
-    from medclf.partition import PartitionOptions, partition
+    from medclf.partition import PartitionOptions, leakage_free, partition
 
     if (args.data_root is None) == (args.metadata is None):
         raise MedclfError("pass exactly one of --data-root DIR (class folders) or --metadata CSV")
@@ -64,5 +64,4 @@ def run(args):
         label_map=args.label_map, quiet=args.quiet,
     )
     info = partition(options)
-    leak = info["leakage"]
-    return 0 if all(v == 0 for k, v in leak.items() if k.endswith("_across_splits") and isinstance(v, int)) else 2
+    return 0 if leakage_free(info) else 2
