@@ -349,3 +349,13 @@ def test_bad_ratios_and_inputs(tmp_path, capsys):
                                            "--test", "0.5"], capsys)[1]
     assert "exactly one of" in _run_cli(["--out", tmp_path / "o"], capsys)[1]
     assert "data root not found" in _run_cli(["--data-root", tmp_path / "nope", "--out", tmp_path / "o"], capsys)[1]
+
+
+def test_leakage_free_reads_every_counter():
+    from medclf.partition import leakage_free
+
+    clean = {"groups_across_splits": 0, "crossing_groups": [], "exact_duplicates_across_splits": 0,
+             "near_duplicates_across_splits": 0, "near_duplicate_pairs_across_splits": []}
+    assert leakage_free({"leakage": clean})
+    for key in ("groups_across_splits", "exact_duplicates_across_splits", "near_duplicates_across_splits"):
+        assert not leakage_free({"leakage": {**clean, key: 1}})
