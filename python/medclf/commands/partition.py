@@ -43,8 +43,8 @@ def add_arguments(parser):
     parser.add_argument("--label-map", default=None,
                         help="map labels to study classes: inline `mel=malignant,bcc=malignant,*=benign` "
                         "or a .csv (from,to) / .json / .yaml file; the original label goes to label_original")
-    parser.add_argument("--no-dedup", dest="dedup", action="store_false", default=argparse.SUPPRESS,
-                        help="turn off exact and near-duplicate detection (on by default)")
+    parser.add_argument("--dedup", action=argparse.BooleanOptionalAction, default=True,
+                        help="exact and near-duplicate detection (duplicates never cross splits); --no-dedup turns it off")
     parser.add_argument("--near-dup-distance", type=int, default=3,
                         help="max Hamming distance between 64-bit dHashes for near duplicates (-1 = exact only)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or table")
@@ -60,7 +60,7 @@ def run(args):
         out=args.out, data_root=args.data_root, metadata=args.metadata, image_dir=args.image_dir,
         image_col=args.image_col, label_col=args.label_col, image_ext=args.image_ext, group_col=args.group_col,
         val=args.val, test=args.test, seed=args.seed, folds=args.folds, classes=args.classes,
-        positive=args.positive, dedup=getattr(args, "dedup", True), near_dup_distance=args.near_dup_distance,
+        positive=args.positive, dedup=args.dedup, near_dup_distance=args.near_dup_distance,
         label_map=args.label_map, quiet=args.quiet,
     )
     info = partition(options)
