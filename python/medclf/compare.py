@@ -1,0 +1,295 @@
+"""`medclf compare`: paired DeLong comparison of runs scored on the same test images.
+
+The numbers come from `medclf_compare_json` in R/compare_models.R (rpy2, else an `Rscript
+--vanilla R/compare_models.R` subprocess), else from the pure-Python mirror below (engine
+"python"), which agrees with R to 1e-9 (tests/test_compare.py). Writes compare.json
+(medclf.comparison/1) and compare.md (one row per run, one row per pair) to --out.
+"""
+
+import json
+import shutil
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from medclf import metrics as M
+from medclf import report as R
+from medclf.errors import MedclfError
+from medclf.fileio import write_json, write_text
+
+COMPARISON_SCHEMA = "medclf.comparison/1"
+COMPARE_ERROR_PREFIX = "compare_models.R: error: "
+
+
+# ------------------------------------------------------------ Python mirror of compare_models.R
+
+def align_runs(runs):
+    first = runs[0]["data"]
+    by_path = all(r["data"]["paths"] is not None for r in runs)
+    for r in runs[1:]:
+        d = r["data"]
+        if d["classes"] != first["classes"]:
+            R._fail(d["source"], f"classes ({', '.join(d['classes'])}) differ from {first['source']} "
+                                 f"({', '.join(first['classes'])})")
+    if by_path:
+        for r in runs:
+            seen = set()
+            for p in r["data"]["paths"]:
+                if p in seen:
+                    R._fail(r["data"]["source"], f"paths: '{p}' appears more than once; cannot join by path")
+                seen.add(p)
+    for r in runs[1:]:
+        d = r["data"]
+        if by_path:
+            only_first = [p for p in first["paths"] if p not in set(d["paths"])]
+            only_this = [p for p in d["paths"] if p not in set(first["paths"])]
+            if only_first or only_this:
+                R._fail(d["source"], f"images differ from {first['source']}: {len(only_first)} only there, "
+                                     f"{len(only_this)} only here (e.g. '{(only_first + only_this)[0]}'); "
+                                     "compare runs on the same test images")
+            position = {p: i for i, p in enumerate(d["paths"])}
+            order = np.array([position[p] for p in first["paths"]])
+            d = dict(d, labels=d["labels"][order], probabilities=d["probabilities"][order],
+                     paths=[d["paths"][i] for i in order])
+        elif len(d["labels"]) != len(first["labels"]):
+            R._fail(d["source"], f"has {len(d['labels'])} images but {first['source']} has {len(first['labels'])}; "
+                                 "compare runs on the same test images")
+        differ = np.flatnonzero(d["labels"] != first["labels"])
+        if len(differ):
+            example = f"'{first['paths'][differ[0]]}'" if by_path else f"row {differ[0] + 1}"
+            R._fail(d["source"], f"labels differ from {first['source']} for {len(differ)} image(s) (e.g. {example}); "
+                                 "compare runs on the same test set")
+        r["data"] = d
+    return runs, "paths" if by_path else "row order (no paths in the files)"
+
+
+def paired_delong(is_positive, score_a, score_b):
+    """AUC(a) - AUC(b) with the paired DeLong interval, z and two-sided p (pROC::roc.test)."""
+    from scipy.stats import norm
+
+    method = "paired DeLong (pROC::roc.test)"
+    y = np.asarray(is_positive, dtype=bool)
+    m, n = int(y.sum()), int((~y).sum())
+    if m < 2 or n < 2:
+        return {"difference": M.value(None, None, None, method, "needs at least 2 cases of each class"),
+                "z": None, "p_value": None}
+    ta, xa, ya = M.delong_placements(y, score_a)
+    tb, xb, yb = M.delong_placements(y, score_b)
+    sx = np.array([[np.sum((xa - ta) * (xa - ta)), np.sum((xa - ta) * (xb - tb))],
+                   [np.sum((xb - tb) * (xa - ta)), np.sum((xb - tb) * (xb - tb))]]) / (m - 1)
+    sy = np.array([[np.sum((ya - ta) * (ya - ta)), np.sum((ya - ta) * (yb - tb))],
+                   [np.sum((yb - tb) * (ya - ta)), np.sum((yb - tb) * (yb - tb))]]) / (n - 1)
+    s = sx / m + sy / n
+    contrast = np.array([1.0, -1.0])
+    sig = float(np.sqrt(contrast @ s @ contrast))
+    d = ta - tb
+    if sig == 0:
+        z = 0.0 if d == 0 else float(np.sign(d) * np.inf)
+    else:
+        z = d / sig
+    crit = norm.ppf(1 - (1 - M.CONF_LEVEL) / 2)
+    p = 2 * norm.cdf(-abs(z))
+    estimate = M.roc_auc(y, score_a) - M.roc_auc(y, score_b)
+    return {"difference": M.value(estimate, d - crit * sig, d + crit * sig, method),
+            "z": None if not np.isfinite(z) else float(z), "p_value": float(p)}
+
+
+def holm(p_values):
+    """Holm step-down adjusted p-values (R's p.adjust(method = "holm")); None stays None."""
+    idx = [i for i, p in enumerate(p_values) if p is not None]
+    out = [None] * len(p_values)
+    order = sorted(idx, key=lambda i: p_values[i])
+    k = len(order)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (k - rank) * p_values[i]))
+        out[i] = running
+    return out
+
+
+def python_compare(request):
+    specs = request.get("runs") or []
+    if len(specs) < 2:
+        R._fail("compare", "needs at least two prediction files")
+    runs = [{"name": s.get("name") or Path(s["predictions_path"]).name,
+             "data": R.validate_predictions(R.read_predictions_file(s["predictions_path"]), s["predictions_path"])}
+            for s in specs]
+    runs, joined_by = align_runs(runs)
+    first = runs[0]["data"]
+    frame = R.framing(first, request.get("positive"), request.get("group"))
+    threshold = request.get("threshold")
+    threshold = 0.5 if threshold is None else threshold
+    if frame is not None:
+        targets = [(frame["positive"], frame)]
+    else:
+        targets = [(k, {"positive": k, "negative": f"not {k}", "members": [k], "group": None}) for k in first["classes"]]
+    rows = []
+    for r in runs:
+        row = {"name": r["name"], "predictions": r["data"]["source"], "model": r["data"]["model"]}
+        if frame is not None:
+            v = R.binary_view(r["data"], frame)
+            b = M.binary_metrics(v["is_positive"], v["score"], threshold)
+            row["roc_auc"] = b["metrics"]["roc_auc"]
+            for name in ("sensitivity", "specificity", "accuracy", "cohen_kappa"):
+                row[name] = b["metrics"][name]
+        else:
+            m = M.multiclass_metrics(r["data"]["labels"], r["data"]["probabilities"], r["data"]["classes"])
+            row.update(macro_auc=m["metrics"]["macro_auc"], balanced_accuracy=m["metrics"]["balanced_accuracy"],
+                       accuracy=m["metrics"]["accuracy"], cohen_kappa=m["metrics"]["cohen_kappa"],
+                       per_class_auc={k: pc["metrics"]["roc_auc"] for k, pc in m["per_class"].items()})
+        rows.append(row)
+    pairs = []
+    for i in range(len(runs)):
+        for j in range(i + 1, len(runs)):
+            for label, target in targets:
+                va, vb = R.binary_view(runs[i]["data"], target), R.binary_view(runs[j]["data"], target)
+                test = paired_delong(va["is_positive"], va["score"], vb["score"])
+                pairs.append({"a": runs[i]["name"], "b": runs[j]["name"], "positive_class": label,
+                              "auc_a": M.auc_delong(va["is_positive"], va["score"])["estimate"],
+                              "auc_b": M.auc_delong(vb["is_positive"], vb["score"])["estimate"],
+                              "difference": test["difference"], "z": test["z"], "p_value": test["p_value"]})
+    for pair, adjusted in zip(pairs, holm([p["p_value"] for p in pairs])):
+        pair["p_holm"] = adjusted
+    return {"schema": COMPARISON_SCHEMA, "engine": R._python_engine(),
+            "task": "binary" if frame is not None else "multiclass (one-vs-rest per class)",
+            "positive_class": frame["positive"] if frame else None, "grouping": frame["group"] if frame else None,
+            "threshold": float(threshold) if frame else None, "n": int(len(first["labels"])), "joined_by": joined_by,
+            "runs": rows, "pairwise": pairs, "p_adjust": "Holm over all pairwise tests in this file"}
+
+
+# ------------------------------------------------------------------------------------ engines
+
+_RPY2 = {}
+
+
+def rpy2_compare(request):
+    try:
+        if "function" not in _RPY2:
+            import rpy2.robjects as ro
+
+            script = R.r_dir() / "compare_models.R"
+            if not script.is_file():
+                raise R.EngineUnavailable(f"{script} not found (set MEDCLF_R_DIR)")
+            if not ro.r('isTRUE(suppressWarnings(requireNamespace("pROC", quietly = TRUE)))')[0]:
+                raise R.EngineUnavailable("R package pROC is not installed")
+            ro.r.source(str(script))
+            _RPY2["function"] = ro.globalenv["medclf_compare_json"]
+        text = _RPY2["function"](json.dumps(request))[0]
+    except R.EngineUnavailable:
+        raise
+    except (ImportError, OSError, ValueError, RuntimeError) as exc:
+        raise R.EngineUnavailable(f"rpy2: {type(exc).__name__}: {str(exc).strip()[:300]}") from exc
+    return R._decode_r_result(str(text))
+
+
+def rscript_compare(request):
+    script = R.r_dir() / "compare_models.R"
+    rscript = shutil.which("Rscript")
+    if rscript is None or not script.is_file():
+        raise R.EngineUnavailable("Rscript or R/compare_models.R not found")
+    with tempfile.TemporaryDirectory(prefix="medclf-compare-") as tmp:
+        out = Path(tmp) / "compare.json"
+        argv = [rscript, "--vanilla", str(script), *[str(r["predictions_path"]) for r in request["runs"]],
+                "--out", str(out), "--names", ",".join(r["name"] for r in request["runs"])]
+        if request.get("positive") is not None:
+            argv += ["--positive", request["positive"]]
+        if request.get("group") is not None:
+            argv += ["--group", f"{request['group']['name']}={','.join(request['group']['classes'])}"]
+        if request.get("threshold") is not None:
+            argv += ["--threshold", repr(float(request["threshold"]))]
+        try:
+            proc = subprocess.run(argv, capture_output=True, text=True)
+        except OSError as exc:
+            raise R.EngineUnavailable(f"Rscript: {exc}") from exc
+        if proc.returncode != 0:
+            lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+            user = [ln for ln in lines if ln.startswith(COMPARE_ERROR_PREFIX)]
+            if user:
+                raise MedclfError(user[-1][len(COMPARE_ERROR_PREFIX):])
+            raise R.EngineUnavailable("Rscript failed: " + " | ".join(lines[-3:]))
+        return R._decode_r_result(out.read_text(encoding="utf-8"))
+
+
+def run_compare_engine(request, engine="auto"):
+    if engine not in R.ENGINES:
+        raise MedclfError(f"--engine {engine}: choose one of {', '.join(R.ENGINES)}")
+    if any("," in r["name"] for r in request["runs"]):
+        raise MedclfError("run names must not contain commas")
+    order = ("rpy2", "rscript", "python") if engine == "auto" else (engine,)
+    routes = {"rpy2": rpy2_compare, "rscript": rscript_compare, "python": python_compare}
+    notes = []
+    for name in order:
+        try:
+            return routes[name](request), notes
+        except R.EngineUnavailable as exc:
+            if engine != "auto":
+                raise MedclfError(f"--engine {engine} is unavailable here: {exc}") from exc
+            notes.append(f"{name} unavailable: {exc}")
+            warnings.warn(f"medclf compare: {name} unavailable ({exc}); trying the next engine", stacklevel=2)
+    raise MedclfError("no compare engine could run")
+
+
+def _cell(v):
+    if not v or v.get("estimate") is None:
+        return "NA"
+    if v.get("lower") is None:
+        return f"{v['estimate']:.3f}"
+    return f"{v['estimate']:.3f} ({v['lower']:.3f} to {v['upper']:.3f})"
+
+
+def _p(x):
+    return "NA" if x is None else (f"{x:.2e}" if x < 1e-3 else f"{x:.4f}")
+
+
+def markdown_table(result):
+    binary = result["task"] == "binary"
+    cols = (["roc_auc", "sensitivity", "specificity", "accuracy", "cohen_kappa"] if binary
+            else ["macro_auc", "balanced_accuracy", "accuracy", "cohen_kappa"])
+    head = f"positive class **{result['positive_class']}**, threshold {result['threshold']}" if binary \
+        else "multi-class; pairwise tests one-vs-rest per class"
+    lines = [f"# Model comparison ({result['n']} images, joined by {result['joined_by']}; {head})", "",
+             f"Engine: {', '.join(f'{k} {v}' for k, v in result['engine'].items())}.", "",
+             "| run | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    lines += [f"| {row['name']} | " + " | ".join(_cell(row.get(c)) for c in cols) + " |" for row in result["runs"]]
+    lines += ["", "## Pairwise paired DeLong tests (AUC a - AUC b, 95% CI)", "",
+              "| a | b | class | AUC a | AUC b | difference | z | p | p (Holm) |", "|---|---|---|---|---|---|---|---|---|"]
+    for p in result["pairwise"]:
+        z = "NA" if p["z"] is None else f"{p['z']:.3f}"
+        auc_a = "NA" if p["auc_a"] is None else f"{p['auc_a']:.3f}"
+        auc_b = "NA" if p["auc_b"] is None else f"{p['auc_b']:.3f}"
+        lines.append(f"| {p['a']} | {p['b']} | {p['positive_class']} | {auc_a} | {auc_b} | {_cell(p['difference'])} "
+                     f"| {z} | {_p(p['p_value'])} | {_p(p['p_holm'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def compare_runs(run_dirs, split="test", out_dir=None, positive=None, group=None, threshold=None, engine="auto"):
+    """Compare results/NAME folders (or predictions files); write compare.json and compare.md to out_dir."""
+    runs = []
+    for item in run_dirs:
+        item = Path(item)
+        path = item / f"predictions_{split}.json" if item.is_dir() else item
+        if not path.is_file():
+            raise MedclfError(f"{path}: not found; run `medclf test --run {item}` first")
+        runs.append({"name": item.name if item.is_dir() else item.stem, "predictions_path": str(path)})
+    if len(runs) < 2:
+        raise MedclfError("compare needs at least two runs")
+    names = [r["name"] for r in runs]
+    if len(set(names)) != len(names):
+        for r in runs:
+            r["name"] = str(Path(r["predictions_path"]).parent.name) + "/" + Path(r["predictions_path"]).name
+    request = {"runs": runs, "positive": positive, "group": R.parse_group(group) if isinstance(group, str) else group,
+               "threshold": threshold}
+    result, notes = run_compare_engine(request, engine)
+    if notes:
+        result["engine_notes"] = notes
+    written = {}
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        written["json"] = out_dir / "compare.json"
+        written["markdown"] = out_dir / "compare.md"
+        write_json(written["json"], result)
+        write_text(written["markdown"], markdown_table(result))
+    return result, written
