@@ -1,0 +1,108 @@
+"""--balance: weights from the train split only; focal loss values; val/test never resampled."""
+
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from medclf import imbalance
+from medclf.errors import MedclfError
+
+
+def test_class_weights_are_inverse_frequency():
+    weights = imbalance.class_weights([0, 0, 0, 1], 2)
+    assert weights.tolist() == [4 / 6, 4 / 2]
+
+
+def test_sample_weights_are_one_over_class_count():
+    assert imbalance.sample_weights([0, 1, 0, 0, 2, 2], 3).tolist() == [1 / 3, 1 / 1, 1 / 3, 1 / 3, 1 / 2, 1 / 2]
+
+
+def test_a_class_without_train_images_is_an_error():
+    with pytest.raises(MedclfError, match="no train images"):
+        imbalance.class_weights([0, 0, 2], 3)
+
+
+def test_sampler_draws_classes_evenly():
+    labels = [0] * 90 + [1] * 10
+    sampler = imbalance.make_sampler(labels, 2, torch.Generator().manual_seed(0))
+    drawn = [labels[i] for _ in range(50) for i in sampler]
+    assert abs(sum(drawn) / len(drawn) - 1 / 2) < 0.02
+
+
+def test_focal_loss_hand_values():
+    logits = torch.tensor([[0.0, 0.0]])
+    target = torch.tensor([0])
+    # p_t = 1/2: (1 - 1/2)^2 * ln 2
+    assert imbalance.FocalLoss(gamma=2)(logits, target).item() == pytest.approx(math.log(2) / 4)
+    # alpha 1/4 for the positive class: class 0 is weighted 3/4
+    assert imbalance.FocalLoss(2, alpha=[3 / 4, 1 / 4])(logits, target).item() == pytest.approx(3 / 4 * math.log(2) / 4)
+    # one logit ln 3: p(1) = 3/4, target 1 -> (1/4)^2 * -ln(3/4)
+    single = imbalance.FocalLoss(2, single_logit=True)(torch.tensor([[math.log(3)]]), torch.tensor([1]))
+    assert single.item() == pytest.approx((1 / 16) * -math.log(3 / 4))
+
+
+def test_focal_loss_with_gamma_zero_is_cross_entropy():
+    torch.manual_seed(0)
+    logits, target = torch.randn(6, 4), torch.tensor([0, 1, 2, 3, 1, 2])
+    assert imbalance.FocalLoss(0)(logits, target).item() == pytest.approx(nn.CrossEntropyLoss()(logits, target).item())
+
+
+def test_build_criterion_uses_the_given_train_labels():
+    loss = imbalance.build_criterion("loss-weights", [0, 0, 0, 1], 2)
+    assert loss.weight.tolist() == pytest.approx([2 / 3, 2])
+    bce = imbalance.build_criterion("loss-weights", [0, 0, 0, 1], 2, single_logit=True)
+    assert bce.pos_weight.item() == 3
+    focal = imbalance.build_criterion("focal", [0, 0, 0, 1], 2, focal_gamma=1, focal_alpha="balanced")
+    assert focal.alpha.tolist() == pytest.approx([2 / 3, 2])
+    with pytest.raises(MedclfError):
+        imbalance.build_criterion("loss-weights", [0, 1, 2], 3, single_logit=True)
+
+
+@pytest.mark.parametrize("balance", ["sampler", "loss-weights", "focal"])
+def test_training_computes_balance_from_train_only_and_predicts_every_val_test_image(
+        balance, brain_mri_root, tmp_path_factory, monkeypatch):
+    from test_training import partition_brain_mri, tiny_splits
+
+    from medclf import training
+    from medclf.predict import run_test
+    from medclf.splits import read_splits
+
+    base = tmp_path_factory.mktemp(f"bal-{balance}")
+    full = partition_brain_mri(brain_mri_root, base / "full")
+    # Imbalanced train (20 yes : 6 no), other proportions in val and test.
+    splits = tiny_splits(full, base / "tiny", {"train": 20, "val": 5, "test": 7})
+    table = read_splits(splits)
+    frame = table.frame
+    keep = ~((frame["split"] == "train") & (frame["label"] == "no")) | frame.index.isin(
+        frame[(frame["split"] == "train") & (frame["label"] == "no")].index[:6])
+    from medclf.splits import write_splits_csv
+
+    write_splits_csv(splits, frame[keep])
+    train_labels = read_splits(splits).rows("train")["label_index"].tolist()
+    assert sorted(train_labels).count(0) == 6 and len(train_labels) == 26
+
+    seen = {}
+    real_sampler, real_criterion = imbalance.make_sampler, imbalance.build_criterion
+
+    def spy_sampler(labels, n_classes, generator=None):
+        seen["sampler"] = list(labels)
+        return real_sampler(labels, n_classes, generator)
+
+    def spy_criterion(mode, labels, *args, **kwargs):
+        seen["criterion"] = list(labels)
+        return real_criterion(mode, labels, *args, **kwargs)
+
+    monkeypatch.setattr(imbalance, "make_sampler", spy_sampler)
+    monkeypatch.setattr(imbalance, "build_criterion", spy_criterion)
+    training.run_training({"splits": str(splits), "img_size": 32, "epochs": 1, "batch_size": 8, "balance": balance,
+                           "focal_alpha": "0.25", "out": str(base / "runs"), "run_name": "r", "progress": False})
+    assert seen["criterion"] == train_labels
+    if balance == "sampler":
+        assert seen["sampler"] == train_labels
+    for path in run_test(base / "runs" / "r", "test", progress=False):
+        record = json.loads(path.read_text())
+        rows = read_splits(splits).rows(record["split"])
+        assert record["paths"] == list(rows["path"]) and len(record["probabilities"]) == len(rows)
