@@ -1,0 +1,87 @@
+"""The decode-once cache: resize/crop geometry, memory vs disk, reuse, stats, loaders."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from medclf import data
+from medclf.errors import MedclfError
+
+
+def two_tone(path, size=(200, 100)):
+    """Left eighth red, the rest blue: after a centre crop only blue may remain."""
+    img = Image.new("RGB", size, (0, 0, 255))
+    img.paste((255, 0, 0), (0, 0, size[0] // 8, size[1]))
+    img.save(path)
+    return path
+
+
+def test_resize_keeps_aspect_ratio_then_crops_the_centre(tmp_path):
+    img = Image.open(two_tone(tmp_path / "a.png"))
+    out = data.resize_and_crop(img, 50)  # 200x100 -> 100x50 -> crop x 25..75
+    assert out.size == (50, 50)
+    pixels = np.asarray(out)
+    assert (pixels[..., 2] == 255).all() and (pixels[..., 0] == 0).all()
+
+
+def test_memory_and_disk_caches_hold_the_same_pixels(tmp_path):
+    paths = [two_tone(tmp_path / f"{i}.png", (60 + 20 * i, 40)) for i in range(3)]
+    memory = data.build_cache(paths, 16, "memory", progress=False)
+    disk = data.build_cache(paths, 16, "disk", tmp_path / "cache", "train", progress=False)
+    assert memory.shape == (3, 3, 16, 16) and memory.dtype == np.uint8
+    assert isinstance(disk, np.memmap) and np.array_equal(memory, np.asarray(disk))
+
+
+def test_disk_cache_is_reused_only_for_the_same_file_list(tmp_path, monkeypatch):
+    paths = [two_tone(tmp_path / f"{i}.png") for i in range(2)]
+    data.build_cache(paths, 8, "disk", tmp_path / "c", "train", progress=False)
+    decoded = []
+    real_decode = data._decode
+    monkeypatch.setattr(data, "_decode", lambda p, side: decoded.append(p) or real_decode(p, side))
+    data.build_cache(paths, 8, "disk", tmp_path / "c", "train", progress=False)
+    assert decoded == []
+    data.build_cache(paths[:1], 8, "disk", tmp_path / "c", "train", progress=False)
+    assert len(decoded) == 1
+
+
+def test_channel_stats_hand_values():
+    cache = np.zeros((2, 3, 2, 2), dtype=np.uint8)
+    cache[1] = 255
+    cache[:, 2] = 51  # channel 2 constant 1/5
+    mean, std = data.channel_stats(cache)
+    assert mean == pytest.approx([1 / 2, 1 / 2, 1 / 5])
+    assert std == pytest.approx([1 / 2, 1 / 2, 0], abs=1e-6)
+
+
+def test_unreadable_image_names_the_file(tmp_path):
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not a jpeg")
+    with pytest.raises(MedclfError, match="broken.jpg"):
+        data.build_cache([bad], 8, "memory", progress=False)
+
+
+def test_real_brain_mri_images_of_every_mode_become_rgb_squares(brain_mri_root):
+    files = sorted((brain_mri_root / "no").iterdir())[:6] + sorted((brain_mri_root / "yes").iterdir())[:6]
+    cache = data.build_cache([f for f in files if f.suffix.lower() in (".jpg", ".jpeg", ".png")], 32, "memory",
+                             progress=False)
+    assert cache.shape[1:] == (3, 32, 32) and cache.max() > 0
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_loader_order_and_augmentation_repeat_for_the_same_generator_seed(workers):
+    cache = (np.arange(10 * 3 * 8 * 8) % 256).astype(np.uint8).reshape(10, 3, 8, 8)
+
+    def random_noise(x):
+        return x.float() + torch.rand(())
+
+    dataset = data.CachedImageDataset(cache, list(range(10)), random_noise)
+
+    def one_epoch(seed):
+        torch.manual_seed(seed)
+        loader = data.make_loader(dataset, 4, shuffle=True, workers=workers,
+                                  generator=torch.Generator().manual_seed(seed))
+        return [(x.sum().item(), y.tolist()) for x, y in loader]
+
+    assert one_epoch(1) == one_epoch(1)
+    assert one_epoch(1) != one_epoch(2)
