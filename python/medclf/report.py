@@ -665,7 +665,7 @@ def write_plots(result, data, out_dir):
     for x, yv, n in zip(xs, ys, ns):
         ax.annotate(str(n), (x, yv), fontsize=7, textcoords="offset points", xytext=(3, 3))
     ax.set(xlabel=f"mean predicted {what}", ylabel="observed frequency", title="Calibration (10 bins; n per bin)",
-           xlim=(0, 1), ylim=(0, 1))
+           xlim=(-0.02, 1.02), ylim=(-0.02, 1.08))
     save(fig, "calibration.png")
     return written
 

@@ -1,0 +1,137 @@
+"""`medclf report`: outputs, engines and fallback, clinical grouping, multi-class, bad input."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medclf import cli
+from medclf import report as R
+from medclf.errors import MedclfError
+
+from test_metrics_parity import binary_probs, normalise_rows, write_predictions
+
+HAM_CLASSES = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
+
+
+@pytest.fixture()
+def binary_run(tmp_path):
+    rng = np.random.default_rng(5)
+    for split, n in (("test", 80), ("val", 60)):
+        y = rng.integers(0, 2, n)
+        p1 = 1 / (1 + np.exp(-(2 * y - 1 + rng.normal(0, 1, n))))
+        write_predictions(tmp_path / f"predictions_{split}.json", y, binary_probs(p1), ["no", "yes"], "yes")
+    (tmp_path / "config.json").write_text(json.dumps({"architecture": "resnet18", "weights": "none", "seed": 3,
+                                                      "arguments": {"epochs": 2, "img_size": 64}}))
+    return tmp_path
+
+
+@pytest.fixture()
+def ham_run(tmp_path):
+    rng = np.random.default_rng(6)
+    y = rng.choice(7, 150, p=[0.05, 0.1, 0.15, 0.05, 0.15, 0.4, 0.1])
+    raw = rng.gamma(1.0, 1.0, (150, 7))
+    raw[np.arange(150), y] += 1.5
+    write_predictions(tmp_path / "predictions_test.json", y, normalise_rows(raw), HAM_CLASSES)
+    return tmp_path
+
+
+def test_report_writes_results_markdown_and_plots(binary_run):
+    out = R.report_run(binary_run, threshold_rule="sensitivity:0.9", engine="rscript")
+    result = json.loads(out["results"].read_text())
+    assert result["schema"] == "medclf.results/1" and result["engine"]["name"] == "R"
+    assert result["threshold_source"] == "validation:sensitivity:0.9"
+    assert result["threshold_selection"]["sensitivity"] >= 0.9
+    cm = result["confusion_matrix"]
+    assert cm["tp"] + cm["fn"] == result["n_positive"] and cm["tn"] + cm["fp"] == result["n_negative"]
+    for name in ("roc.png", "pr.png", "pr_zoom.png", "confusion.png", "calibration.png"):
+        assert (binary_run / name).stat().st_size > 1000
+    md = out["report"].read_text()
+    assert "| sensitivity |" in md and "DeLong" in md and "resnet18" in md and "precision_at_recall | 0.999" in md
+
+
+def test_auto_falls_back_to_rscript_then_python(binary_run, monkeypatch):
+    def unavailable(request):
+        raise R.EngineUnavailable("simulated: no embedded R")
+
+    monkeypatch.setattr(R, "rpy2_report", unavailable)
+    with pytest.warns(UserWarning, match="rpy2 unavailable"):
+        result, notes = R.run_engine(R.build_request(binary_run / "predictions_test.json"))
+    assert result["engine"]["name"] == "R" and "rpy2 unavailable" in notes[0]
+    monkeypatch.setattr(R, "rscript_report", unavailable)
+    with pytest.warns(UserWarning):
+        result, notes = R.run_engine(R.build_request(binary_run / "predictions_test.json"))
+    assert result["engine"]["name"] == "python" and len(notes) == 2
+    with pytest.raises(MedclfError, match="--engine rpy2 is unavailable"):
+        R.run_engine(R.build_request(binary_run / "predictions_test.json"), "rpy2")
+
+
+def test_rscript_missing_falls_back_to_python(binary_run, monkeypatch):
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.setattr(R, "rpy2_report", lambda request: (_ for _ in ()).throw(R.EngineUnavailable("no rpy2")))
+    with pytest.warns(UserWarning):
+        out = R.report_run(binary_run, engine="auto", plots=False)
+    assert out["result"]["engine"]["name"] == "python"
+    assert "Rscript is not on PATH" in " ".join(out["result"]["engine_notes"])
+
+
+def test_multiclass_report_has_per_class_macro_auc_balanced_accuracy_and_kappa(ham_run):
+    out = R.report_run(ham_run, engine="python")
+    result = out["result"]
+    assert result["task"] == "multiclass"
+    assert set(result["per_class"]) == set(HAM_CLASSES)
+    for name in ("accuracy", "balanced_accuracy", "cohen_kappa", "macro_auc"):
+        assert result["metrics"][name]["estimate"] is not None
+    assert "one-vs-rest" in result["metrics"]["macro_auc"]["method"]
+    recalls = [pc["metrics"]["sensitivity"]["estimate"] for pc in result["per_class"].values()]
+    assert result["metrics"]["balanced_accuracy"]["estimate"] == pytest.approx(np.mean(recalls))
+    assert "| mel |" in out["report"].read_text()
+
+
+def test_clinical_grouping_sums_member_probabilities(ham_run):
+    out = R.report_run(ham_run, group="malignant=mel,bcc,akiec", engine="python", plots=False)
+    result = out["result"]
+    data = R.validate_predictions(json.loads((ham_run / "predictions_test.json").read_text()), "x")
+    members = [HAM_CLASSES.index(c) for c in ("mel", "bcc", "akiec")]
+    p = data["probabilities"][:, members].sum(axis=1)
+    truth = np.isin(data["labels"], members)
+    assert result["positive_class"] == "malignant" and result["grouping"]["classes"] == ["mel", "bcc", "akiec"]
+    assert result["confusion_matrix"]["tp"] == int(np.sum(truth & (p >= 0.5)))
+    assert result["n_positive"] == int(truth.sum())
+
+
+@pytest.mark.parametrize("mutate, field", [
+    (lambda t: t[: len(t) // 2], "not valid JSON"),
+    (lambda t: t.replace('"labels": [', '"labels": [0, ', 1), "has 80 entries but labels has 81"),
+    (lambda t: t.replace('"probabilities": [[', '"probabilities": [[NaN, 1.0], [', 1),
+     "probabilities: row 1, column 1 is NaN or missing"),
+])
+def test_cli_malformed_input_exit_1_with_one_message(binary_run, capsys, mutate, field):
+    path = binary_run / "predictions_test.json"
+    path.write_text(mutate(path.read_text()))
+    assert cli.main(["report", "--run", str(binary_run), "--engine", "python", "--no-plots"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and field in err[0] and err[0].startswith("medclf report: error:")
+
+
+def test_probability_above_one_and_unknown_positive_named(binary_run, capsys):
+    obj = json.loads((binary_run / "predictions_test.json").read_text())
+    obj["probabilities"][2] = [0.0, 1.3]
+    (binary_run / "predictions_test.json").write_text(json.dumps(obj))
+    for engine in ("python", "rscript"):
+        with pytest.raises(MedclfError, match=r"probabilities: value 1.3 at row 3, column 2 is outside \[0, 1\]"):
+            R.report_run(binary_run, engine=engine, plots=False)
+    obj["probabilities"][2] = [0.7, 0.3]
+    (binary_run / "predictions_test.json").write_text(json.dumps(obj))
+    assert cli.main(["report", "--run", str(binary_run), "--positive", "maybe", "--engine", "rscript"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "positive class: 'maybe' is not one of the classes (no, yes)" in err[0]
+
+
+def test_r_directory_override(monkeypatch, tmp_path):
+    monkeypatch.setenv("MEDCLF_R_DIR", str(tmp_path))
+    assert R.r_dir() == tmp_path
+    monkeypatch.delenv("MEDCLF_R_DIR")
+    assert (R.r_dir() / "report.R").is_file()
