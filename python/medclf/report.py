@@ -493,9 +493,10 @@ def _provenance(run_dir):
         partition_path = Path(splits_file).parent / "partition.json" if splits_file else None
         if partition_path and partition_path.is_file():
             info = read_json(partition_path)
-            leakage = info.get("leakage") or info.get("leakage_report")
-            lines.append(f"- partition: {partition_path} (seed {info.get('seed')}, grouping "
-                         f"{info.get('group_by') or info.get('grouping')}); leakage report: {json.dumps(leakage)[:300]}")
+            grouping = info.get("group_column") or "duplicate clusters"
+            lines.append(f"- partition: {partition_path} (seed {info.get('seed')}, ratios {info.get('ratios')}, "
+                         f"grouped by {grouping}, {info.get('n_groups')} groups, label map {info.get('label_map')}); "
+                         f"leakage report: {json.dumps(info.get('leakage'))[:300]}")
     return lines or ["- no config.json in the run folder (predictions scored without model provenance)"]
 
 
