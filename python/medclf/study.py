@@ -280,6 +280,7 @@ class StageCall:
     outputs: list = field(default_factory=list)     # all exist -> the stage is done
     resume_argv: list = None                         # argv to continue an interrupted stage
     run_dir: Path = None
+    inputs: list = field(default_factory=list)       # files made by earlier stages that this one reads
 
     def finished(self):
         if self.stage == "train":
@@ -400,17 +401,21 @@ def build_plan(study, study_file, data_root=None, out_root="results", parsers=No
         resume_flag, _, _ = _find_action(train_parser, "resume")
         calls.append(StageCall("train", run_name, argv, where,
                                outputs=[run_dir / "best.pt", run_dir / "history.csv", run_dir / "config.json"],
-                               resume_argv=argv + [resume_flag] if resume_flag else None, run_dir=run_dir))
+                               resume_argv=argv + [resume_flag] if resume_flag else None, run_dir=run_dir,
+                               inputs=[partition_dir / "splits.csv"]))
         if test_options is not None:
             argv = ["test", "--run", str(run_dir)]
             argv += options_to_argv(test_options, parser_for("test"), "test", f"{source}: test")
             calls.append(StageCall("test", run_name, argv, f"{source}: test",
-                                   outputs=[run_dir / f"predictions_{split}.json"]))
+                                   outputs=[run_dir / f"predictions_{split}.json"],
+                                   inputs=[run_dir / "best.pt", partition_dir / "splits.csv"]))
         if report_options is not None:
             argv = ["report", "--run", str(run_dir)]
             argv += options_to_argv(report_options, parser_for("report"), "report", f"{source}: report")
             calls.append(StageCall("report", run_name, argv, f"{source}: report",
-                                   outputs=[run_dir / f"results_{report_split}.json", run_dir / "report.md"]))
+                                   outputs=[run_dir / f"results_{report_split}.json", run_dir / "report.md"],
+                                   inputs=[run_dir / f"predictions_{report_split}.json",
+                                           run_dir / "predictions_val.json"]))
 
     compare = study.get("compare", False)
     if compare and len(runs) >= 2:
@@ -424,8 +429,10 @@ def build_plan(study, study_file, data_root=None, out_root="results", parsers=No
         if out_flag and "out" not in compare_options:
             argv += [out_flag, str(compare_dir)]
         argv += options_to_argv(compare_options, compare_parser, "compare", f"{source}: compare")
+        compare_split = str(compare_options.get("split") or report_split)
         calls.append(StageCall("compare", None, argv, f"{source}: compare",
-                               outputs=[compare_dir / "compare.json"] if out_flag else []))
+                               outputs=[compare_dir / "compare.json"] if out_flag else [],
+                               inputs=[out_dir / r / f"predictions_{compare_split}.json" for r, _, _ in runs]))
     elif compare and len(runs) < 2:
         raise MedclfError(f"{source}: compare: true needs at least two runs; add runs: [...] or set compare: false")
 
@@ -534,7 +541,7 @@ def run_study(study_file, data_root=None, out_root="results", stages=None, overr
 
     plan.out_dir.mkdir(parents=True, exist_ok=True)
     resolved_path = plan.out_dir / "study_resolved.json"
-    previous = _previous_argvs(resolved_path)
+    previous = _previous_records(resolved_path)
     write_text(plan.out_dir / "study.yaml", text)
     record = {
         "schema": SCHEMA, "name": plan.name, "study_file": str(Path(study_file).absolute()),
@@ -549,23 +556,32 @@ def run_study(study_file, data_root=None, out_root="results", stages=None, overr
     rerun_runs, any_rerun = set(), False
     for index, call in enumerate(plan.calls):
         entry = record["calls"][index]
+        made_with = previous.get(call.key)
         if call.stage not in selected:
             entry["status"] = "not selected"
+            if made_with:
+                entry["made_with"] = made_with
             continue
         upstream_reran = (call.stage == "train" and "partition" in rerun_runs) or \
                          (call.stage in ("test", "report") and call.run in rerun_runs) or \
                          (call.stage == "compare" and any_rerun)
+        inputs = fingerprint(call.inputs)
         if call.finished() and not force and not upstream_reran:
-            before = previous.get(call.key)
-            if before is not None and before != call.argv:
+            if made_with and made_with.get("argv") != call.argv:
                 raise MedclfError(
                     f"{call.where}: {call.label} outputs in {plan.out_dir} were made with other options "
-                    f"({_argv_difference(before, call.argv)}); rerun it with --force --stages {call.stage}, "
-                    "or give the study another name"
+                    f"({_argv_difference(made_with['argv'], call.argv)}); rerun it with "
+                    f"--force --stages {call.stage}, or give the study another name"
                 )
-            entry["status"] = "skipped (outputs exist)"
-            _log(f"skip {call.label}: outputs exist (--force reruns it)")
-            continue
+            if made_with and made_with.get("inputs") not in (None, inputs):
+                changed = sorted(k for k in inputs if made_with["inputs"].get(k) != inputs[k])
+                _log(f"rerun {call.label}: its input changed since it ran ({', '.join(changed)})")
+                upstream_reran = True
+            else:
+                entry["status"] = "skipped (outputs exist)"
+                entry["made_with"] = made_with or {"argv": call.argv, "inputs": inputs}
+                _log(f"skip {call.label}: outputs exist (--force reruns it)")
+                continue
         argv = call.argv
         resumable = bool(call.resume_argv) and not force and not upstream_reran and \
             call.run_dir is not None and (call.run_dir / "last.pt").exists()
@@ -596,6 +612,7 @@ def run_study(study_file, data_root=None, out_root="results", stages=None, overr
                 f"Fix the study file or the data, then rerun the same command: finished stages are skipped"
             )
         entry["status"] = "ran"
+        entry["made_with"] = {"argv": call.argv, "inputs": inputs}
         write_json(resolved_path, record)
         any_rerun = True
         rerun_runs.add(call.run if call.run else call.stage)
@@ -620,19 +637,42 @@ def _select_stages(stages, source):
     return set(stages)
 
 
-def _previous_argvs(resolved_path):
+def _previous_records(resolved_path):
+    """{call key: {"argv", "inputs"}} that made the outputs present, from the last study_resolved.json."""
     if not resolved_path.is_file():
         return {}
     try:
         previous = read_json(resolved_path)
     except MedclfError:
         return {}
-    argvs = {}
+    records = {}
     for entry in previous.get("calls", []):
-        if entry.get("status") in ("ran", "skipped (outputs exist)"):
+        if entry.get("made_with"):
             key = f"{entry['stage']}:{entry['run']}" if entry.get("run") else entry["stage"]
-            argvs[key] = entry.get("argv")
-    return argvs
+            records[key] = entry["made_with"]
+    return records
+
+
+def fingerprint(paths):
+    """{path: sha256} of the files (size and mtime for files over 64 MB, None when absent)."""
+    import hashlib
+
+    prints = {}
+    for path in paths:
+        path = Path(path)
+        if not path.is_file():
+            prints[str(path)] = None
+            continue
+        stat = path.stat()
+        if stat.st_size > 64 * 2**20:
+            prints[str(path)] = f"size {stat.st_size}, mtime_ns {stat.st_mtime_ns}"
+            continue
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(2**20), b""):
+                digest.update(block)
+        prints[str(path)] = "sha256:" + digest.hexdigest()
+    return prints
 
 
 def _argv_difference(before, after):

@@ -80,7 +80,7 @@ class FakeStages:
         if stage == "partition":
             out = Path(_option(argv, "--out"))
             out.mkdir(parents=True, exist_ok=True)
-            (out / "splits.csv").write_text("path,label,label_index,split,group\n")
+            (out / "splits.csv").write_text(f"path,label,label_index,split,group\n# seed {_option(argv, '--seed')}\n")
             (out / "partition.json").write_text("{}")
         elif stage == "train":
             run_dir = Path(_option(argv, "--out")) / _option(argv, "--run-name")
@@ -351,6 +351,27 @@ def test_a_failing_stage_names_the_study_and_the_next_run_resumes_training(study
     run(study_file, again)
     assert [argv[0] for argv in again.calls] == ["train", "test", "report", "compare"]
     assert again.calls[0][-1] == "--resume" and "b" in again.calls[0]
+
+
+def test_a_new_split_makes_every_later_stage_rerun_in_later_invocations(study_file, tmp_path):
+    run(study_file, FakeStages())
+    repartition = FakeStages()
+    run(study_file, repartition, overrides=["partition.seed=2"], force=True, stages="partition")
+    assert [argv[0] for argv in repartition.calls] == ["partition"]
+    # The runs were trained on the old split: the next run retrains them instead of reusing them.
+    after = FakeStages()
+    run(study_file, after, overrides=["partition.seed=2"])
+    assert [argv[0] for argv in after.calls] == ["train", "test", "report", "train", "test", "report", "compare"]
+    resolved = json.loads((tmp_path / "results" / "tiny" / "study_resolved.json").read_text())
+    splits = str(tmp_path / "results" / "tiny" / "partition" / "splits.csv")
+    assert resolved["calls"][1]["made_with"]["inputs"][splits].startswith("sha256:")
+
+
+def test_unselected_stages_keep_their_record(study_file):
+    run(study_file, FakeStages())
+    run(study_file, FakeStages(), stages="report")
+    with pytest.raises(MedclfError, match=r"train \(a\) outputs .* other options"):
+        run(study_file, FakeStages(), overrides=["train.epochs=5"])
 
 
 def test_stage_subset_runs_only_those(study_file):
