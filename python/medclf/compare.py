@@ -168,6 +168,7 @@ _RPY2 = {}
 def rpy2_compare(request):
     try:
         if "function" not in _RPY2:
+            R.quiet_r_console()
             import rpy2.robjects as ro
 
             script = R.r_dir() / "compare_models.R"

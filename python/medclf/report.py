@@ -358,12 +358,23 @@ def _decode_r_result(text):
 _RPY2_STATE = {}
 
 
+def quiet_r_console():
+    """Route embedded R's console warnings (e.g. start-up notes about empty site libraries) into a
+    list instead of stderr; returns the list."""
+    from rpy2.rinterface_lib import callbacks
+
+    captured = []
+    callbacks.consolewrite_warnerror = captured.append
+    callbacks.consolewrite_print = captured.append
+    return captured
+
+
 def rpy2_report(request):
     """Run medclf_report_json through rpy2 (embedded R). Only JSON strings cross the bridge."""
     try:
         if "function" not in _RPY2_STATE:
+            quiet_r_console()
             import rpy2.robjects as ro
-            from rpy2.rinterface_lib.embedded import RRuntimeError
 
             for package in ("pROC", "jsonlite"):
                 if not ro.r(f'isTRUE(suppressWarnings(requireNamespace("{package}", quietly = TRUE)))')[0]:
@@ -373,7 +384,6 @@ def rpy2_report(request):
                 raise EngineUnavailable(f"{report_r} not found (set MEDCLF_R_DIR)")
             ro.r.source(str(report_r))
             _RPY2_STATE["function"] = ro.globalenv["medclf_report_json"]
-            _RPY2_STATE["error"] = RRuntimeError
         text = _RPY2_STATE["function"](json.dumps(request))[0]
     except EngineUnavailable:
         raise
@@ -605,7 +615,10 @@ def write_plots(result, data, out_dir):
         ax.step(fpr, tpr, where="post", label=f"{name}: AUC {_fmt(auc['estimate'])} ({_interval(auc)})")
     ax.plot([0, 1], [0, 1], ls=":", color="grey")
     ax.set(xlabel="1 - specificity", ylabel="sensitivity", title="ROC (DeLong 95% CI)")
-    ax.legend(fontsize=7, loc="lower right")
+    if series:
+        ax.legend(fontsize=7, loc="lower right")
+    else:
+        ax.text(0.5, 0.5, "only one class present: no ROC curve", ha="center")
     save(fig, "roc.png")
 
     fig, ax = plt.subplots(figsize=(5, 5))
@@ -613,7 +626,8 @@ def write_plots(result, data, out_dir):
         _, _, recall, precision = _binary_curves(y, s)
         ax.step(recall, precision, where="pre", label=f"{name}: AP {_fmt(m['average_precision']['estimate'])}")
     ax.set(xlabel="recall", ylabel="precision", title="Precision-recall", xlim=(0, 1.01), ylim=(0, 1.01))
-    ax.legend(fontsize=7, loc="lower left")
+    if series:
+        ax.legend(fontsize=7, loc="lower left")
     save(fig, "pr.png")
 
     if result["task"] == "binary" and series:
