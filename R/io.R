@@ -146,7 +146,9 @@ mc_validate_predictions <- function(obj, source) {
        model = if (is.list(obj$model)) obj$model else NULL, source = source)
 }
 
-# Results and comparisons: jsonlite with full precision and explicit nulls.
+# Results and comparisons: jsonlite with the write_json settings (auto_unbox, digits = NA for
+# full precision, NA and NULL as null), as a string so rpy2 and Rscript share it; files are then
+# written atomically.
 mc_to_json <- function(x) {
   as.character(jsonlite::toJSON(x, auto_unbox = TRUE, digits = NA, na = "null", null = "null", pretty = TRUE))
 }
@@ -155,8 +157,4 @@ mc_write_text_atomic <- function(text, path) {
   tmp <- tempfile(pattern = paste0(".", basename(path), "."), tmpdir = dirname(path))
   writeLines(text, tmp, useBytes = TRUE)
   if (!file.rename(tmp, path)) { unlink(tmp); mc_fail(path, "cannot write results file") }
-}
-
-mc_write_json <- function(x, path) {
-  jsonlite::write_json(x, path, auto_unbox = TRUE, digits = NA, na = "null", null = "null", pretty = TRUE)
 }

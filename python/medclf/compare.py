@@ -181,7 +181,7 @@ def rpy2_compare(request):
         text = _RPY2["function"](json.dumps(request))[0]
     except R.EngineUnavailable:
         raise
-    except (ImportError, OSError, ValueError, RuntimeError) as exc:
+    except R.rpy2_errors() as exc:
         raise R.EngineUnavailable(f"rpy2: {type(exc).__name__}: {str(exc).strip()[:300]}") from exc
     return R._decode_r_result(str(text))
 

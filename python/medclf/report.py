@@ -369,6 +369,16 @@ def quiet_r_console():
     return captured
 
 
+def rpy2_errors():
+    """Exceptions that mean "the rpy2 route cannot run": rpy2's RRuntimeError is not a RuntimeError."""
+    basic = (ImportError, OSError, ValueError, RuntimeError)
+    try:
+        from rpy2.rinterface_lib.embedded import RRuntimeError
+    except basic:
+        return basic
+    return basic + (RRuntimeError,)
+
+
 def rpy2_report(request):
     """Run medclf_report_json through rpy2 (embedded R). Only JSON strings cross the bridge."""
     try:
@@ -387,7 +397,7 @@ def rpy2_report(request):
         text = _RPY2_STATE["function"](json.dumps(request))[0]
     except EngineUnavailable:
         raise
-    except (ImportError, OSError, ValueError, RuntimeError) as exc:  # RRuntimeError is a RuntimeError
+    except rpy2_errors() as exc:
         raise EngineUnavailable(f"rpy2: {type(exc).__name__}: {str(exc).strip()[:300]}") from exc
     return _decode_r_result(str(text))
 

@@ -135,3 +135,17 @@ def test_r_directory_override(monkeypatch, tmp_path):
     assert R.r_dir() == tmp_path
     monkeypatch.delenv("MEDCLF_R_DIR")
     assert (R.r_dir() / "report.R").is_file()
+
+
+def test_an_r_error_inside_rpy2_is_an_unavailable_engine(binary_run, monkeypatch, tmp_path):
+    pytest.importorskip("rpy2.robjects")
+    broken = tmp_path / "R"
+    broken.mkdir()
+    (broken / "report.R").write_text('medclf_report_json <- function(request_json) stop("simulated R failure")\n')
+    monkeypatch.setenv("MEDCLF_R_DIR", str(broken))
+    monkeypatch.setattr(R, "_RPY2_STATE", {})
+    try:
+        with pytest.raises(R.EngineUnavailable, match="simulated R failure"):
+            R.rpy2_report(R.build_request(binary_run / "predictions_test.json"))
+    finally:
+        R._RPY2_STATE.clear()
