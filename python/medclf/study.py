@@ -715,7 +715,7 @@ def _lookup(results, path):
 
 
 def format_interval(metric):
-    """'0.912 (0.851-0.958)' from {"estimate", "lower", "upper"}; a bare number as is; '-' if absent."""
+    """'0.912 (0.851 to 0.958)' from {"estimate", "lower", "upper"}; a bare number as is; '-' if absent."""
     if metric is None:
         return "-"
     if isinstance(metric, (int, float)) and not isinstance(metric, bool):
@@ -724,35 +724,65 @@ def format_interval(metric):
         return "NA"
     text = f"{metric['estimate']:.3f}"
     if metric.get("lower") is not None and metric.get("upper") is not None:
-        text += f" ({metric['lower']:.3f}-{metric['upper']:.3f})"
+        text += f" ({metric['lower']:.3f} to {metric['upper']:.3f})"
     return text
 
 
+def training_summary(run_dir):
+    """(epochs trained, best epoch, training seconds) from a run's history.csv, or None."""
+    import csv
+
+    history = Path(run_dir) / "history.csv"
+    if not history.is_file():
+        return None
+    with open(history, encoding="utf-8", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    best = [int(r["epoch"]) for r in rows if str(r.get("best", "")).strip() in ("1", "True", "true")]
+    seconds = sum(float(r["seconds"]) for r in rows if r.get("seconds"))
+    return len(rows), (best[-1] if best else None), seconds
+
+
 def summary_table(plan):
-    """Markdown: one row per run with key test metrics and their 95% intervals."""
+    """Markdown: one row per run with key test metrics and their 95% intervals, then the pairwise
+    comparison when the study has one."""
     rows, multiclass = [], False
     for run in plan.runs:
         path = plan.out_dir / run / f"results_{plan.report_split}.json"
         results = read_json(path) if path.is_file() else None
         if results is not None and results.get("task") == "multiclass":
             multiclass = True
-        rows.append((run, results))
+        rows.append((run, results, training_summary(plan.out_dir / run)))
     columns = MULTICLASS_COLUMNS if multiclass else BINARY_COLUMNS
     lines = [f"# Study {plan.name}: {plan.report_split} results", "",
              f"Data: {plan.data.get('metadata') or plan.data['root']}. Estimates with 95% intervals "
              "(Clopper-Pearson for proportions, DeLong for AUC, asymptotic for kappa) "
-             f"from each run's results_{plan.report_split}.json.", ""]
-    header = ["run", "n"] + [label for label, _ in columns]
+             f"from each run's results_{plan.report_split}.json; epochs trained (best epoch) and "
+             "training time from history.csv.", ""]
+    header = ["run", "n"] + [label for label, _ in columns] + ["epochs (best)", "train min"]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "---|" * len(header))
-    for run, results in rows:
+    for run, results, trained in rows:
+        cells = [run, str(results.get("n", "-")) if results else "-"]
         if results is None:
-            lines.append("| " + " | ".join([run, "-"] + ["not reported"] + ["-"] * (len(columns) - 1)) + " |")
-            continue
-        cells = [run, str(results.get("n", "-"))]
-        cells += [format_interval(_lookup(results, path)) for _, path in columns]
+            cells += ["not reported"] + ["-"] * (len(columns) - 1)
+        else:
+            cells += [format_interval(_lookup(results, path)) for _, path in columns]
+        cells += [f"{trained[0]} ({trained[1]})", f"{trained[2] / 60:.1f}"] if trained else ["-", "-"]
         lines.append("| " + " | ".join(cells) + " |")
-    compare_md = plan.out_dir / "compare" / "compare.md"
-    if compare_md.is_file():
-        lines += ["", f"Pairwise comparison: {compare_md}"]
+    if results_positive := next((r.get("positive_class") for _, r, _ in rows if r and r.get("positive_class")), None):
+        lines += ["", f"Positive class: {results_positive}."]
+    compare_json = plan.out_dir / "compare" / "compare.json"
+    if compare_json.is_file():
+        comparison = read_json(compare_json)
+        lines += ["", f"## Pairwise paired DeLong tests ({comparison.get('n', '?')} images)", "",
+                  "| a | b | class | AUC difference a - b (95% CI) | p | p (Holm) |", "|---|---|---|---|---|---|"]
+        for pair in comparison.get("pairwise", []):
+            lines.append(f"| {pair.get('a')} | {pair.get('b')} | {pair.get('positive_class', '')} | "
+                         f"{format_interval(pair.get('difference'))} | {_p(pair.get('p_value'))} | "
+                         f"{_p(pair.get('p_holm'))} |")
+        lines += ["", f"Details: {plan.out_dir / 'compare' / 'compare.md'}"]
     return "\n".join(lines) + "\n"
+
+
+def _p(value):
+    return "NA" if value is None else f"{value:.4f}"

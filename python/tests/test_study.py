@@ -307,7 +307,7 @@ def test_run_writes_outputs_and_a_second_run_skips_everything(study_file, tmp_pa
     assert [c["status"] for c in resolved["calls"]] == ["ran"] * 8
     assert resolved["calls"][1]["argv"] == stages.calls[1] and resolved["finished"]
     summary = (out / "summary.md").read_text()
-    assert "| a | 26 | 0.900 (0.800-0.970) | 0.938 (0.698-0.998) |" in summary
+    assert "| a | 26 | 0.900 (0.800 to 0.970) | 0.938 (0.698 to 0.998) |" in summary
     assert summary in capsys.readouterr().out
 
     again = FakeStages()
@@ -406,7 +406,7 @@ def test_training_finished_by_patience_or_max_epochs(tmp_path):
 
 
 def test_format_interval():
-    assert format_interval({"estimate": 15 / 16, "lower": 0.7, "upper": 0.998}) == "0.938 (0.700-0.998)"
+    assert format_interval({"estimate": 15 / 16, "lower": 0.7, "upper": 0.998}) == "0.938 (0.700 to 0.998)"
     assert format_interval({"estimate": None, "lower": None, "upper": None}) == "NA"
     assert format_interval(None) == "-"
 
