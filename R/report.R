@@ -62,7 +62,7 @@ mc_framing <- function(data, positive, group) {
     if (length(members) == length(classes))
       mc_fail(sprintf("group '%s'", group$name), "contains every class; leave at least one class outside")
     return(list(positive = group$name, negative = paste("not", group$name), members = members,
-                group = list(name = group$name, classes = members,
+                group = list(name = group$name, classes = I(members),  # I(): a JSON array even for one class
                              rule = "probability of the group = sum of its classes' probabilities")))
   }
   if (!is.null(positive) && !(positive %in% classes))

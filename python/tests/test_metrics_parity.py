@@ -121,6 +121,7 @@ def make_cases(tmp_path):
     cases["multiclass_group_youden"] = R.build_request(multi, multi_val, threshold_rule="youden",
                                                        group="malignant=mel,bcc,akiec")
     cases["multiclass_one_vs_rest"] = R.build_request(multi, positive="mel")
+    cases["multiclass_group_of_one"] = R.build_request(multi, group="melanoma=mel")
     cases["multiclass_boot_free"] = R.build_request(multi, positive="df")  # df absent: AUC NA + note
     return cases
 
