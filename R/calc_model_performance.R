@@ -59,7 +59,8 @@ main <- function(argv = commandArgs(trailingOnly = TRUE)) {
     quit(save = "no", status = 1)
   }
   parsed <- tryCatch(optparse::parse_args(parser, args = argv, positional_arguments = c(1, 2)),
-                     error = function(e) fail(conditionMessage(e)))
+                     error = function(e) fail(conditionMessage(e)),
+                     warning = function(w) fail(conditionMessage(w)))  # e.g. --threshold abc
   opt <- parsed$options
   files <- parsed$args
   group <- tryCatch(mc_parse_group(opt$group), medclf_error = function(e) fail(conditionMessage(e)))

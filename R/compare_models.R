@@ -161,7 +161,8 @@ main <- function(argv = commandArgs(trailingOnly = TRUE)) {
     quit(save = "no", status = 1)
   }
   parsed <- tryCatch(optparse::parse_args(parser, args = argv, positional_arguments = c(2, Inf)),
-                     error = function(e) fail(conditionMessage(e)))
+                     error = function(e) fail(conditionMessage(e)),
+                     warning = function(w) fail(conditionMessage(w)))  # e.g. --threshold abc
   opt <- parsed$options
   files <- parsed$args
   names_ <- if (is.null(opt$names)) basename(files) else trimws(strsplit(opt$names, ",", fixed = TRUE)[[1]])

@@ -79,3 +79,9 @@ test_that("malformed input: exit status 1 and one message naming the field", {
   expect_one_message(missing_key, "missing keys 'predictive probabilities', 'label probabilities'")
   expect_one_message(tempfile(fileext = ".json"), "file not found")
 })
+
+test_that("a bad option value stops with one message instead of falling back to a default", {
+  expect_one_message(c(fixture("readme_medclf.json"), "--threshold", "abc"), "double expected")
+  expect_one_message(c(fixture("readme_medclf.json"), "--threshold", "1.5"), "threshold: 1.5 is not a probability")
+  expect_one_message(c(fixture("readme_medclf.json"), "--threshold-rule", "youden"), "needs --threshold-from")
+})
