@@ -44,8 +44,9 @@ def align_runs(runs):
     for r in runs[1:]:
         d = r["data"]
         if by_path:
-            only_first = [p for p in first["paths"] if p not in set(d["paths"])]
-            only_this = [p for p in d["paths"] if p not in set(first["paths"])]
+            these, first_paths = set(d["paths"]), set(first["paths"])
+            only_first = [p for p in first["paths"] if p not in these]
+            only_this = [p for p in d["paths"] if p not in first_paths]
             if only_first or only_this:
                 R._fail(d["source"], f"images differ from {first['source']}: {len(only_first)} only there, "
                                      f"{len(only_this)} only here (e.g. '{(only_first + only_this)[0]}'); "
