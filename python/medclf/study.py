@@ -310,6 +310,7 @@ class StudyPlan:
     runs: list
     calls: list
     report_split: str = "test"
+    description: str = ""
 
 
 def _section(study, key, source):
@@ -438,7 +439,8 @@ def build_plan(study, study_file, data_root=None, out_root="results", parsers=No
 
     for call in calls:
         _check_parses(call, parsers[call.stage])
-    return StudyPlan(name, source, out_dir, data, [r for r, _, _ in runs], calls, report_split)
+    return StudyPlan(name, source, out_dir, data, [r for r, _, _ in runs], calls, report_split,
+                     str(study.get("description") or "").strip())
 
 
 def _runs(study, source):
@@ -753,8 +755,10 @@ def summary_table(plan):
             multiclass = True
         rows.append((run, results, training_summary(plan.out_dir / run)))
     columns = MULTICLASS_COLUMNS if multiclass else BINARY_COLUMNS
-    lines = [f"# Study {plan.name}: {plan.report_split} results", "",
-             f"Data: {plan.data.get('metadata') or plan.data['root']}. Estimates with 95% intervals "
+    lines = [f"# Study {plan.name}: {plan.report_split} results", ""]
+    if plan.description:
+        lines += [plan.description, ""]
+    lines += [f"Data: {plan.data.get('metadata') or plan.data['root']}. Estimates with 95% intervals "
              "(Clopper-Pearson for proportions, DeLong for AUC, asymptotic for kappa) "
              f"from each run's results_{plan.report_split}.json; epochs trained (best epoch) and "
              "training time from history.csv.", ""]
