@@ -602,7 +602,8 @@ def run_study(study_file, data_root=None, out_root="results", stages=None, overr
         entry["status"] = "running"
         write_json(resolved_path, record)
         try:
-            status = runner(list(argv))
+            with _isolated_torch_state():
+                status = runner(list(argv))
         except SystemExit as exc:   # an argparse error inside the stage
             status = exc.code if isinstance(exc.code, int) else 2
         entry["seconds"] = round(time.monotonic() - started, 1)
@@ -625,6 +626,23 @@ def run_study(study_file, data_root=None, out_root="results", stages=None, overr
     write_json(resolved_path, record)
     print(summary)
     return plan
+
+
+@contextlib.contextmanager
+def _isolated_torch_state():
+    """Stages run in this process; undo the process-wide torch switches a stage may flip (e.g.
+    `train --deterministic`), so each run of a study behaves as the same command run alone."""
+    torch = sys.modules.get("torch")
+    deterministic = torch.are_deterministic_algorithms_enabled() if torch else None
+    threads = torch.get_num_threads() if torch else None
+    try:
+        yield
+    finally:
+        torch = sys.modules.get("torch")
+        if torch is not None:
+            torch.use_deterministic_algorithms(bool(deterministic))
+            if threads is not None:
+                torch.set_num_threads(threads)
 
 
 def _select_stages(stages, source):

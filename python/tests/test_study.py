@@ -449,3 +449,18 @@ def test_shipped_study_is_accepted_by_the_real_commands(path, tmp_path):
         partition = plan.calls[0].argv
         assert partition[partition.index("--group-col") + 1] == "lesion_id"
         assert all(argv[argv.index("--balance") + 1] != "none" for argv in train_argv)
+
+
+def test_a_stage_cannot_leave_torch_deterministic_mode_on_for_the_next(study_file):
+    torch = pytest.importorskip("torch")
+    seen = []
+
+    def runner(argv):
+        seen.append((argv[0], torch.are_deterministic_algorithms_enabled()))
+        if argv[0] == "train":
+            torch.use_deterministic_algorithms(True)     # what `medclf train --deterministic` does
+        return FakeStages()(argv)
+
+    run(study_file, runner, stages="partition,train")
+    assert seen == [("partition", False), ("train", False), ("train", False)]
+    assert not torch.are_deterministic_algorithms_enabled()
