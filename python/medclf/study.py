@@ -30,8 +30,9 @@ Outputs go to `<out>/<name>/`: `partition/`, one folder per run, `compare/`, plu
 as given (`study.yaml`), the resolved configuration (`study_resolved.json`: every argv,
 expanded paths, versions, git commit, what ran and what was skipped) and `summary.md`.
 A stage whose outputs exist is skipped (an interrupted study resumes; an interrupted training
-continues with `--resume`) unless `force`; a stage that reruns makes the stages after it rerun
-for the same run; outputs made with different options are refused rather than silently reused.
+continues with `--resume`) unless `force`; a stage reruns when a file it reads from an earlier
+stage changed (SHA-256 fingerprints in study_resolved.json), so a model is never tested on a split
+it was not trained on; outputs made with different options are refused rather than reused.
 """
 
 import argparse
@@ -67,7 +68,8 @@ MANAGED_DESTS = {
               "out": "runs go to <out>/<name>/<run-name>/", "run_name": "name the run in runs: [{run-name: ...}]"},
     "test": {"run": "the runner tests every run of the study"},
     "report": {"run": "the runner reports every run of the study"},
-    "compare": {},
+    "compare": {"out": "the runner writes the comparison to <out>/<name>/compare/",
+                "runs": "the runner compares every run of the study"},
 }
 RESERVED_RUN_NAMES = ("partition", "compare")
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -427,7 +429,7 @@ def build_plan(study, study_file, data_root=None, out_root="results", parsers=No
         compare_dir = out_dir / "compare"
         argv = ["compare", *(str(out_dir / run_name) for run_name, _, _ in runs)]
         out_flag, _, _ = _find_action(compare_parser, "out")
-        if out_flag and "out" not in compare_options:
+        if out_flag:
             argv += [out_flag, str(compare_dir)]
         argv += options_to_argv(compare_options, compare_parser, "compare", f"{source}: compare")
         compare_split = str(compare_options.get("split") or report_split)
