@@ -14,15 +14,15 @@ DESCRIPTION = (
 def add_arguments(parser):
     parser.add_argument("study", help="study file, e.g. studies/brain_mri.yaml")
     parser.add_argument("--data-root", metavar="DIR", default=None,
-                        help="data folder; replaces data.root of the study file "
-                             "(default: the study file's value, which may name an environment variable)")
+                        help="data folder replacing the study file's data.root; None = the study file's value "
+                             "(which may name an environment variable)")
     parser.add_argument("--out", metavar="DIR", default="results",
                         help="output root; the study writes to OUT/<name>/")
     parser.add_argument("--set", dest="overrides", metavar="SECTION.KEY=VALUE", action="append", default=[],
                         help="change one option, e.g. --set train.epochs=3, --set runs.*.img-size=64, "
                              "--set runs.densenet121.batch-size=16, --set partition.seed=1 (repeatable)")
     parser.add_argument("--stages", metavar="LIST", default=None,
-                        help="comma-separated subset of partition,train,test,report,compare (default: all)")
+                        help="comma-separated subset of partition,train,test,report,compare; None = all")
     parser.add_argument("--force", action="store_true",
                         help="rerun the selected stages even when their outputs exist")
     parser.add_argument("--dry-run", action="store_true",
