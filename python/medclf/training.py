@@ -274,7 +274,17 @@ def _prepare_config(config):
 
 
 def run_training(config):
-    """Train per `config` (keys of DEFAULTS). Returns a summary dict."""
+    """Train per `config` (keys of DEFAULTS). Returns a summary dict (run folder, epochs, best
+    epoch and value, why it stopped, and the model holding the best weights)."""
+    deterministic_before = torch.are_deterministic_algorithms_enabled()
+    try:
+        return _run_training(config)
+    finally:
+        # The flag is process-wide; callers running several stages in one process get theirs back.
+        torch.use_deterministic_algorithms(deterministic_before)
+
+
+def _run_training(config):
     cfg, run_dir, resuming = _prepare_config(config)
     run_dir.mkdir(parents=True, exist_ok=True)
     device = select_device(cfg["device"])
