@@ -45,11 +45,11 @@ DEFAULTS = {
     "run_name": None, "out": "results", "freeze_backbone": False, "augment": "none", "optimizer": "adam",
     "weight_decay": 0.0, "scheduler": "none", "warmup_epochs": 0, "warmup_fraction": 0.1, "resume": False,
     "seed": 0, "deterministic": False, "tensorboard": False, "amp": None, "balance": "none",
-    "focal_gamma": 2.0, "focal_alpha": None, "head": "softmax", "workers": 0, "cache": "auto",
+    "focal_gamma": 2.0, "focal_alpha": None, "head": "softmax", "workers": "auto", "cache": "auto",
     "progress": True,
 }
 # Arguments that may differ on --resume without changing the run's results.
-_RESUME_FREE = {"resume", "progress", "tensorboard", "workers", "cache", "device", "out", "run_name"}
+_RESUME_FREE = {"resume", "progress", "tensorboard", "cache", "device", "out", "run_name"}
 
 
 # ---------------------------------------------------------------- environment and seeding
@@ -240,9 +240,27 @@ def resolve_config(config):
     if cfg["head"] not in ("softmax", "single-logit"):
         raise MedclfError(f"--head {cfg['head']}: use softmax or single-logit")
     transforms.check_preset(cfg["augment"])
+    cfg["workers"] = resolve_workers(cfg["workers"], cfg["augment"])
     if cfg["run_name"] is None:
         cfg["run_name"] = f"{models.canonical_name(cfg['arch'])}_{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     return cfg
+
+
+def resolve_workers(workers, augment):
+    """--workers auto: one worker process for the presets with an affine warp, none otherwise.
+    Measured on the 2-core machine (docs/training.md): a per-image affine warp in the main process
+    runs with torch's intra-op threads, which contend with the model's; a worker runs it with one
+    thread. Flips and normalisation are cheap enough in the main process, where a worker's start-up
+    each epoch would cost more than it saves."""
+    if workers in (None, "auto"):
+        return 1 if augment in ("standard", "lesion") else 0
+    try:
+        workers = int(workers)
+    except ValueError:
+        raise MedclfError(f"--workers {workers}: give a number or auto") from None
+    if workers < 0:
+        raise MedclfError(f"--workers {workers}: must be 0 or more")
+    return workers
 
 
 def run_folder(config):
@@ -335,7 +353,8 @@ def _run_training(config):
     train_loader = data_mod.make_loader(train_set, cfg["batch_size"], shuffle=True, sampler=sampler,
                                         workers=int(cfg["workers"]), generator=generator,
                                         drop_last=len(train_set) % cfg["batch_size"] == 1)
-    val_loader = data_mod.make_loader(val_set, cfg["batch_size"], workers=int(cfg["workers"]))
+    # Evaluation transforms are a crop and a normalisation: cheaper than starting a worker.
+    val_loader = data_mod.make_loader(val_set, cfg["batch_size"], workers=0)
     criterion = imbalance.build_criterion(cfg["balance"], train_labels, n_classes, single_logit,
                                           cfg["focal_gamma"], cfg["focal_alpha"]).to(device)
 

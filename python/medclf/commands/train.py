@@ -29,8 +29,9 @@ def add_arguments(parser):
                       help="focal loss alpha: positive-class weight in (0,1) for binary studies, or `balanced`")
     data.add_argument("--cache", default="auto", choices=["auto", "memory", "disk"],
                       help="decoded-image cache: memory, a memmap file in the run folder, or auto by size")
-    data.add_argument("--workers", type=int, default=0,
-                      help="DataLoader worker processes (0 is fastest on a 2-core CPU, see docs/training.md)")
+    data.add_argument("--workers", default="auto",
+                      help="DataLoader worker processes; auto = 1 for standard/lesion augmentation, else 0 "
+                           "(measured on 2 cores, see docs/training.md)")
     model = parser.add_argument_group("model")
     model.add_argument("--arch", default="resnet18",
                        help="any torchvision classification model (resnet18, vgg11_bn, densenet121, "
@@ -75,7 +76,7 @@ def config_from_args(args):
     if args.resume:
         # Only what the user typed matters on --resume; argparse defaults must not look like changes.
         config = {k: v for k, v in config.items()
-                  if k in ("out", "run_name", "resume", "progress", "device", "workers", "cache", "tensorboard")}
+                  if k in ("out", "run_name", "resume", "progress", "device", "cache", "tensorboard")}
     return config
 
 
