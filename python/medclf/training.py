@@ -375,7 +375,7 @@ def _run_training(config):
         "arguments": {k: (str(v) if isinstance(v, Path) else v) for k, v in cfg.items()},
         "architecture": model_info["architecture"], "weights": model_info["weights"],
         "classes": classes, "positive_class": table.positive_class, "n_outputs": 1 if single_logit else n_classes,
-        "splits_file": str(Path(table.source).resolve()) if table.source else None,
+        "splits_file": str(Path(cfg["splits"]).resolve()),  # as given: a seed-002 csv/ folder stays a folder
         "data_root": str(Path(table.data_root).resolve()),
         "counts": {s: int((table.frame["split"] == s).sum()) for s in ("train", "val", "test")},
         "normalisation": {"mean": list(mean), "std": list(std), "source": norm_source},
