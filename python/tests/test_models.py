@@ -136,3 +136,18 @@ def test_without_freezing_batchnorm_statistics_do_change():
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     train_one_epoch(model, nn.CrossEntropyLoss(), optimizer, random_batches(1, n_classes=2), torch.device("cpu"))
     assert not torch.equal(stats["bn1.running_mean"], model.bn1.running_mean)
+
+
+def test_imagenet_weights_from_the_hub_cache_and_their_normalisation(tmp_path, monkeypatch):
+    import torchvision
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    enum = torchvision.models.ResNet18_Weights.DEFAULT
+    torch.manual_seed(2)
+    stand_in = torchvision.models.resnet18(weights=None)  # plays the downloaded file
+    cached = tmp_path / "hub" / "checkpoints" / enum.url.rsplit("/", 1)[-1]
+    cached.parent.mkdir(parents=True)
+    torch.save(stand_in.state_dict(), cached)
+    model, info = models.build_model("resnet18", 2, "imagenet")
+    assert torch.equal(model.conv1.weight, stand_in.conv1.weight) and model.fc.out_features == 2
+    assert info["mean"] == [0.485, 0.456, 0.406] and info["std"] == [0.229, 0.224, 0.225]
