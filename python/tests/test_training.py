@@ -202,3 +202,27 @@ def test_warmup_cosine_schedule_values():
     assert warmup_cosine_factor(10, 10, 100) == 1
     assert warmup_cosine_factor(55, 10, 100) == pytest.approx(1 / 2)
     assert warmup_cosine_factor(100, 10, 100) == pytest.approx(0)
+
+
+def test_freeze_backbone_run_changes_only_the_head(small_splits, tmp_path):
+    from medclf.models import build_model
+    from medclf.training import load_checkpoint, run_training, seed_everything
+
+    run_training(base_config(small_splits, tmp_path, epochs=1, freeze_backbone=True, augment="flips"))
+    trained = load_checkpoint(tmp_path / "run" / "best.pt")["state_dict"]
+    seed_everything(3)  # run_training seeds before building the model, so this is its initial state
+    initial, _ = build_model("resnet18", 2, "none")
+    initial = initial.state_dict()
+    changed = sorted(k for k in initial if not torch.equal(initial[k], trained[k]))
+    assert changed == ["fc.bias", "fc.weight"]  # running_mean/var and num_batches_tracked included
+
+
+def test_single_logit_head_with_focal_loss_trains_and_predicts_two_columns(small_splits, tmp_path):
+    from medclf.predict import run_test
+    from medclf.training import run_training
+
+    run_training(base_config(small_splits, tmp_path, epochs=1, head="single-logit", balance="focal",
+                             focal_alpha="0.25", monitor="val_auc", scheduler="plateau", optimizer="adamw"))
+    record = json.loads(run_test(tmp_path / "run", "val", progress=False)[0].read_text())
+    assert all(len(row) == 1 for row in record["logits"])
+    assert all(len(p) == 2 and abs(sum(p) - 1) < 1e-12 for p in record["probabilities"])
