@@ -24,6 +24,24 @@ def _available_commands():
                 raise
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Append "(default: X)" only where it informs: not for None, flags, or help that
+    already states its default."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if (
+            "default" in text.lower()
+            or default is None
+            or default is argparse.SUPPRESS
+            or isinstance(default, bool)
+            or not action.option_strings
+        ):
+            return text
+        return f"{text} (default: {default})" if text else f"(default: {default})"
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="medclf",
@@ -36,7 +54,7 @@ def build_parser():
     for name, module in _available_commands():
         p = sub.add_parser(
             name, help=module.HELP, description=getattr(module, "DESCRIPTION", module.HELP),
-            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+            formatter_class=_HelpFormatter,
         )
         module.add_arguments(p)
         p.set_defaults(_run=module.run, _name=name)

@@ -1,12 +1,15 @@
 """The demo pipeline on generated data (no download needed).
 
-`run_demo` runs the stages one after another in separate steps, so later stages (train, test,
-report) can be appended as further steps without touching the earlier ones.
+`run_demo` runs every stage once, in order: generate, partition, organize, train, test, report.
+Train, test and report go through the `medclf` command line, exactly as a user would type them,
+so the demo exercises (and shows) the real commands.
 """
 
+import json
 from pathlib import Path
 
 from medclf import demo_data
+from medclf.errors import MedclfError
 from medclf.organize import organize
 from medclf.partition import PartitionOptions, partition
 
@@ -33,13 +36,58 @@ def step_organize(out_dir, partition_dir, quiet=False):
     return folder
 
 
-def run_demo(out_dir="results/demo", n_per_class=60, seed=0, quiet=False):
-    """Generate data under out_dir/data, partition it, organize it; returns the paths made."""
+def _command(argv):
+    from medclf.cli import main
+
+    print("[demo]    $ medclf " + " ".join(str(a) for a in argv))
+    status = main([str(a) for a in argv])
+    if status != 0:
+        raise MedclfError(f"demo step `medclf {argv[0]}` failed with status {status} (see the message above)")
+
+
+def step_train(out_dir, partition_dir, seed, epochs, img_size, arch="resnet18"):
+    _command(["train", "--splits", partition_dir / "splits.csv", "--arch", arch, "--weights", "none",
+              "--img-size", img_size, "--epochs", epochs, "--patience", 4, "--batch-size", 16,
+              "--augment", "flip", "--seed", seed, "--out", out_dir, "--run-name", arch])
+    run_dir = Path(out_dir) / arch
+    print(f"[demo] 4. trained {arch} from scratch: {run_dir}/ (best.pt, history.csv, curves.png)")
+    return run_dir
+
+
+def step_test(run_dir):
+    _command(["test", "--run", run_dir, "--split", "test"])
+    print(f"[demo] 5. predictions: {run_dir / 'predictions_test.json'} (and predictions_val.json)")
+
+
+def step_report(run_dir):
+    _command(["report", "--run", run_dir, "--split", "test"])
+    results = json.loads((Path(run_dir) / "results_test.json").read_text(encoding="utf-8"))
+    print(f"[demo] 6. report: {run_dir / 'report.md'} (engine {results['engine']['name']})")
+    for name in ("sensitivity", "specificity", "roc_auc", "accuracy", "cohen_kappa"):
+        m = results["metrics"][name]
+        if m.get("estimate") is not None:
+            lower, upper = m.get("lower"), m.get("upper")
+            interval = f"  95% CI {lower:.3f}-{upper:.3f}" if lower is not None and upper is not None else ""
+            print(f"[demo]      {name:<12} {m['estimate']:.3f}{interval}")
+    return results
+
+
+def run_demo(out_dir="results/demo", n_per_class=60, seed=0, quiet=False, epochs=8, img_size=64,
+             stop_after=None):
+    """Generate data under out_dir/data and run partition, organize, train, test and report on it.
+
+    stop_after="organize" ends after the data stages (used by fast tests). Returns the paths made.
+    """
     out_dir = Path(out_dir)
     data = step_generate(out_dir, n_per_class, seed)
     partition_dir, info = step_partition(out_dir, data, seed, quiet)
     organized = step_organize(out_dir, partition_dir, quiet)
     result = {"out": out_dir, "data": data, "partition": partition_dir, "splits_csv": partition_dir / "splits.csv",
               "partition_json": partition_dir / "partition.json", "organized": organized, "partition_info": info}
+    if stop_after != "organize":
+        run_dir = step_train(out_dir, partition_dir, seed, epochs, img_size)
+        step_test(run_dir)
+        result["results"] = step_report(run_dir)
+        result["run"] = run_dir
     print(f"[demo] done: everything is under {out_dir}")
     return result

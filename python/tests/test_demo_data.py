@@ -43,7 +43,7 @@ def test_lesion_adds_a_bright_region_inside_the_brain():
 def test_run_demo_partitions_and_organizes(tmp_path):
     from medclf.demo import run_demo
 
-    result = run_demo(tmp_path / "demo", n_per_class=12, seed=0, quiet=True)
+    result = run_demo(tmp_path / "demo", n_per_class=12, seed=0, quiet=True, stop_after="organize")
     info = result["partition_info"]
     assert info["counts"]["total"] == {"no": 12, "yes": 12}
     assert info["positive_class"] == "yes"
@@ -52,7 +52,7 @@ def test_run_demo_partitions_and_organizes(tmp_path):
     assert len(organized) == 24
     assert {p.parent.parent.name for p in organized} == {"train", "val", "test"}
     first = (tmp_path / "demo" / "partition" / "splits.csv").read_bytes()
-    run_demo(tmp_path / "demo", n_per_class=12, seed=0, quiet=True)  # rerun is harmless and identical
+    run_demo(tmp_path / "demo", n_per_class=12, seed=0, quiet=True, stop_after="organize")  # rerun is harmless and identical
     assert (tmp_path / "demo" / "partition" / "splits.csv").read_bytes() == first
 
 
