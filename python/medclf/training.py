@@ -46,7 +46,7 @@ DEFAULTS = {
     "weight_decay": 0.0, "scheduler": "none", "warmup_epochs": 0, "warmup_fraction": 0.1, "resume": False,
     "seed": 0, "deterministic": False, "tensorboard": False, "amp": None, "balance": "none",
     "focal_gamma": 2.0, "focal_alpha": None, "head": "softmax", "workers": "auto", "cache": "auto",
-    "progress": True,
+    "threads": None, "progress": True,
 }
 # Arguments that may differ on --resume without changing the run's results.
 _RESUME_FREE = {"resume", "progress", "tensorboard", "cache", "device", "out", "run_name"}
@@ -295,15 +295,19 @@ def run_training(config):
     """Train per `config` (keys of DEFAULTS). Returns a summary dict (run folder, epochs, best
     epoch and value, why it stopped, and the model holding the best weights)."""
     deterministic_before = torch.are_deterministic_algorithms_enabled()
+    threads_before = torch.get_num_threads()
     try:
         return _run_training(config)
     finally:
-        # The flag is process-wide; callers running several stages in one process get theirs back.
+        # Both are process-wide; callers running several stages in one process get theirs back.
         torch.use_deterministic_algorithms(deterministic_before)
+        torch.set_num_threads(threads_before)
 
 
 def _run_training(config):
     cfg, run_dir, resuming = _prepare_config(config)
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg["threads"]))  # part of the run's arguments: sums may depend on it
     run_dir.mkdir(parents=True, exist_ok=True)
     device = select_device(cfg["device"])
     amp = (device.type == "cuda") if cfg["amp"] is None else bool(cfg["amp"] and device.type == "cuda")

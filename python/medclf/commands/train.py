@@ -32,6 +32,8 @@ def add_arguments(parser):
     data.add_argument("--workers", default="auto",
                       help="DataLoader worker processes; auto = 1 for standard/lesion augmentation, else 0 "
                            "(measured on 2 cores, see docs/training.md)")
+    data.add_argument("--threads", type=int, default=None,
+                      help="torch intra-op threads (default: one per core); 1 helps on a busy shared machine")
     model = parser.add_argument_group("model")
     model.add_argument("--arch", default="resnet18",
                        help="any torchvision classification model (resnet18, vgg11_bn, densenet121, "
