@@ -61,17 +61,24 @@ def test_build_criterion_uses_the_given_train_labels():
         imbalance.build_criterion("loss-weights", [0, 1, 2], 3, single_logit=True)
 
 
+@pytest.fixture(scope="module")
+def brain_partition(brain_mri_root, tmp_path_factory):
+    from test_training import partition_brain_mri
+
+    return partition_brain_mri(brain_mri_root, tmp_path_factory.mktemp("full"))
+
+
 @pytest.mark.parametrize("balance", ["sampler", "loss-weights", "focal"])
 def test_training_computes_balance_from_train_only_and_predicts_every_val_test_image(
-        balance, brain_mri_root, tmp_path_factory, monkeypatch):
-    from test_training import partition_brain_mri, tiny_splits
+        balance, brain_partition, tmp_path_factory, monkeypatch):
+    from test_training import tiny_splits
 
     from medclf import training
     from medclf.predict import run_test
     from medclf.splits import read_splits
 
     base = tmp_path_factory.mktemp(f"bal-{balance}")
-    full = partition_brain_mri(brain_mri_root, base / "full")
+    full = brain_partition
     # Imbalanced train (20 yes : 6 no), other proportions in val and test.
     splits = tiny_splits(full, base / "tiny", {"train": 20, "val": 5, "test": 7})
     table = read_splits(splits)
