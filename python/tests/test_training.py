@@ -226,3 +226,15 @@ def test_single_logit_head_with_focal_loss_trains_and_predicts_two_columns(small
     record = json.loads(run_test(tmp_path / "run", "val", progress=False)[0].read_text())
     assert all(len(row) == 1 for row in record["logits"])
     assert all(len(p) == 2 and abs(sum(p) - 1) < 1e-12 for p in record["probabilities"])
+
+
+def test_tensorboard_without_the_package_is_a_clear_error(small_splits, tmp_path):
+    try:
+        import tensorboard  # noqa: F401
+        pytest.skip("tensorboard is installed here")
+    except ImportError:
+        pass
+    from medclf.training import run_training
+
+    with pytest.raises(MedclfError, match="pip install tensorboard"):
+        run_training(base_config(small_splits, tmp_path, epochs=1, tensorboard=True))
