@@ -7,7 +7,8 @@
 (b) training epochs through medclf's data path (decode-once uint8 cache + transforms.v2 + DataLoader);
     the first epoch includes building the cache;
 (c) the seed-002 loop: every epoch opens, converts and resizes each file with PIL.
-Prints images/s for each and the ratios b/a and b/c (b and c after their first epoch).
+Prints images/s for each and the ratios b/a and b/c (b and c after their first epoch), and
+the loading speed of (b) and (c) alone, without the model.
 Targets: b/a >= 0.85, b/c >= 1.5.
 """
 
@@ -111,6 +112,17 @@ def main(argv=None):
     # (c) the original's loop: decode and resize every file in every epoch.
     naive = DataLoader(NaivePilDataset(files, labels, args.img_size), batch_size=args.batch_size, shuffle=True,
                        num_workers=args.workers)
+    # Loading alone (no model): what each data path costs per image.
+    for label, source in (("b", loader), ("c", naive)):
+        started = time.perf_counter()
+        for _ in range(2):
+            for _batch in source:
+                pass
+        print(f"({label}) data loading only: {images_per_second(2 * n, time.perf_counter() - started):7.1f} images/s",
+              flush=True)
+    if args.epochs < 2:
+        print("(--epochs below 2: loading speeds only)")
+        return 0
     runs = {"a": (batches, fresh_model()), "b": (loader, fresh_model()), "c": (naive, fresh_model())}
     rates = {key: [] for key in runs}
     for _ in range(args.epochs):
