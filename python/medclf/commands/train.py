@@ -76,9 +76,12 @@ def config_from_args(args):
     if getattr(args, "use_gpu", False):
         config["device"] = "cuda"
     if args.resume:
-        # Only what the user typed matters on --resume; argparse defaults must not look like changes.
-        config = {k: v for k, v in config.items()
-                  if k in ("out", "run_name", "resume", "progress", "device", "cache", "tensorboard")}
+        # The saved arguments rule on --resume; argparse defaults must not look like changes, while
+        # anything else typed is reported as ignored by run_training.
+        from medclf.training import DEFAULTS
+
+        keep = ("out", "run_name", "resume", "progress", "device", "cache", "tensorboard")
+        config = {k: v for k, v in config.items() if k in keep or (k in DEFAULTS and v != DEFAULTS[k])}
     return config
 
 
