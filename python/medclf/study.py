@@ -392,6 +392,11 @@ def build_plan(study, study_file, data_root=None, out_root="results", parsers=No
                            outputs=[partition_dir / "splits.csv", partition_dir / "partition.json"]))
 
     runs = _runs(study, source)
+    if study.get("runs"):
+        # Check the shared train: section alone first, so its mistakes are reported as train:, not runs[0].
+        shared = ["train"] + options_to_argv(_section(study, "train", source), parser_for("train"), "train",
+                                             f"{source}: train")
+        _check_parses(StageCall("train", None, shared, f"{source}: train"), parsers["train"])
     test_options = _section(study, "test", source)
     report_options = _section(study, "report", source)
     split = str((test_options or {}).get("split") or "test")

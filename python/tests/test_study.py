@@ -464,3 +464,12 @@ def test_a_stage_cannot_leave_torch_deterministic_mode_on_for_the_next(study_fil
     run(study_file, runner, stages="partition,train")
     assert seen == [("partition", False), ("train", False), ("train", False)]
     assert not torch.are_deterministic_algorithms_enabled()
+
+
+def test_mistakes_in_the_shared_train_section_are_reported_there(study_file):
+    with pytest.raises(MedclfError, match=r"tiny.yaml: train.epoch: `medclf train` has no option"):
+        run(study_file, FakeStages(), overrides=["train.epoch=2"])
+    with pytest.raises(MedclfError, match=r"tiny.yaml: train: `medclf train .*` is refused: .*invalid choice"):
+        run(study_file, FakeStages(), overrides=["train.augment=mirror"])
+    with pytest.raises(MedclfError, match=r"tiny.yaml: runs\[1\] \(b\).epoch: `medclf train` has no option"):
+        run(study_file, FakeStages(), overrides=["runs.b.epoch=2"])
