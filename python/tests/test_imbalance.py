@@ -105,7 +105,8 @@ def test_training_computes_balance_from_train_only_and_predicts_every_val_test_i
     monkeypatch.setattr(imbalance, "make_sampler", spy_sampler)
     monkeypatch.setattr(imbalance, "build_criterion", spy_criterion)
     training.run_training({"splits": str(splits), "img_size": 32, "epochs": 1, "batch_size": 8, "balance": balance,
-                           "focal_alpha": "0.25", "out": str(base / "runs"), "run_name": "r", "progress": False})
+                           "focal_alpha": "0.25", "out": str(base / "runs"), "run_name": "r", "progress": False,
+                           "threads": 1})
     assert seen["criterion"] == train_labels
     if balance == "sampler":
         assert seen["sampler"] == train_labels

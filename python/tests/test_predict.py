@@ -23,7 +23,7 @@ def trained_run(brain_mri_root, tmp_path_factory):
     base = tmp_path_factory.mktemp("predict")
     splits = tiny_splits(partition_brain_mri(brain_mri_root, base / "full"), base / "tiny")
     run_training({"splits": str(splits), "img_size": 32, "epochs": 1, "batch_size": 8, "out": str(base),
-                  "run_name": "run", "progress": False, "device": "cpu"})
+                  "run_name": "run", "progress": False, "device": "cpu", "threads": 1})
     return base / "run"
 
 

@@ -1,6 +1,7 @@
 """The original README's train and test commands (paths replaced) on the seed 002 layout."""
 
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from medclf import seed002_scripts
 from medclf.seed002_scripts import strip_model_suffix, train_parser
 
 REPO = Path(__file__).resolve().parents[2]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # one torch thread: faster on a busy 2-core machine
 README_TRAIN = ("python C:\\mlprojects\\basic_image_classification\\train_torchvision.py -project_directory "
                 "C:\\mlprojects\\kaggle_brain_classification\\ -num_epochs 256 -num_classes 2 -learning_rate 0.001 "
                 "-patience 5 -batch_size 25 -model_save_name resnet_1.pth.tar -img_shape 3 224 224 "
@@ -59,7 +61,7 @@ def test_readme_train_and_test_run_on_the_seed002_layout(brain_mri_root, tmp_pat
     # Only the paths, the epochs and the image size (64 px, to keep the test short) differ from the README.
     train_args = readme_args(README_TRAIN, project, **{"-num_epochs": ["2"], "-img_shape": ["3", "64", "64"]})
     done = subprocess.run([sys.executable, str(REPO / "python" / "train_torchvision.py"), *train_args],
-                          capture_output=True, text=True, timeout=600)
+                          env=ENV, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     if not torch.cuda.is_available():
         assert "CUDA requested but not available" in done.stderr
@@ -74,7 +76,7 @@ def test_readme_train_and_test_run_on_the_seed002_layout(brain_mri_root, tmp_pat
 
     test_args = readme_args(README_TEST, project, **{"-img_size": ["3", "64", "64"]})
     tested = subprocess.run([sys.executable, str(REPO / "python" / "test_torchvision.py"), *test_args],
-                            capture_output=True, text=True, timeout=600)
+                            env=ENV, capture_output=True, text=True, timeout=600)
     assert tested.returncode == 0, tested.stderr
     preds = json.loads((project / "resnet_1_preds.json").read_text())
     assert list(preds) == ["labels", "predictions", "predictive probabilities", "label probabilities"]

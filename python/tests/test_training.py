@@ -18,6 +18,9 @@ from medclf.fileio import read_json, write_json
 from medclf.splits import read_splits, write_splits_csv
 
 PYTHON = sys.executable
+# Subprocesses train with one torch thread: on a shared 2-core machine, two spinning OpenMP threads
+# per process made these short runs up to 10x slower (docs/training.md, "Workers and threads").
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
 
 def partition_brain_mri(root, out):
@@ -54,7 +57,7 @@ def small_splits(brain_splits, tmp_path_factory):
 def base_config(splits, out, **overrides):
     config = {"splits": str(splits), "arch": "resnet18", "img_size": 32, "epochs": 3, "patience": 5,
               "batch_size": 8, "out": str(out), "run_name": "run", "seed": 3, "deterministic": True,
-              "progress": False, "device": "cpu"}
+              "progress": False, "device": "cpu", "threads": 1}  # one thread: far faster on a busy 2-core machine
     config.update(overrides)
     return config
 
@@ -145,7 +148,8 @@ def _train_cli(splits, out, name, extra=(), env=None):
     args = [PYTHON, "-m", "medclf", "train", "--splits", str(splits), "--img-size", "32", "--epochs", "3",
             "--batch-size", "8", "--out", str(out), "--run-name", name, "--seed", "5", "--deterministic",
             "--device", "cpu", "--no-progress", "--augment", "lesion", "--scheduler", "warmup-cosine", *extra]
-    return subprocess.run(args, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=600)
+    return subprocess.run(args, env={**os.environ, **ONE_THREAD, **(env or {})}, capture_output=True, text=True,
+                          timeout=600)
 
 
 def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(small_splits, tmp_path):
@@ -158,7 +162,8 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(small_splits, tm
     assert killed.returncode == -9, killed.stderr
     assert [r["epoch"] for r in read_history(tmp_path / "killed")] == ["1"]
     resumed = subprocess.run([PYTHON, "-m", "medclf", "train", "--resume", "--out", str(tmp_path),
-                              "--run-name", "killed", "--no-progress"], capture_output=True, text=True, timeout=600)
+                              "--run-name", "killed", "--no-progress"], env={**os.environ, **ONE_THREAD},
+                             capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming" in resumed.stderr
     assert read_history(tmp_path / "killed") == read_history(tmp_path / "whole")
