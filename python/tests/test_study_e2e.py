@@ -14,8 +14,7 @@ from medclf.study import run_study
 pytestmark = pytest.mark.slow
 
 TINY = ["train.epochs=2", "train.patience=2", "train.img-size=64", "train.batch-size=64", "train.threads=1",
-        "train.no-progress=true",
-        "test.no-progress=true", "partition.quiet=true"]
+        "train.no-progress=true", "test.no-progress=true", "partition.quiet=true"]
 
 
 def _run(repo_root, ham_root, tmp_path, monkeypatch, study):
