@@ -5,7 +5,6 @@ Duplicates become groups that never cross splits, so the same picture re-encoded
 renamed cannot sit in train and in test at once.
 """
 
-import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -13,15 +12,6 @@ from PIL import Image
 
 DEFAULT_NEAR_DUP_DISTANCE = 3
 HASH_SIZE = 8  # 8x8 comparisons = 64 bits
-_CHUNK = 1 << 20
-
-
-def file_sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(_CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def dhash(image, hash_size=HASH_SIZE):

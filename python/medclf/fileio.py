@@ -2,6 +2,7 @@
 leaves the previous version in place."""
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -22,6 +23,15 @@ def atomic_path(path):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def sha256_file(path, chunk=1 << 20):
+    """Hex SHA-256 of a file's bytes, read in chunks so large files need little memory."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def write_text(path, text):

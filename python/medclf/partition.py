@@ -23,7 +23,7 @@ import numpy as np
 
 from medclf import dedup as dedup_lib
 from medclf.errors import MedclfError, UnreadableImageError
-from medclf.fileio import write_json
+from medclf.fileio import sha256_file, write_json
 from medclf.imageio import IMAGE_EXTENSIONS, is_image_name, read_image
 from medclf.splits import REQUIRED_COLUMNS, SPLITS, write_splits_csv
 
@@ -371,7 +371,7 @@ def partition(options):
         full = data_root / item.path
         try:
             image = read_image(full)
-            digest = dedup_lib.file_sha256(full) if opts.dedup else None
+            digest = sha256_file(full) if opts.dedup else None
             perceptual = dedup_lib.dhash(image) if opts.dedup else None
         except UnreadableImageError as exc:
             _warn(f"{exc}; excluded")

@@ -53,7 +53,7 @@ import yaml
 
 from medclf import __version__
 from medclf.errors import MedclfError
-from medclf.fileio import read_json, write_json, write_text
+from medclf.fileio import read_json, sha256_file, write_json, write_text
 
 SCHEMA = "medclf.study/1"
 STAGES = ("partition", "train", "test", "report", "compare")
@@ -682,8 +682,6 @@ def _previous_records(resolved_path):
 
 def fingerprint(paths):
     """{path: sha256} of the files (size and mtime for files over 64 MB, None when absent)."""
-    import hashlib
-
     prints = {}
     for path in paths:
         path = Path(path)
@@ -694,11 +692,7 @@ def fingerprint(paths):
         if stat.st_size > 64 * 2**20:
             prints[str(path)] = f"size {stat.st_size}, mtime_ns {stat.st_mtime_ns}"
             continue
-        digest = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(2**20), b""):
-                digest.update(block)
-        prints[str(path)] = "sha256:" + digest.hexdigest()
+        prints[str(path)] = "sha256:" + sha256_file(path)
     return prints
 
 

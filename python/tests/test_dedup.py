@@ -3,7 +3,8 @@
 import numpy as np
 from PIL import Image
 
-from medclf.dedup import UnionFind, dhash, file_sha256, find_duplicates, hamming, near_pairs
+from medclf.dedup import UnionFind, dhash, find_duplicates, hamming, near_pairs
+from medclf.fileio import sha256_file as file_sha256
 
 
 def test_dhash_of_hand_made_gradient():
