@@ -27,6 +27,8 @@ def main(argv=None):
     parser.add_argument("-val_test_prop", type=float, default=0.1, help="fraction of images for val, and for test")
     parser.add_argument("-num_classes", type=int, default=2, help="number of class folders expected")
     parser.add_argument("-seed", type=int, default=0, help="random seed")
+    parser.add_argument("-overwrite", action="store_true",
+                        help="replace an existing, different split in DIR (refused without it)")
     args = parser.parse_args(argv)
     try:
         from medclf.organize import write_seed002_split_csvs
@@ -41,7 +43,7 @@ def main(argv=None):
             raise MedclfError(f"{proj}: -num_classes {args.num_classes} but found class folder(s) "
                               f"{', '.join(class_dirs) or 'none'}; pass the matching -num_classes")
         partition(PartitionOptions(out=proj, data_root=proj, val=args.val_test_prop, test=args.val_test_prop,
-                                   seed=args.seed, classes=classes))
+                                   seed=args.seed, classes=classes, overwrite=args.overwrite))
         write_seed002_split_csvs(read_splits(proj / "splits.csv"), proj)
         print(f"wrote {proj / 'train.csv'}, {proj / 'val.csv'}, {proj / 'test.csv'} (filename,class_idx)")
     except MedclfError as exc:

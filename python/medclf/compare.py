@@ -284,6 +284,7 @@ def compare_runs(run_dirs, split="test", out_dir=None, positive=None, group=None
             r["name"] = str(Path(r["predictions_path"]).parent.name) + "/" + Path(r["predictions_path"]).name
     request = {"runs": runs, "positive": positive, "group": R.parse_group(group) if isinstance(group, str) else group,
                "threshold": threshold}
+    R.framing(R.load_predictions(runs[0], "predictions"), positive, request["group"])  # refuses before any engine
     result, notes = run_compare_engine(request, engine)
     if notes:
         result["engine_notes"] = notes

@@ -4,11 +4,19 @@
                 count), so every class is drawn equally often in expectation (with replacement,
                 one epoch = as many draws as train images). Validation and test are never resampled.
   loss-weights  inverse-frequency class weights n / (k * count_c) (scikit-learn's "balanced")
-                in the cross-entropy (or pos_weight = count_0 / count_1 for a single-logit head).
+                in the cross-entropy (or pos_weight = count_negative / count_positive for a
+                single-logit head).
   focal         focal loss (Lin et al. 2017): -alpha_t * (1 - p_t)^gamma * log(p_t).
-                --focal-alpha: a number a gives class 1 weight a and class 0 weight 1 - a in a
-                binary study (Lin's convention), or scales every class in a multi-class study;
-                `balanced` uses the inverse-frequency class weights; omitted: no alpha.
+                --focal-alpha: a number a gives the positive class weight a and the other class
+                1 - a in a binary study (Lin's convention), or scales every class in a multi-class
+                study; `balanced` uses the inverse-frequency class weights; omitted: no alpha.
+
+"Positive" is always the study's named positive class (partition.json's positive_class, or yes
+in a no/yes study), wherever it sits in the class order; a binary study that names none is
+refused by the options that need one (`--head single-logit`, a numeric `--focal-alpha`).
+A single-logit head's logit is the log-odds of classes[1], so its two probability columns
+[1 - sigmoid, sigmoid] follow the class order like a softmax head's; its loss puts pos_weight
+on the named positive, whichever index that is.
 """
 
 import numpy as np
@@ -17,6 +25,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from medclf.errors import MedclfError
+from medclf.splits import named_positive
 
 MODES = ("none", "sampler", "loss-weights", "focal")
 
@@ -76,17 +85,24 @@ class FocalLoss(nn.Module):
 
 
 class SingleLogitBCE(nn.Module):
-    """BCEWithLogits for a (N, 1) head against integer labels 0/1."""
+    """BCEWithLogits for a (N, 1) head (the log-odds of class index 1) against integer labels
+    0/1, with the positive side of the loss being class `positive_index` (pos_weight weighs it)."""
 
-    def __init__(self, pos_weight=None):
+    def __init__(self, pos_weight=None, positive_index=1):
         super().__init__()
         self.register_buffer("pos_weight", None if pos_weight is None else torch.tensor(float(pos_weight)))
+        self.positive_index = int(positive_index)
 
     def forward(self, logits, targets):
-        return F.binary_cross_entropy_with_logits(logits.reshape(-1).float(), targets.float(), pos_weight=self.pos_weight)
+        logits = logits.reshape(-1).float()
+        # log-odds of the positive class: the head's logit, negated when the positive is class 0.
+        positive_logits = logits if self.positive_index == 1 else -logits
+        is_positive = (targets.long() == self.positive_index).float()
+        return F.binary_cross_entropy_with_logits(positive_logits, is_positive, pos_weight=self.pos_weight)
 
 
-def _alpha(focal_alpha, train_labels, n_classes):
+def _alpha(focal_alpha, train_labels, n_classes, positive):
+    """Per-class alpha (or one scale); `positive()` gives the positive's index when one is needed."""
     if focal_alpha in (None, "", "none"):
         return None
     if str(focal_alpha) == "balanced":
@@ -98,22 +114,33 @@ def _alpha(focal_alpha, train_labels, n_classes):
     if n_classes == 2:
         if not 0 < a < 1:
             raise MedclfError(f"--focal-alpha {a}: in a binary study give the positive class's weight in (0, 1)")
-        return np.array([1 - a, a])
+        alpha = np.full(2, 1 - a)
+        alpha[positive(f"--focal-alpha {focal_alpha}")] = a
+        return alpha
     return a
 
 
-def build_criterion(balance, train_labels, n_classes, single_logit=False, focal_gamma=2.0, focal_alpha=None):
-    """The training loss for a --balance mode, with every weight computed from `train_labels`."""
+def build_criterion(balance, train_labels, n_classes, single_logit=False, focal_gamma=2.0, focal_alpha=None,
+                    classes=None, positive=None, source="splits"):
+    """The training loss for a --balance mode, with every weight computed from `train_labels`.
+    `classes` and `positive` (the study's named positive class) are needed by the options that
+    weigh the positive class; `source` names the splits file in the refusal."""
     if balance not in MODES:
         raise MedclfError(f"--balance {balance}: use one of {', '.join(MODES)}")
     if single_logit and n_classes != 2:
         raise MedclfError(f"--head single-logit needs exactly 2 classes (found {n_classes}); use --head softmax")
+
+    def positive_index(purpose):
+        names = [str(c) for c in (classes if classes is not None else range(n_classes))]
+        return names.index(named_positive(names, positive, source, purpose))
+
+    k = positive_index("--head single-logit") if single_logit else None
     if balance == "focal":
-        return FocalLoss(focal_gamma, _alpha(focal_alpha, train_labels, n_classes), single_logit)
+        return FocalLoss(focal_gamma, _alpha(focal_alpha, train_labels, n_classes, positive_index), single_logit)
     if balance == "loss-weights":
         weights = class_weights(train_labels, n_classes)
         if single_logit:
             counts = class_counts(train_labels, n_classes)
-            return SingleLogitBCE(pos_weight=counts[0] / counts[1])
+            return SingleLogitBCE(pos_weight=counts[1 - k] / counts[k], positive_index=k)
         return nn.CrossEntropyLoss(weight=torch.as_tensor(weights, dtype=torch.float32))
-    return SingleLogitBCE() if single_logit else nn.CrossEntropyLoss()
+    return SingleLogitBCE(positive_index=k) if single_logit else nn.CrossEntropyLoss()

@@ -1,19 +1,23 @@
 """Leakage-free partitioning: images -> splits.csv + partition.json.
 
-Steps (each a function below):
- 1. collect the images: class folders (`scan_class_folders`) or a metadata CSV (`load_metadata`);
- 2. read every image once through `medclf.imageio.read_image`: unreadable files are warned
-    about, excluded and counted; each readable file gets a SHA-256 and a 64-bit dHash;
- 3. build groups: the `--group-col` value (patient, lesion), merged (union) with exact and
-    near-duplicate clusters, so that no group can cross splits;
- 4. assign whole groups to train/val/test (`assign_groups`), stratified by class, then
-    optionally k stratified folds over the non-test groups;
- 5. write splits.csv and partition.json atomically, with a leakage report that checks the
-    result rather than trusting the algorithm.
+Steps (each a function below, called in order by `partition`):
+ 1. collect the images (`collect_images`): class folders (`scan_class_folders`) or a metadata
+    CSV (`load_metadata`); then `select_classes` applies --label-map and --classes;
+ 2. read every image once through `medclf.imageio.read_image` (`read_images`): unreadable files
+    are warned about, excluded and counted; each readable file gets a SHA-256 and a 64-bit dHash;
+ 3. build groups: exact and near-duplicate clusters (`detect_duplicates`) merged (union) with
+    the `--group-col` value (patient, lesion) (`build_groups`), so that no group can cross splits;
+ 4. assign whole groups to train/val/test (`assign_splits`, `assign_groups`), stratified by
+    class, then optionally k stratified folds over the non-test groups;
+ 5. write splits.csv and partition.json atomically (`splits_frame`, `write_outputs`), with a
+    leakage report that checks the result rather than trusting the algorithm; an existing,
+    different pair is replaced only with --overwrite.
 The result depends only on the inputs and the seed, never on file-system listing order:
 everything is sorted before the seeded random generator is used.
 """
 
+import json
+import os
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
@@ -23,9 +27,9 @@ import numpy as np
 
 from medclf import dedup as dedup_lib
 from medclf.errors import MedclfError, UnreadableImageError
-from medclf.fileio import sha256_file, write_json
+from medclf.fileio import read_json, sha256_file, write_json, write_text
 from medclf.imageio import IMAGE_EXTENSIONS, is_image_name, read_image
-from medclf.splits import REQUIRED_COLUMNS, SPLITS, write_splits_csv
+from medclf.splits import REQUIRED_COLUMNS, SPLITS, splits_csv_text
 
 SCHEMA = "medclf.partition/1"
 _IGNORED_NAMES = {"thumbs.db", "desktop.ini"}
@@ -50,6 +54,7 @@ class PartitionOptions:
     dedup: bool = True
     near_dup_distance: int = dedup_lib.DEFAULT_NEAR_DUP_DISTANCE
     label_map: object = None  # inline "a=b,*=c", a file path, or a dict
+    overwrite: bool = False  # replace an existing, different splits.csv / partition.json in `out`
     quiet: bool = False
 
 
@@ -60,6 +65,8 @@ class Item:
     label_original: str = None
     group_value: str = None
     extra: dict = field(default_factory=dict)
+    sha256: str = None  # of the file's bytes, set when the image is read (with --dedup)
+    dhash: int = None  # 64-bit difference hash, likewise
 
 
 def _rel(path, root):
@@ -100,11 +107,36 @@ def scan_class_folders(data_root, exclude=()):
     return items, skipped
 
 
-def load_metadata(csv_path, image_dir, image_col, label_col, image_ext=None, group_col=None):
-    """Rows of a metadata CSV as Items; every CSV column passes through as `extra`."""
+class _FolderListing:
+    """Image file names of a folder and its subfolders, each folder listed once (a stat per
+    CSV row would dominate on 10,000 ids)."""
+
+    def __init__(self, root):
+        self.root, self._names, self._stems = Path(root), {}, {}
+
+    def _list(self, folder):
+        if folder not in self._names:
+            directory = self.root / folder
+            names = {e.name for e in os.scandir(directory) if e.is_file()} if directory.is_dir() else set()
+            stems = {}
+            for name in sorted(names):
+                if is_image_name(name):
+                    stems.setdefault(name.rsplit(".", 1)[0], []).append(name)
+            self._names[folder], self._stems[folder] = names, stems
+        return self._names[folder], self._stems[folder]
+
+    def find(self, name):
+        """The files `name` may mean: itself, else every `<name>.<image extension>`."""
+        folder, _, base = name.rpartition("/")
+        names, stems = self._list(folder)
+        if base in names:
+            return [name]
+        return [f"{folder}/{c}" if folder else c for c in stems.get(base, [])]
+
+
+def _metadata_frame(csv_path, image_dir, image_col, label_col, group_col):
     import pandas as pd
 
-    csv_path, image_dir = Path(csv_path), Path(image_dir) if image_dir else Path(csv_path).parent
     if not csv_path.is_file():
         raise MedclfError(f"{csv_path}: metadata CSV not found; check --metadata")
     if not image_dir.is_dir():
@@ -118,8 +150,23 @@ def load_metadata(csv_path, image_dir, image_col, label_col, image_ext=None, gro
             )
     if frame.empty:
         raise MedclfError(f"{csv_path}: no rows; the metadata CSV must list one image per row")
+    return frame
+
+
+def _listed(problems, show):
+    shown = "; ".join(show(p) for p in problems[:10])
+    return shown + (f" and {len(problems) - 10} more" if len(problems) > 10 else "")
+
+
+def load_metadata(csv_path, image_dir, image_col, label_col, image_ext=None, group_col=None):
+    """Rows of a metadata CSV as Items; every CSV column passes through as `extra`. An image id
+    without its extension (HAM10000's `ISIC_0027419`) means the one file `<id>.<image extension>`
+    in the folder; --image-ext appends a fixed extension instead."""
+    csv_path, image_dir = Path(csv_path), Path(image_dir) if image_dir else Path(csv_path).parent
+    frame = _metadata_frame(csv_path, image_dir, image_col, label_col, group_col)
     ext = image_ext if (not image_ext or image_ext.startswith(".")) else "." + image_ext
-    items, missing, blank = [], [], []
+    listing = _FolderListing(image_dir)
+    items, missing, blank, ambiguous = [], [], [], []
     for line, record in enumerate(frame.to_dict("records"), start=2):
         name = record[image_col].strip().replace("\\", "/")
         if ext and not name.lower().endswith(ext.lower()):
@@ -129,23 +176,31 @@ def load_metadata(csv_path, image_dir, image_col, label_col, image_ext=None, gro
         if not name or not label or (group_col and not group_value):
             blank.append(line)
             continue
-        if not (image_dir / name).is_file():
+        found = listing.find(name) if not ext else [name] if (image_dir / name).is_file() else []
+        if len(found) > 1:
+            ambiguous.append((line, name, found))
+            continue
+        if not found:
             missing.append((line, name))
             continue
-        items.append(Item(name, label, group_value=group_value, extra=record))
+        items.append(Item(found[0], label, group_value=group_value, extra=record))
     if blank:
         cols = ", ".join(c for c in (image_col, label_col, group_col) if c)
         raise MedclfError(
             f"{csv_path}: {len(blank)} row(s) with an empty {cols} value (line(s) "
             f"{', '.join(map(str, blank[:10]))}); fill them in or remove those rows"
         )
-    if missing:
-        listed = "; ".join(f"line {line}: {image_dir / name}" for line, name in missing[:10])
-        more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
-        hint = "" if image_ext else " (if the CSV lacks extensions, pass --image-ext .jpg)"
+    if ambiguous:
         raise MedclfError(
-            f"{csv_path}: {len(missing)} row(s) name an image that does not exist: {listed}{more}; "
-            f"check --image-dir{hint} or remove those rows"
+            f"{csv_path}: {len(ambiguous)} image id(s) match several files in {image_dir}: "
+            + _listed(ambiguous, lambda a: f"line {a[0]}: {a[1]} -> {', '.join(a[2])}")
+            + "; pass --image-ext to choose one extension, or remove the extra files"
+        )
+    if missing:
+        raise MedclfError(
+            f"{csv_path}: {len(missing)} row(s) name an image that does not exist: "
+            + _listed(missing, lambda m: f"line {m[0]}: {image_dir / m[1]}")
+            + f"; check --image-dir{' and --image-ext' if image_ext else ''} or remove those rows"
         )
     dupes = sorted(name for name, n in Counter(i.path for i in items).items() if n > 1)
     if dupes:
@@ -321,82 +376,114 @@ def _check_class_sizes(classes, labels_by_group, ratios, folds):
 # ---------------------------------------------------------------- the whole stage
 
 def partition(options):
-    """Run the whole partition stage; returns the partition.json dictionary."""
-    import pandas as pd
-
+    """Run the whole partition stage (the steps of the module docstring); returns the
+    partition.json dictionary."""
     opts = options
-    out = Path(opts.out)
+    check_options(opts)
+    items, columns, skipped, data_root = collect_images(opts)
+    items, label_map, excluded_classes = select_classes(items, opts)
+    classes, positive = resolve_classes(items, opts.classes, opts.positive)
+    items, unreadable = read_images(items, data_root, opts)
+    classes, positive = resolve_classes(items, opts.classes, positive)  # a class may have been all unreadable
+    dup_report = detect_duplicates(items, opts)
+    components, group_of = build_groups(items, dup_report, opts)
+    split_of, fold_of = assign_splits(items, classes, components, opts)
+    frame, extra_columns = splits_frame(items, classes, split_of, fold_of, group_of, columns, label_map, opts)
+    info = _partition_info(opts, classes, positive, data_root, items, split_of, fold_of, group_of, components,
+                           dup_report, unreadable, skipped, label_map)
+    info["excluded_classes"] = excluded_classes
+    write_outputs(Path(opts.out), frame, extra_columns, info, opts.overwrite)
+    if not opts.quiet:
+        print(format_summary(info))
+        print(f"wrote {Path(opts.out) / 'splits.csv'} and {Path(opts.out) / 'partition.json'}")
+    return info
+
+
+def check_options(opts):
     if opts.val < 0 or opts.test < 0 or opts.val + opts.test >= 1:
         raise MedclfError(f"--val {opts.val} --test {opts.test}: each must be >= 0 and together below 1")
     if opts.folds == 1 or opts.folds < 0:
         raise MedclfError(f"--folds {opts.folds}: use 0 (no folds) or at least 2")
+    if opts.metadata is None and opts.data_root is None:
+        raise MedclfError("no input: pass --data-root DIR (class folders) or --metadata CSV --image-dir DIR")
+    if opts.metadata is None and opts.group_col:
+        raise MedclfError("--group-col needs --metadata (class folders have no columns); drop --group-col")
 
-    # 1. collect
-    columns = []
+
+def collect_images(opts):
+    """Step 1: (items, metadata columns, skipped non-image files, absolute data root)."""
     if opts.metadata:
         data_root = Path(opts.image_dir or Path(opts.metadata).parent)
         items, columns = load_metadata(opts.metadata, data_root, opts.image_col, opts.label_col,
                                        opts.image_ext, opts.group_col)
         skipped = []
     else:
-        if opts.data_root is None:
-            raise MedclfError("no input: pass --data-root DIR (class folders) or --metadata CSV --image-dir DIR")
-        if opts.group_col:
-            raise MedclfError("--group-col needs --metadata (class folders have no columns); drop --group-col")
         data_root = Path(opts.data_root)
-        items, skipped = scan_class_folders(data_root, exclude=[out])
+        items, skipped = scan_class_folders(data_root, exclude=[Path(opts.out)])
+        columns = []
     data_root = data_root.resolve()
     for s in skipped:
         _warn(f"{data_root / s}: not an image file (by extension); skipped")
+    return items, columns, skipped, data_root
 
+
+def select_classes(items, opts):
+    """--label-map, then --classes (a subset leaves the other classes out, counted).
+    Returns (items sorted by path, the label map, {left-out class: images})."""
     label_map = parse_label_map(opts.label_map)
     if label_map:
         apply_label_map(items, label_map)
-    items.sort(key=lambda i: i.path)
+    items = sorted(items, key=lambda i: i.path)
     excluded_classes = {}
     if opts.classes:
-        # --classes may name a subset: images of the other classes are left out (and counted).
         wanted = {c.strip() for c in opts.classes}
         excluded_classes = dict(sorted(Counter(i.label for i in items if i.label not in wanted).items()))
         items = [i for i in items if i.label in wanted]
         if excluded_classes and not opts.quiet:
             print("left out by --classes: " + ", ".join(f"{c} ({n} images)" for c, n in excluded_classes.items()))
-    classes, positive = resolve_classes(items, opts.classes, opts.positive)
+    return items, label_map, excluded_classes
 
-    # 2. read every image once
+
+def read_images(items, data_root, opts):
+    """Step 2: read every image once; unreadable files are warned about and excluded. Readable
+    items get their SHA-256 and dHash (with --dedup). Returns (readable items, unreadable)."""
     from tqdm import tqdm
 
-    readable, unreadable, sha256s, dhashes = [], [], [], []
+    readable, unreadable = [], []
     for item in tqdm(items, desc="reading images", unit="img", disable=opts.quiet, file=sys.stderr):
         full = data_root / item.path
         try:
             image = read_image(full)
-            digest = sha256_file(full) if opts.dedup else None
-            perceptual = dedup_lib.dhash(image) if opts.dedup else None
+            if opts.dedup:
+                item.sha256, item.dhash = sha256_file(full), dedup_lib.dhash(image)
         except UnreadableImageError as exc:
             _warn(f"{exc}; excluded")
             unreadable.append({"path": item.path, "label": item.label, "reason": exc.reason})
             continue
         readable.append(item)
-        sha256s.append(digest)
-        dhashes.append(perceptual)
-    items = readable
-    if not items:
+    if not readable:
         raise MedclfError(f"{data_root}: none of the images could be read; see the warnings above")
-    classes, positive = resolve_classes(items, opts.classes, positive)  # a class may have been all unreadable
+    return readable, unreadable
 
-    # 3. groups: group column and duplicate clusters, merged
+
+def detect_duplicates(items, opts):
+    """Step 3a: exact and near-duplicate clusters (None with --no-dedup)."""
+    if not opts.dedup:
+        return None
+    return dedup_lib.find_duplicates([i.sha256 for i in items], [i.dhash for i in items], opts.near_dup_distance)
+
+
+def build_groups(items, dup_report, opts):
+    """Step 3b: groups = group-column values merged (union) with duplicate clusters.
+    Returns (components: lists of item indices, group name of each item)."""
     uf = dedup_lib.UnionFind(len(items))
     if opts.group_col:
         first_of = {}
         for i, item in enumerate(items):
             uf.union(first_of.setdefault(item.group_value, i), i)
-    dup_report = None
-    if opts.dedup:
-        dup_report = dedup_lib.find_duplicates(sha256s, dhashes, opts.near_dup_distance)
-        for cluster in dup_report.clusters:
-            for j in cluster[1:]:
-                uf.union(cluster[0], j)
+    for cluster in (dup_report.clusters if dup_report else []):
+        for j in cluster[1:]:
+            uf.union(cluster[0], j)
     components = uf.components()
     group_of = [None] * len(items)
     for members in components:
@@ -404,6 +491,12 @@ def partition(options):
         name = min(items[i].group_value for i in members) if opts.group_col else items[members[0]].path
         for i in members:
             group_of[i] = name
+    return components, group_of
+
+
+def assign_splits(items, classes, components, opts):
+    """Step 4: whole groups to train/val/test, stratified by class, then optional folds over the
+    non-test groups. Returns (split of each item, fold of each item or None)."""
     class_index = {c: k for k, c in enumerate(classes)}
     group_counts = np.zeros((len(components), len(classes)))
     for g, members in enumerate(components):
@@ -411,8 +504,6 @@ def partition(options):
             group_counts[g, class_index[items[i].label]] += 1
     ratios = [1.0 - opts.val - opts.test, opts.val, opts.test]
     _check_class_sizes(classes, [{items[i].label for i in m} for m in components], ratios, opts.folds)
-
-    # 4. assign groups to splits (and folds)
     split_of_group = assign_groups(group_counts, ratios, opts.seed)
     fold_of_group = np.full(len(components), -1)
     if opts.folds:
@@ -420,14 +511,19 @@ def partition(options):
         fold_assignment = assign_groups(group_counts[non_test], [1.0] * opts.folds, opts.seed + 1)
         for g, f in zip(non_test, fold_assignment):
             fold_of_group[g] = f
-    split_of = [None] * len(items)
-    fold_of = [None] * len(items)
+    split_of, fold_of = [None] * len(items), [None] * len(items)
     for g, members in enumerate(components):
         for i in members:
             split_of[i] = SPLITS[split_of_group[g]]
             fold_of[i] = int(fold_of_group[g]) if fold_of_group[g] >= 0 else None
+    return split_of, fold_of
 
-    # 5. outputs
+
+def splits_frame(items, classes, split_of, fold_of, group_of, columns, label_map, opts):
+    """Step 5a: the rows of splits.csv and its extra columns (label_original, metadata)."""
+    import pandas as pd
+
+    class_index = {c: k for k, c in enumerate(classes)}
     rows = []
     for i, item in enumerate(items):
         row = {"path": item.path, "label": item.label, "label_index": class_index[item.label],
@@ -440,20 +536,36 @@ def partition(options):
             if column not in row and column not in REQUIRED_COLUMNS:
                 row[column] = item.extra.get(column, "")
         rows.append(row)
-    frame = pd.DataFrame(rows)
     extra_columns = (["label_original"] if label_map else []) + [
         c for c in columns if c not in REQUIRED_COLUMNS and c not in ("fold", "label_original")
     ]
-    info = _partition_info(opts, classes, positive, data_root, items, split_of, fold_of, group_of, components,
-                           dup_report, unreadable, skipped, label_map, sha256s, dhashes)
-    info["excluded_classes"] = excluded_classes
+    return pd.DataFrame(rows), extra_columns
+
+
+def _json_equal(path, obj):
+    try:
+        return read_json(path) == json.loads(json.dumps(obj))
+    except MedclfError:  # not valid JSON: certainly different
+        return False
+
+
+def write_outputs(out, frame, extra_columns, info, overwrite=False):
+    """Step 5b: splits.csv and partition.json, atomically. An existing, different pair is kept
+    unless `overwrite`: runs and organized folders made from it would silently stop matching."""
+    text = splits_csv_text(frame, extra_columns)
+    splits_path, info_path = out / "splits.csv", out / "partition.json"
+    changed = [p.name for p, same in (
+        (splits_path, lambda: splits_path.read_bytes() == text.encode("utf-8")),
+        (info_path, lambda: _json_equal(info_path, info)),
+    ) if p.is_file() and not same()]
+    if changed and not overwrite:
+        raise MedclfError(
+            f"{out}: already holds a different {' and '.join(changed)} (another seed, input or option); "
+            "pass --overwrite to replace it (runs keep their own copy of the split they trained on), "
+            "or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
-    write_splits_csv(out / "splits.csv", frame, extra_columns=extra_columns)
-    write_json(out / "partition.json", info)
-    if not opts.quiet:
-        print(format_summary(info))
-        print(f"wrote {out / 'splits.csv'} and {out / 'partition.json'}")
-    return info
+    write_text(splits_path, text)
+    write_json(info_path, info)
 
 
 def _duplicate_clusters_info(items, dup_report, split_of, label_of):
@@ -472,7 +584,7 @@ def _duplicate_clusters_info(items, dup_report, split_of, label_of):
 
 
 def _partition_info(opts, classes, positive, data_root, items, split_of, fold_of, group_of, components,
-                    dup_report, unreadable, skipped, label_map, sha256s, dhashes):
+                    dup_report, unreadable, skipped, label_map):
     labels = [i.label for i in items]
     counts = {s: {c: 0 for c in classes} for s in SPLITS}
     for label, split in zip(labels, split_of):
@@ -488,8 +600,8 @@ def _partition_info(opts, classes, positive, data_root, items, split_of, fold_of
     duplicates = {"enabled": bool(opts.dedup)}
     if opts.dedup:
         by_digest = {}
-        for i, digest in enumerate(sha256s):
-            by_digest.setdefault(digest, set()).add(split_of[i])
+        for item, split in zip(items, split_of):
+            by_digest.setdefault(item.sha256, set()).add(split)
         leakage["exact_duplicates_across_splits"] = sum(1 for s in by_digest.values() if len(s) > 1)
         crossing_near = [(i, j, d) for i, j, d in dup_report.near_pairs if split_of[i] != split_of[j]]
         leakage["near_duplicates_across_splits"] = len(crossing_near)

@@ -15,7 +15,7 @@ from medclf import models, transforms
 from medclf.engine import predict, probabilities_from_logits
 from medclf.errors import MedclfError
 from medclf.fileio import read_json, write_json
-from medclf.splits import read_splits
+from medclf.splits import load_run_splits, read_splits, refuse_images_seen_by_run
 from medclf.training import load_checkpoint, select_device
 
 PREDICTIONS_SCHEMA = "medclf.predictions/1"
@@ -62,6 +62,18 @@ def predictions_record(split, config, checkpoint, checkpoint_name, paths, labels
     }
 
 
+def split_table_for_test(run_dir, config, splits=None, data_root=None, names=("test",)):
+    """The run's own split by default; another splits file only for images the run never trained
+    or selected on (named by `names`, the splits to be scored)."""
+    own = load_run_splits(run_dir, config, data_root)
+    if splits is None:
+        return own
+    other = read_splits(splits, data_root=data_root or config.get("data_root"))
+    for name in names:
+        refuse_images_seen_by_run(own, other, name)
+    return other
+
+
 def run_test(run_dir, split="test", splits=None, data_root=None, device="auto", batch_size=None, workers=0,
              progress=True, out_dir=None):
     """Write predictions_<split>.json (and predictions_val.json when split is test). Returns the paths."""
@@ -69,8 +81,8 @@ def run_test(run_dir, split="test", splits=None, data_root=None, device="auto", 
     device = select_device(device)
     model, config, checkpoint = load_run(run_dir, device)
     args = config["arguments"]
-    table = read_splits(splits or config.get("splits_file") or args["splits"],
-                        data_root=data_root or config.get("data_root"))
+    names = [split] + (["val"] if split == "test" else [])
+    table = split_table_for_test(run_dir, config, splits, data_root, names)
     if [str(c) for c in table.classes] != list(config["classes"]):
         raise MedclfError(f"{table.source}: classes {table.classes} differ from the run's {config['classes']}; "
                           "test with the splits file the model was trained on")
@@ -78,7 +90,7 @@ def run_test(run_dir, split="test", splits=None, data_root=None, device="auto", 
     transform = transforms.eval_transform(args["augment"], args["img_size"], norm["mean"], norm["std"])
     side = config.get("cache_side", transforms.cache_side(args["augment"], args["img_size"]))
     written = []
-    for name in [split] + (["val"] if split == "test" else []):
+    for name in names:
         files, labels, rel = data_mod.split_paths(table, name)
         if not files:
             raise MedclfError(f"{table.source}: the {name} split is empty; nothing to predict")

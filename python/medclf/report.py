@@ -27,6 +27,7 @@ import numpy as np
 from medclf import metrics as M
 from medclf.errors import MedclfError
 from medclf.fileio import read_json, write_json, write_text
+from medclf.splits import named_positive
 
 PREDICTIONS_SCHEMA = "medclf.predictions/1"
 RESULTS_SCHEMA = "medclf.results/1"
@@ -210,9 +211,7 @@ def framing(data, positive=None, group=None):
     if positive is not None and positive not in classes:
         _fail("positive class", f"'{positive}' is not one of the classes ({', '.join(classes)})")
     if positive is None:
-        positive = data["positive_class"]
-    if positive is None and len(classes) == 2:
-        positive = classes[1]
+        positive = named_positive(classes, data["positive_class"], data["source"], "scoring it")
     if positive is None:
         return None
     negative = [c for c in classes if c != positive][0] if len(classes) == 2 else f"not {positive}"
@@ -709,6 +708,7 @@ def report_run(run_dir, split="test", positive=None, threshold=None, threshold_r
             raise MedclfError(f"{val_path}: not found; a threshold rule is chosen on validation predictions "
                               f"(`medclf test --run {run_dir}` writes them)")
     request = build_request(predictions, val_path, positive, threshold, threshold_rule, group, boot_n, seed)
+    framing(load_predictions(request, "predictions"), positive, request["group"])  # refuses before any engine
     result, notes = run_engine(request, engine)
     if notes:
         result["engine_notes"] = notes

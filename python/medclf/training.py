@@ -33,7 +33,7 @@ from medclf.early_stopping import MONITOR_MODES, EarlyStopping
 from medclf.engine import evaluate, train_one_epoch
 from medclf.errors import MedclfError
 from medclf.fileio import atomic_path, read_json, write_json, write_text
-from medclf.splits import read_splits
+from medclf.splits import bind_splits_to_run, read_splits
 
 CONFIG_SCHEMA = "medclf.run-config/1"
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_accuracy", "train_auc", "train_balanced_accuracy",
@@ -324,6 +324,7 @@ def _run_training(config):
     if not cfg["splits"]:
         raise MedclfError("--splits is required (the splits.csv written by `medclf partition`)")
     table = read_splits(cfg["splits"], data_root=cfg["data_root"])
+    split_binding = bind_splits_to_run(table, run_dir)  # the run carries its own split (config.json)
     classes = [str(c) for c in table.classes]
     n_classes = len(classes)
     single_logit = cfg["head"] == "single-logit"
@@ -360,7 +361,8 @@ def _run_training(config):
     # Evaluation transforms are a crop and a normalisation: cheaper than starting a worker.
     val_loader = data_mod.make_loader(val_set, cfg["batch_size"], workers=0)
     criterion = imbalance.build_criterion(cfg["balance"], train_labels, n_classes, single_logit,
-                                          cfg["focal_gamma"], cfg["focal_alpha"]).to(device)
+                                          cfg["focal_gamma"], cfg["focal_alpha"],
+                                          classes, table.positive_class, table.source).to(device)
 
     # ---- model, optimiser, schedule
     model.to(device)
@@ -380,6 +382,7 @@ def _run_training(config):
         "architecture": model_info["architecture"], "weights": model_info["weights"],
         "classes": classes, "positive_class": table.positive_class, "n_outputs": 1 if single_logit else n_classes,
         "splits_file": str(Path(cfg["splits"]).resolve()),  # as given: a seed-002 csv/ folder stays a folder
+        **split_binding,
         "data_root": str(Path(table.data_root).resolve()),
         "counts": {s: int((table.frame["split"] == s).sum()) for s in ("train", "val", "test")},
         "normalisation": {"mean": list(mean), "std": list(std), "source": norm_source},

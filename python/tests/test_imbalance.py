@@ -53,12 +53,53 @@ def test_focal_loss_with_gamma_zero_is_cross_entropy():
 def test_build_criterion_uses_the_given_train_labels():
     loss = imbalance.build_criterion("loss-weights", [0, 0, 0, 1], 2)
     assert loss.weight.tolist() == pytest.approx([2 / 3, 2])
-    bce = imbalance.build_criterion("loss-weights", [0, 0, 0, 1], 2, single_logit=True)
+    bce = imbalance.build_criterion("loss-weights", [0, 0, 0, 1], 2, single_logit=True, classes=["no", "yes"])
     assert bce.pos_weight.item() == 3
     focal = imbalance.build_criterion("focal", [0, 0, 0, 1], 2, focal_gamma=1, focal_alpha="balanced")
     assert focal.alpha.tolist() == pytest.approx([2 / 3, 2])
     with pytest.raises(MedclfError):
         imbalance.build_criterion("loss-weights", [0, 1, 2], 3, single_logit=True)
+
+
+# ---- issue 8 item 2: the named positive, wherever it sits in the class order
+
+MEL_FIRST = {"classes": ["melanoma", "other"], "positive": "melanoma"}  # sorted order puts the positive first
+
+
+def test_focal_alpha_weighs_the_named_positive_not_index_1():
+    focal = imbalance.build_criterion("focal", [0, 1, 1, 1], 2, focal_alpha="0.75", **MEL_FIRST)
+    assert focal.alpha.tolist() == pytest.approx([3 / 4, 1 / 4])
+    focal = imbalance.build_criterion("focal", [0, 1, 1, 1], 2, focal_alpha="0.75", classes=["no", "yes"])
+    assert focal.alpha.tolist() == pytest.approx([1 / 4, 3 / 4])
+
+
+def test_single_logit_pos_weight_is_negatives_over_the_named_positive():
+    # 1 melanoma (index 0, positive), 3 other: pos_weight = 3 / 1 on the melanoma images
+    bce = imbalance.build_criterion("loss-weights", [0, 1, 1, 1], 2, single_logit=True, **MEL_FIRST)
+    assert bce.pos_weight.item() == 3
+    # the head's logit is the log-odds of classes[1] ("other"): logit ln 3 -> P(other) = 3/4, P(melanoma) = 1/4
+    logit = torch.tensor([[math.log(3)]])
+    assert bce(logit, torch.tensor([0])).item() == pytest.approx(3 * -math.log(1 / 4))  # melanoma image, weighted
+    assert bce(logit, torch.tensor([1])).item() == pytest.approx(-math.log(3 / 4))  # other image, weight 1
+
+
+@pytest.mark.parametrize("options", [
+    {"balance": "none", "single_logit": True},
+    {"balance": "loss-weights", "single_logit": True},
+    {"balance": "focal", "single_logit": True},
+    {"balance": "focal", "focal_alpha": "0.25"},
+])
+def test_binary_study_without_a_named_positive_is_refused(options):
+    balance = options.pop("balance")
+    with pytest.raises(MedclfError, match=r"splits.csv: binary study \(melanoma vs other\) without a named "
+                                          r"positive class.*--positive"):
+        imbalance.build_criterion(balance, [0, 1, 1, 1], 2, classes=["melanoma", "other"], positive=None,
+                                  source="splits.csv", **options)
+
+
+def test_options_that_need_no_positive_still_work_without_one():
+    for balance, alpha in (("none", None), ("loss-weights", None), ("focal", "balanced"), ("focal", None)):
+        imbalance.build_criterion(balance, [0, 1, 1, 1], 2, focal_alpha=alpha, classes=["melanoma", "other"])
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,9 @@ def add_arguments(parser):
                       "(default: the CSV's folder)")
     meta.add_argument("--image-col", default="image_id", help="CSV column with the image file name")
     meta.add_argument("--label-col", default="label", help="CSV column with the class label")
-    meta.add_argument("--image-ext", default=None, help="extension appended when the image column lacks it, e.g. .jpg")
+    meta.add_argument("--image-ext", default=None,
+                      help="extension appended to every image name, e.g. .jpg (default: a name without one "
+                      "means the one file <name>.<image extension> in --image-dir)")
     meta.add_argument("--group-col", default=None,
                       help="CSV column whose value must stay in one split (lesion_id, patient_id)")
     parser.add_argument("--out", type=Path, required=True, help="output folder for splits.csv and partition.json")
@@ -47,6 +49,9 @@ def add_arguments(parser):
                         help="exact and near-duplicate detection (duplicates never cross splits); --no-dedup turns it off")
     parser.add_argument("--near-dup-distance", type=int, default=3,
                         help="max Hamming distance between 64-bit dHashes for near duplicates (-1 = exact only)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing, different splits.csv/partition.json in --out (refused without "
+                        "it; runs keep their own copy of the split they trained on)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or table")
 
 
@@ -61,7 +66,7 @@ def run(args):
         image_col=args.image_col, label_col=args.label_col, image_ext=args.image_ext, group_col=args.group_col,
         val=args.val, test=args.test, seed=args.seed, folds=args.folds, classes=args.classes,
         positive=args.positive, dedup=args.dedup, near_dup_distance=args.near_dup_distance,
-        label_map=args.label_map, quiet=args.quiet,
+        label_map=args.label_map, overwrite=args.overwrite, quiet=args.quiet,
     )
     info = partition(options)
     return 0 if leakage_free(info) else 2

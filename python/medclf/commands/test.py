@@ -11,7 +11,8 @@ DESCRIPTION = (
 def add_arguments(parser):
     parser.add_argument("--run", required=True, help="run folder written by `medclf train` (results/NAME)")
     parser.add_argument("--split", default="test", choices=["train", "val", "test"])
-    parser.add_argument("--splits", help="splits file (default: the one the run was trained on)")
+    parser.add_argument("--splits", help="another splits file to score (default: the run's own copy, <run>/splits.csv); "
+                        "images the run trained or selected on are refused")
     parser.add_argument("--data-root", help="image root (default: the run's)")
     parser.add_argument("--batch-size", type=int, help="default: the run's")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
