@@ -130,8 +130,9 @@ def classes_from_rows(df, path):
             value = clash.index[0]
             rows = df.index[df[key] == value].tolist()
             found = ", ".join(map(str, sorted(df.loc[rows, other].unique())))
+            shown = repr(value) if isinstance(value, str) else str(int(value))
             raise MedclfError(
-                f"{path}: {key} {value!r} comes with several {other} values ({found}) on line(s) "
+                f"{path}: {key} {shown} comes with several {other} values ({found}) on line(s) "
                 f"{_lines(rows)}; each class needs one label and one label_index: fix those rows "
                 "or re-run `medclf partition`")
     indices = sorted(pairs["label_index"])

@@ -174,6 +174,77 @@ def test_ham_label_map_malignant_vs_benign(ham_root, tmp_path):
     assert frame.groupby("lesion_id")["split"].nunique().max() == 1
 
 
+def test_ham_ids_without_extension_need_no_image_ext(ham_run, ham_root, tmp_path):
+    """The README command: HAM10000's image_id lacks `.jpg`; the one file <id>.jpg is used."""
+    out = tmp_path / "noext"
+    assert main(["partition", "--quiet", "--metadata", str(ham_root / "HAM10000_metadata.csv"), "--image-dir",
+                 str(ham_root / "images"), "--image-col", "image_id", "--label-col", "dx", "--group-col",
+                 "lesion_id", "--out", str(out)]) == 0
+    assert (out / "splits.csv").read_bytes() == (ham_run / "splits.csv").read_bytes()
+
+
+def test_id_matching_several_files_names_them(tmp_path, capsys):
+    for i in range(4):
+        _noise_image(tmp_path / "img" / f"i{i}.jpg", i)
+    _noise_image(tmp_path / "img" / "i1.png", 9)
+    (tmp_path / "img" / "i2.txt").write_text("notes, not an image")
+    (tmp_path / "meta.csv").write_text("image_id,dx\ni0,a\ni1,b\ni2,a\ni3,b\n")
+    code, err = _run_cli(["--metadata", tmp_path / "meta.csv", "--image-dir", tmp_path / "img",
+                          "--label-col", "dx", "--out", tmp_path / "o"], capsys)
+    assert code == 1 and not (tmp_path / "o").exists()
+    assert "meta.csv: 1 image id(s) match several files" in err and "line 3: i1 -> i1.jpg, i1.png" in err
+    assert "--image-ext" in err
+    assert _run_cli(["--metadata", tmp_path / "meta.csv", "--image-dir", tmp_path / "img", "--label-col", "dx",
+                     "--image-ext", ".jpg", "--out", tmp_path / "o", "--val", "0", "--test", "0.5"], capsys)[0] == 0
+
+
+def test_ten_thousand_ids_list_the_folder_once(tmp_path, monkeypatch):
+    """Extension inference lists the image folder once instead of testing a file per id and extension."""
+    import os
+    import pathlib
+
+    from medclf import partition as partition_mod
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(10_000):
+        (images / f"ISIC_{i:07d}.jpg").touch()
+    rows = "".join(f"ISIC_{i:07d},{'ab'[i % 2]}\n" for i in range(10_000))
+    (tmp_path / "meta.csv").write_text("image_id,dx\n" + rows)
+    calls = {"scandir": 0, "is_file": 0}
+    real_scandir, real_is_file = os.scandir, pathlib.Path.is_file
+
+    def scandir(path):
+        calls["scandir"] += 1
+        return real_scandir(path)
+
+    def is_file(self):
+        calls["is_file"] += 1
+        return real_is_file(self)
+
+    monkeypatch.setattr(partition_mod.os, "scandir", scandir)
+    monkeypatch.setattr(pathlib.Path, "is_file", is_file)
+    items, _ = partition_mod.load_metadata(tmp_path / "meta.csv", images, "image_id", "dx")
+    assert len(items) == 10_000 and items[123].path == "ISIC_0000123.jpg"
+    assert calls == {"scandir": 1, "is_file": 1}  # the folder once; the CSV itself once
+
+
+def test_rerun_with_another_seed_is_refused_and_changes_nothing(tmp_path, capsys):
+    root = _class_folders(tmp_path / "d", {"no": 6, "yes": 6})
+    out = tmp_path / "o"
+    assert _run_cli(["--data-root", root, "--out", out, "--val", "0.2", "--test", "0.2"], capsys)[0] == 0
+    before = [(out / n).read_bytes() for n in ("splits.csv", "partition.json")]
+    code, err = _run_cli(["--data-root", root, "--out", out, "--val", "0.2", "--test", "0.2", "--seed", "1"], capsys)
+    assert code == 1 and f"{out}: already holds a different splits.csv and partition.json" in err
+    assert "--overwrite" in err
+    assert [(out / n).read_bytes() for n in ("splits.csv", "partition.json")] == before
+    assert _run_cli(["--data-root", root, "--out", out, "--val", "0.2", "--test", "0.2"], capsys)[0] == 0
+    assert [(out / n).read_bytes() for n in ("splits.csv", "partition.json")] == before
+    assert _run_cli(["--data-root", root, "--out", out, "--val", "0.2", "--test", "0.2", "--seed", "1",
+                     "--overwrite"], capsys)[0] == 0
+    assert (out / "splits.csv").read_bytes() != before[0]
+
+
 # ---------------------------------------------------------------- the algorithm
 
 def test_assign_groups_hand_example():
