@@ -3,7 +3,8 @@
 HELP = "predict a split with a run's best.pt; writes predictions_<split>.json (and predictions_val.json)"
 DESCRIPTION = (
     "Load results/NAME/best.pt safely (torch.load(weights_only=True)) and write "
-    "predictions_<split>.json (medclf.predictions/1). Testing on `test` also writes "
+    "predictions_<split>.json (medclf.predictions/1) for the run's own split (the copy of splits.csv "
+    "that `medclf train` keeps in the run folder). Testing on `test` also writes "
     "predictions_val.json, for choosing thresholds on validation."
 )
 
