@@ -268,7 +268,14 @@ RUN_COPIES = ("splits.csv", "partition.json")  # names of the copies in a run fo
 _SEEN_BY_RUN = {"test": ("train", "val"), "val": ("train",), "train": ()}
 
 
-def _copy_atomically(source, target):
+def _keep_or_copy(source, target, digest, trained):
+    """Copy `source` to `target` atomically unless an identical copy is there; a run with
+    checkpoints never gets its copy replaced by a different file."""
+    if target.is_file() and (target.resolve() == source.resolve() or sha256_file(target) == digest):
+        return
+    if target.is_file() and trained:
+        raise MedclfError(f"{source}: differs from {target}, the copy this run was trained on; a run resumes on "
+                          f"its own split: restore {source} (cp {target} {source}) or start a new --run-name")
     with atomic_path(target) as tmp:
         shutil.copyfile(source, tmp)
 
@@ -285,20 +292,11 @@ def bind_splits_to_run(table, run_dir):
     if not trained and table.dialect == "medclf" and len(table.files) == 1:
         (run_dir / RUN_COPIES[1]).unlink(missing_ok=True)  # a stale copy from an earlier, untrained attempt
     records = []
-    for source in table.files:
-        source = Path(source)
+    for source in map(Path, table.files):
         digest = sha256_file(source)
         copy = names.get(source)
-        target = run_dir / copy if copy else None
-        if target is not None and not (target.is_file() and target.resolve() == source.resolve()):
-            if target.is_file() and sha256_file(target) != digest:
-                if trained:
-                    raise MedclfError(
-                        f"{source}: differs from {target}, the copy this run was trained on; a run resumes on "
-                        f"its own split: restore {source} (cp {target} {source}) or start a new --run-name")
-                _copy_atomically(source, target)
-            elif not target.is_file():
-                _copy_atomically(source, target)
+        if copy:
+            _keep_or_copy(source, run_dir / copy, digest, trained)
         records.append({"path": str(source.resolve()), "sha256": digest, "copy": copy})
     return {"split_files": records}
 
