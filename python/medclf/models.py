@@ -29,7 +29,7 @@ def canonical_name(name):
     name = ALIASES.get(str(name), str(name))
     known = classification_models()
     if name not in known:
-        close = difflib.get_close_matches(name, known + sorted(ALIASES), n=3, cutoff=0.6)
+        close = difflib.get_close_matches(name.lower(), known + sorted(ALIASES), n=3, cutoff=0.6)  # names are lower case
         hint = f"did you mean {' or '.join(close)}? " if close else ""
         raise MedclfError(
             f"--arch {name}: not a torchvision classification model; {hint}use one of "
