@@ -30,11 +30,11 @@ def canonical_name(name):
     known = classification_models()
     if name not in known:
         close = difflib.get_close_matches(name.lower(), known + sorted(ALIASES), n=3, cutoff=0.6)  # names are lower case
-        hint = f"did you mean {' or '.join(close)}? " if close else ""
-        raise MedclfError(
-            f"--arch {name}: not a torchvision classification model; {hint}use one of "
-            f"{', '.join(known)} (or the aliases {', '.join(sorted(ALIASES))})"
-        )
+        if close:  # the suggestions alone keep the line short
+            fix = f"did you mean {' or '.join(close)}? (every name: torchvision.models.list_models())"
+        else:
+            fix = f"use one of {', '.join(known)} (or the aliases {', '.join(sorted(ALIASES))})"
+        raise MedclfError(f"--arch {name}: not a torchvision classification model; {fix}")
     return name
 
 
