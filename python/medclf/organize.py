@@ -203,9 +203,16 @@ def _files_present(out, relative_files):
     return present
 
 
-def files_to_replace(out, present, manifest, splits_sha, replace):
+def _same_organize(manifest, splits_sha, layout):
+    """The manifest was written by organizing these splits in this layout (a rerun)."""
+    return manifest is not None and splits_sha in manifest.get("splits_sha256", []) \
+        and manifest.get("layout") == layout
+
+
+def files_to_replace(out, present, manifest, splits_sha, layout, replace):
     """Check the target folder; return the files (relative to OUT) that --replace deletes first.
-    Refuses files organize did not write, and files of another splits without --replace."""
+    Refuses files organize did not write, and files of other splits (or another layout) without
+    --replace. `present`: files under the folders organize writes to, and those of the manifest."""
     ours = set(manifest["files"]) if manifest else set()
     foreign = sorted(present - ours)
     if foreign:
@@ -213,9 +220,9 @@ def files_to_replace(out, present, manifest, splits_sha, replace):
             f"{out}: holds {len(foreign)} file(s) that medclf organize did not write there "
             f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}); nothing was changed. "
             "Move them away or choose an empty --out (they would end up beside the new split)")
-    if manifest is None or splits_sha in manifest.get("splits_sha256", []) or not present:
+    if manifest is None or _same_organize(manifest, splits_sha, layout) or not present:
         return []  # an empty target, or a rerun of the same splits
-    earlier = manifest.get("splits", "another splits file")
+    earlier = f"{manifest.get('splits', 'another splits file')}, layout {manifest.get('layout')}"
     if not replace:
         raise MedclfError(
             f"{out}: organized earlier from other splits ({earlier}); nothing was changed. Use --replace to "
@@ -310,7 +317,10 @@ def organize(splits, out, mode="link", layout="imagefolder", data_root=None, qui
     files = _outputs_written(planned, layout, target_csv is not None and mode != "move")
     splits_sha = sha256_file(table.source)
     manifest = read_manifest(out)
-    removed = files_to_replace(out, _files_present(out, files), manifest, splits_sha, replace)
+    present = _files_present(out, files)
+    if manifest is not None:
+        present |= {f for f in manifest["files"] if (out / f).exists() or (out / f).is_symlink()}
+    removed = files_to_replace(out, present, manifest, splits_sha, layout, replace)
     problems = find_collisions(planned, mode, removed={out / r for r in removed})
     if problems:
         listing = "\n  ".join(problems)
@@ -320,8 +330,7 @@ def organize(splits, out, mode="link", layout="imagefolder", data_root=None, qui
             "or choose an empty --out folder"
         )
     _delete_earlier_outputs(out, removed)
-    rerun = manifest is not None and splits_sha in manifest.get("splits_sha256", [])
-    shas = sorted(set(manifest["splits_sha256"])) if rerun else [splits_sha]
+    shas = sorted(set(manifest["splits_sha256"])) if _same_organize(manifest, splits_sha, layout) else [splits_sha]
     _write_manifest(out, table.source, shas, layout, mode, files, complete=False)
     done, notes = place_files(planned, mode, quiet)
     if layout == "seed002":

@@ -219,6 +219,21 @@ def test_a_second_split_into_the_same_folder_is_refused_and_replace_leaves_no_st
     assert _md5s(_files(data)) == _md5s(_files(out / "train") + _files(out / "val") + _files(out / "test"))
 
 
+def test_another_layout_of_the_same_splits_is_not_taken_for_a_rerun(tmp_path):
+    data = _dataset(tmp_path / "d", {"no": 6, "yes": 6})
+    for path in (data / "yes").iterdir():
+        path.rename(path.with_name("Y" + path.name))  # seed002 flattens the classes: names must differ
+    part = tmp_path / "part"
+    partition(PartitionOptions(out=part, data_root=data, val=0.2, test=0.2, quiet=True))
+    out = tmp_path / "out"
+    organize(part, out, mode="link", layout="seed002", quiet=True)
+    with pytest.raises(MedclfError, match=r"organized earlier from other splits \(.*layout seed002\)"):
+        organize(part, out, mode="link", layout="imagefolder", quiet=True)
+    organize(part, out, mode="link", layout="imagefolder", quiet=True, replace=True)
+    assert not (out / "bin").exists() and not (out / "csv").exists()
+    assert len(_split_of_images(out)) == 12
+
+
 def test_replace_never_deletes_images_moved_there(small, tmp_path):
     data, part = small
     shutil.copytree(data, tmp_path / "copy")
