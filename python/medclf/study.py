@@ -18,8 +18,11 @@ Each stage section becomes the argv of that stage's command (keys are the comman
 without the leading dashes; `true` becomes a bare flag, `false` the `--no-` form or nothing; a
 mapping becomes `k=v,k=v`; a list becomes `a,b` or separate values for multi-value flags) and
 runs through `medclf.cli.main`, so the stages' own parsers validate every option, and a study
-can use any option a stage has without this module knowing it. All argv are built and parsed
-before the first stage runs, so a typo fails at once, not after an hour of training.
+can use any option a stage has without this module knowing it. All argv are built, parsed and
+checked before the first stage runs (each stage's own `validate(args)`, e.g. train's architecture
+and weights names, and every class name against the study's classes), so a typo fails at once,
+not after an hour of training. Then what happens to every stage (skip, run, resume, or refuse) is
+decided before the first file is written: a refused invocation changes nothing on disk.
 
 Paths: `${VAR}`, `${VAR:-default}` (default when VAR is unset or empty) and `${VAR-default}`
 (default when unset) are expanded in every string value; relative paths in a study file, like
@@ -383,13 +386,13 @@ def build_plan(study, study_file, data_root=None, out_root="results", parsers=No
                               "installation does not have; update medclf or remove the stage")
         return parsers[stage]
 
+    calls = [_partition_call(study, source, data, out_dir, parser_for)]
     runs = _runs(study, source)
     if study.get("runs"):
         # Check the shared train: section alone first, so its mistakes are reported as train:, not runs[0].
         shared = ["train"] + options_to_argv(_section(study, "train", source), parser_for("train"), "train",
                                              f"{source}: train")
         _check_call(StageCall("train", None, shared, f"{source}: train"), parsers["train"], validators)
-    calls = [_partition_call(study, source, data, out_dir, parser_for)]
     calls += _run_calls(study, source, runs, out_dir, parser_for)
     calls += _compare_calls(study, source, runs, out_dir, parser_for)
     for call in calls:
@@ -658,7 +661,8 @@ def decide_calls(plan, selected, previous, force):
                     f"({_argv_difference(made_with['argv'], call.argv)}); nothing was changed. Rerun it with "
                     f"--force --stages {call.stage}, or give the study another name")
             inputs = fingerprint(call.inputs)
-            if not (made_with and made_with.get("inputs") not in (None, inputs)):
+            inputs_changed = bool(made_with) and made_with.get("inputs") not in (None, inputs)
+            if not inputs_changed:
                 decisions.append(Decision("skip", made_with=made_with or {"argv": call.argv, "inputs": inputs}))
                 continue
             changed = sorted(k for k in inputs if made_with["inputs"].get(k) != inputs[k])
