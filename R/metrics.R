@@ -21,10 +21,19 @@
 #   Everitt (1969); interval kappa +/- z * SE, clipped to [-1, 1]. p_e = 1: NA + note.
 
 MC_CONF_LEVEL <- 0.95
+# An interval narrower than this is reported as zero-width (its variance is 0), with the reason.
+MC_ZERO_WIDTH <- 1e-12
 
+mc_zero_width <- function(lower, upper) {
+  length(lower) == 1 && length(upper) == 1 && !is.na(lower) && !is.na(upper) && upper - lower < MC_ZERO_WIDTH
+}
+
+# A metric value. A zero-width interval always carries a note: the metric functions give the
+# specific reason; this generic one is the safety net for any other.
 mc_value <- function(estimate, lower = NA_real_, upper = NA_real_, method, note = NULL) {
   out <- list(estimate = as.numeric(estimate), lower = as.numeric(lower),
               upper = as.numeric(upper), method = method)
+  if (is.null(note) && mc_zero_width(out$lower, out$upper)) note <- "interval has zero width"
   if (!is.null(note)) out$note <- note
   out
 }
@@ -89,7 +98,11 @@ mc_auc <- function(is_positive, scores) {
   if (n_pos < 2 || n_neg < 2)
     return(mc_value(est, NA, NA, method, note = "fewer than 2 cases in a class; DeLong interval undefined"))
   ci <- suppressWarnings(as.numeric(pROC::ci.auc(r, method = "delong", conf.level = MC_CONF_LEVEL)))
-  note <- if (est == 1 || est == 0) "perfect separation: DeLong variance is 0, interval degenerate" else NULL
+  note <- if (est == 1 || est == 0) "perfect separation: DeLong variance is 0, interval degenerate"
+          else if (mc_zero_width(ci[1], ci[3]))
+            paste0(if (length(unique(scores)) == 1) "constant scores" else "every positive-negative pair ties alike",
+                   ": DeLong variance is 0, interval has zero width")
+          else NULL
   mc_value(est, ci[1], ci[3], method, note = note)
 }
 
@@ -134,7 +147,17 @@ mc_kappa <- function(counts) {
   variance <- max(0, (a + b - (kappa - pe * (1 - kappa))^2) / (n * (1 - pe)^2))
   z <- stats::qnorm(1 - (1 - MC_CONF_LEVEL) / 2)
   se <- sqrt(variance)
-  mc_value(kappa, max(-1, kappa - z * se), min(1, kappa + z * se), method)
+  lower <- max(-1, kappa - z * se); upper <- min(1, kappa + z * se)
+  note <- if (mc_zero_width(lower, upper)) paste0(mc_kappa_zero_width_reason(counts, po),
+                                                  ": kappa variance is 0, interval has zero width") else NULL
+  mc_value(kappa, lower, upper, method, note = note)
+}
+
+mc_kappa_zero_width_reason <- function(counts, po) {
+  if (sum(rowSums(counts) > 0) == 1) return("a single class in the truth")
+  if (sum(colSums(counts) > 0) == 1) return("a single class in the decisions")
+  if (po == 1) return("perfect agreement")
+  "degenerate table"
 }
 
 # Parse "youden", "sensitivity:0.95", "specificity:0.9".

@@ -8,6 +8,7 @@ import pytest
 
 from medclf import cli
 from medclf import compare as C
+from medclf import r_bridge
 from medclf.errors import MedclfError
 
 from test_metrics_parity import assert_same, binary_probs, normalise_rows, write_predictions
@@ -65,10 +66,10 @@ def test_r_and_python_agree_on_every_number(runs, multi_runs):
                 "grouped": _request(multi_runs, group={"name": "malignant", "classes": ["mel", "bcc", "akiec"]})}
     for what, request in requests.items():
         python = json.loads(json.dumps(C.python_compare(request)))
-        assert_same(C.rscript_compare(request), python, f"{what} (Rscript vs Python)")
+        assert_same(r_bridge.run_rscript(C.COMPARE_TASK, request), python, f"{what} (Rscript vs Python)")
         try:
-            assert_same(C.rpy2_compare(request), python, f"{what} (rpy2 vs Python)")
-        except C.R.EngineUnavailable:
+            assert_same(r_bridge.run_rpy2(C.COMPARE_TASK, request), python, f"{what} (rpy2 vs Python)")
+        except r_bridge.EngineUnavailable:
             pass
 
 

@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
+from medclf import r_bridge
 from medclf import report as R
 
 TOL = 1e-9
@@ -138,18 +139,18 @@ def _python(request):
 @pytest.mark.skipif(shutil.which("Rscript") is None, reason="Rscript not installed")
 def test_rscript_matches_python_on_every_number(cases):
     for name, request in cases.items():
-        assert_same(R.rscript_report(request), _python(request), f"{name} (Rscript vs Python)")
+        assert_same(r_bridge.run_rscript(R.REPORT_TASK, request), _python(request), f"{name} (Rscript vs Python)")
 
 
 def test_rpy2_matches_python_on_every_number(cases):
     pytest.importorskip("rpy2.robjects")
     try:
-        first = R.rpy2_report(cases["binary"])
-    except R.EngineUnavailable as exc:
+        first = r_bridge.run_rpy2(R.REPORT_TASK, cases["binary"])
+    except r_bridge.EngineUnavailable as exc:
         pytest.skip(f"rpy2 cannot run R here: {exc}")
     assert first["engine"]["name"] == "R"
     for name, request in cases.items():
-        assert_same(R.rpy2_report(request), _python(request), f"{name} (rpy2 vs Python)")
+        assert_same(r_bridge.run_rpy2(R.REPORT_TASK, request), _python(request), f"{name} (rpy2 vs Python)")
 
 
 def test_edge_case_conventions_are_reported_not_raised(cases):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from medclf import cli
+from medclf import r_bridge
 from medclf import report as R
 from medclf.errors import MedclfError
 
@@ -45,21 +46,22 @@ def test_report_writes_results_markdown_and_plots(binary_run):
     assert result["threshold_selection"]["sensitivity"] >= 0.9
     cm = result["confusion_matrix"]
     assert cm["tp"] + cm["fn"] == result["n_positive"] and cm["tn"] + cm["fp"] == result["n_negative"]
-    for name in ("roc.png", "pr.png", "pr_zoom.png", "confusion.png", "calibration.png"):
+    for name in ("roc_test.png", "pr_test.png", "pr_zoom_test.png", "confusion_test.png", "calibration_test.png"):
         assert (binary_run / name).stat().st_size > 1000
     md = out["report"].read_text()
     assert "| sensitivity |" in md and "DeLong" in md and "resnet18" in md and "precision_at_recall | 0.999" in md
 
 
-def test_auto_falls_back_to_rscript_then_python(binary_run, monkeypatch):
-    def unavailable(request):
-        raise R.EngineUnavailable("simulated: no embedded R")
+def _unavailable(task, request):
+    raise r_bridge.EngineUnavailable("simulated: no embedded R")
 
-    monkeypatch.setattr(R, "rpy2_report", unavailable)
+
+def test_auto_falls_back_to_rscript_then_python(binary_run, monkeypatch):
+    monkeypatch.setattr(r_bridge, "run_rpy2", _unavailable)
     with pytest.warns(UserWarning, match="rpy2 unavailable"):
         result, notes = R.run_engine(R.build_request(binary_run / "predictions_test.json"))
     assert result["engine"]["name"] == "R" and "rpy2 unavailable" in notes[0]
-    monkeypatch.setattr(R, "rscript_report", unavailable)
+    monkeypatch.setattr(r_bridge, "run_rscript", _unavailable)
     with pytest.warns(UserWarning):
         result, notes = R.run_engine(R.build_request(binary_run / "predictions_test.json"))
     assert result["engine"]["name"] == "python" and len(notes) == 2
@@ -69,7 +71,7 @@ def test_auto_falls_back_to_rscript_then_python(binary_run, monkeypatch):
 
 def test_rscript_missing_falls_back_to_python(binary_run, monkeypatch):
     monkeypatch.setattr(shutil, "which", lambda name: None)
-    monkeypatch.setattr(R, "rpy2_report", lambda request: (_ for _ in ()).throw(R.EngineUnavailable("no rpy2")))
+    monkeypatch.setattr(r_bridge, "run_rpy2", _unavailable)
     with pytest.warns(UserWarning):
         out = R.report_run(binary_run, engine="auto", plots=False)
     assert out["result"]["engine"]["name"] == "python"
@@ -131,9 +133,9 @@ def test_probability_above_one_and_unknown_positive_named(binary_run, capsys):
 
 def test_r_directory_override(monkeypatch, tmp_path):
     monkeypatch.setenv("MEDCLF_R_DIR", str(tmp_path))
-    assert R.r_dir() == tmp_path
+    assert r_bridge.r_dir() == tmp_path
     monkeypatch.delenv("MEDCLF_R_DIR")
-    assert (R.r_dir() / "report.R").is_file()
+    assert (r_bridge.r_dir() / "report.R").is_file()
 
 
 def test_an_r_error_inside_rpy2_is_an_unavailable_engine(binary_run, monkeypatch, tmp_path):
@@ -142,9 +144,6 @@ def test_an_r_error_inside_rpy2_is_an_unavailable_engine(binary_run, monkeypatch
     broken.mkdir()
     (broken / "report.R").write_text('medclf_report_json <- function(request_json) stop("simulated R failure")\n')
     monkeypatch.setenv("MEDCLF_R_DIR", str(broken))
-    monkeypatch.setattr(R, "_RPY2_STATE", {})
-    try:
-        with pytest.raises(R.EngineUnavailable, match="simulated R failure"):
-            R.rpy2_report(R.build_request(binary_run / "predictions_test.json"))
-    finally:
-        R._RPY2_STATE.clear()
+    monkeypatch.setattr(r_bridge, "_RPY2_FUNCTIONS", {})
+    with pytest.raises(r_bridge.EngineUnavailable, match="simulated R failure"):
+        r_bridge.run_rpy2(R.REPORT_TASK, R.build_request(binary_run / "predictions_test.json"))
