@@ -140,6 +140,11 @@ mc_kappa <- function(counts) {
   if (pe == 1) return(mc_value(NA, NA, NA, method,
                                 note = "0/0: chance agreement is 1 (truth and decisions each one class); kappa undefined"))
   kappa <- (po - pe) / (1 - pe)
+  degenerate <- mc_kappa_degenerate(counts, po)
+  # kappa is constant on every table of this support: its variance is exactly 0 (the formula
+  # below would leave rounding noise, an interval about 1e-8 wide).
+  if (!is.null(degenerate))
+    return(mc_value(kappa, kappa, kappa, method, note = paste0(degenerate, ": kappa variance is 0, interval has zero width")))
   a <- sum(diag(p) * (1 - (rows + cols) * (1 - kappa))^2)
   off <- p; diag(off) <- 0
   # outer(cols, rows, "+")[i, j] = p_.i + p_j., the weight of cell p_ij in the FCE formula.
@@ -147,17 +152,16 @@ mc_kappa <- function(counts) {
   variance <- max(0, (a + b - (kappa - pe * (1 - kappa))^2) / (n * (1 - pe)^2))
   z <- stats::qnorm(1 - (1 - MC_CONF_LEVEL) / 2)
   se <- sqrt(variance)
-  lower <- max(-1, kappa - z * se); upper <- min(1, kappa + z * se)
-  note <- if (mc_zero_width(lower, upper)) paste0(mc_kappa_zero_width_reason(counts, po),
-                                                  ": kappa variance is 0, interval has zero width") else NULL
-  mc_value(kappa, lower, upper, method, note = note)
+  mc_value(kappa, max(-1, kappa - z * se), min(1, kappa + z * se), method)
 }
 
-mc_kappa_zero_width_reason <- function(counts, po) {
+# Why kappa's variance is exactly 0 (kappa = 0 with one class in the truth or the decisions,
+# kappa = 1 with perfect agreement), or NULL.
+mc_kappa_degenerate <- function(counts, po) {
   if (sum(rowSums(counts) > 0) == 1) return("a single class in the truth")
   if (sum(colSums(counts) > 0) == 1) return("a single class in the decisions")
   if (po == 1) return("perfect agreement")
-  "degenerate table"
+  NULL
 }
 
 # Parse "youden", "sensitivity:0.95", "specificity:0.9".

@@ -231,27 +231,28 @@ def kappa(counts):
         return value(None, None, None, METHOD_KAPPA,
                      "0/0: chance agreement is 1 (truth and decisions each one class); kappa undefined")
     k = (po - pe) / (1 - pe)
+    z = norm.ppf(1 - (1 - CONF_LEVEL) / 2)
+    degenerate = _kappa_degenerate(counts, po)
+    if degenerate:  # kappa is constant on every table of this support: its variance is exactly 0
+        return value(k, k, k, METHOD_KAPPA, f"{degenerate}: kappa variance is 0, interval has zero width")
     a = np.sum(np.diag(p) * (1 - (rows + cols) * (1 - k)) ** 2)
     off = p.copy()
     np.fill_diagonal(off, 0)
     # cols[i] + rows[j] = p_.i + p_j., the weight of cell p_ij in the FCE formula.
     b = (1 - k) ** 2 * np.sum(off * (cols[:, None] + rows[None, :]) ** 2)
     variance = max(0.0, (a + b - (k - pe * (1 - k)) ** 2) / (n * (1 - pe) ** 2))
-    z = norm.ppf(1 - (1 - CONF_LEVEL) / 2)
     se = np.sqrt(variance)
-    lower, upper = max(-1.0, k - z * se), min(1.0, k + z * se)
-    note = None
-    if zero_width(lower, upper):
-        note = f"{_kappa_zero_width_reason(counts, po)}: kappa variance is 0, interval has zero width"
-    return value(k, lower, upper, METHOD_KAPPA, note)
+    return value(k, max(-1.0, k - z * se), min(1.0, k + z * se), METHOD_KAPPA)
 
 
-def _kappa_zero_width_reason(counts, po):
+def _kappa_degenerate(counts, po):
+    """Why kappa's variance is exactly 0 (kappa = 0 with one class in the truth or the decisions,
+    kappa = 1 with perfect agreement), or None; the formula would leave rounding noise (~1e-8 wide)."""
     if np.count_nonzero(counts.sum(axis=1) > 0) == 1:
         return "a single class in the truth"
     if np.count_nonzero(counts.sum(axis=0) > 0) == 1:
         return "a single class in the decisions"
-    return "perfect agreement" if po == 1 else "degenerate table"
+    return "perfect agreement" if po == 1 else None
 
 
 def parse_rule(rule):

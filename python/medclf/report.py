@@ -452,6 +452,10 @@ def _partition_rows(run_dir, config):
     return rows
 
 
+def _known(x):
+    return "not recorded" if x is None else x
+
+
 def provenance_rows(result, run_dir=None):
     """(what, value) rows: model, checkpoint, splits, data, partition, threshold, engine."""
     model = result.get("model") or {}
@@ -460,16 +464,17 @@ def provenance_rows(result, run_dir=None):
     args = config.get("arguments") or {}
     rows = []
     if config or model:
-        rows.append(("model", f"{config.get('architecture') or model.get('architecture')}, weights "
-                              f"{config.get('weights', 'not recorded')}; image size {args.get('img_size')}, "
-                              f"at most {args.get('epochs')} epochs, seed {config.get('seed')}"))
+        rows.append(("model", f"{_known(config.get('architecture') or model.get('architecture'))}, weights "
+                              f"{_known(config.get('weights'))}; image size {_known(args.get('img_size'))}, "
+                              f"at most {_known(args.get('epochs'))} epochs, seed {_known(config.get('seed'))}"))
     if model.get("checkpoint"):
-        rows.append(("checkpoint", f"{model['checkpoint']}, epoch {model.get('epoch')}"))
+        rows.append(("checkpoint", f"{model['checkpoint']}, epoch {_known(model.get('epoch'))}"))
     if config:
-        rows += [("splits file", f"{config.get('splits_file')} ({_pairs(config.get('counts'))} images)"),
-                 ("data", str(config.get("data_root")))]
+        counts = f" ({_pairs(config['counts'])} images)" if config.get("counts") else ""
+        rows += [("splits file", f"{_known(config.get('splits_file'))}{counts}"),
+                 ("data", str(_known(config.get("data_root"))))]
         rows += _partition_rows(Path(run_dir), config)
-        rows.append(("code", f"git commit {config.get('git_commit')}, trained {config.get('created')}"))
+        rows.append(("code", f"git commit {_known(config.get('git_commit'))}, trained {_known(config.get('created'))}"))
     else:
         rows.append(("run", "no config.json beside the predictions: scored without training provenance"))
     rows += [("predictions", f"{result.get('predictions')} ({result.get('input_format')})"),
