@@ -21,6 +21,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from medclf import schemas
 from medclf.errors import MedclfError
 from medclf.fileio import write_json, write_text
 from medclf.splits import REQUIRED_COLUMNS, SPLITS, read_splits, write_splits_csv
@@ -173,7 +174,7 @@ def organize(splits, out, mode="link", layout="imagefolder", data_root=None, qui
             wrote_splits = None  # never repoint the input splits.csv at copies or links
         else:
             info = dict(table.info)
-            info.setdefault("schema", "medclf.partition/1")
+            info.setdefault("schema", schemas.PARTITION)
             info["organized"] = {"layout": layout, "mode": mode,
                                  "from_data_root": str(Path(table.data_root).resolve())}
             info["data_root"] = str(out.resolve())

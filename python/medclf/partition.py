@@ -27,7 +27,7 @@ from medclf.fileio import sha256_file, write_json
 from medclf.imageio import IMAGE_EXTENSIONS, is_image_name, read_image
 from medclf.splits import REQUIRED_COLUMNS, SPLITS, write_splits_csv
 
-SCHEMA = "medclf.partition/1"
+from medclf.schemas import PARTITION as SCHEMA
 _IGNORED_NAMES = {"thumbs.db", "desktop.ini"}
 
 

@@ -54,8 +54,10 @@ import yaml
 from medclf import __version__
 from medclf.errors import MedclfError
 from medclf.fileio import read_json, sha256_file, write_json, write_text
+from medclf.formatting import estimate_with_interval as format_interval, p_value
+from medclf.report import output_names
 
-SCHEMA = "medclf.study/1"
+from medclf.schemas import STUDY as SCHEMA
 STAGES = ("partition", "train", "test", "report", "compare")
 TOP_LEVEL_KEYS = ("name", "description", "data", "partition", "train", "runs", "test", "report", "compare")
 DATA_KEYS = ("root", "metadata", "image-dir")
@@ -401,6 +403,7 @@ def build_plan(study, study_file, data_root=None, out_root="results", parsers=No
     report_options = _section(study, "report", source)
     split = str((test_options or {}).get("split") or "test")
     report_split = str((report_options or {}).get("split") or split)
+    report_outputs = output_names(report_split, (report_options or {}).get("tag"))
     for run_name, options, where in runs:
         run_dir = out_dir / run_name
         argv = ["train", "--splits", str(partition_dir / "splits.csv"), "--out", str(out_dir), "--run-name", run_name]
@@ -421,7 +424,7 @@ def build_plan(study, study_file, data_root=None, out_root="results", parsers=No
             argv = ["report", "--run", str(run_dir)]
             argv += options_to_argv(report_options, parser_for("report"), "report", f"{source}: report")
             calls.append(StageCall("report", run_name, argv, f"{source}: report",
-                                   outputs=[run_dir / f"results_{report_split}.json", run_dir / "report.md"],
+                                   outputs=[run_dir / report_outputs[k] for k in ("results", "report")],
                                    inputs=[run_dir / f"predictions_{report_split}.json",
                                            run_dir / "predictions_val.json"]))
 
@@ -735,20 +738,6 @@ def _lookup(results, path):
     return value
 
 
-def format_interval(metric):
-    """'0.912 (0.851 to 0.958)' from {"estimate", "lower", "upper"}; a bare number as is; '-' if absent."""
-    if metric is None:
-        return "-"
-    if isinstance(metric, (int, float)) and not isinstance(metric, bool):
-        return f"{metric:.3f}"
-    if not isinstance(metric, dict) or metric.get("estimate") is None:
-        return "NA"
-    text = f"{metric['estimate']:.3f}"
-    if metric.get("lower") is not None and metric.get("upper") is not None:
-        text += f" ({metric['lower']:.3f} to {metric['upper']:.3f})"
-    return text
-
-
 def training_summary(run_dir):
     """(epochs trained, best epoch, training seconds) from a run's history.csv, or None."""
     import csv
@@ -801,11 +790,7 @@ def summary_table(plan):
                   "| a | b | class | AUC difference a - b (95% CI) | p | p (Holm) |", "|---|---|---|---|---|---|"]
         for pair in comparison.get("pairwise", []):
             lines.append(f"| {pair.get('a')} | {pair.get('b')} | {pair.get('positive_class', '')} | "
-                         f"{format_interval(pair.get('difference'))} | {_p(pair.get('p_value'))} | "
-                         f"{_p(pair.get('p_holm'))} |")
+                         f"{format_interval(pair.get('difference'))} | {p_value(pair.get('p_value'))} | "
+                         f"{p_value(pair.get('p_holm'))} |")
         lines += ["", f"Details: {plan.out_dir / 'compare' / 'compare.md'}"]
     return "\n".join(lines) + "\n"
-
-
-def _p(value):
-    return "NA" if value is None else f"{value:.4f}"

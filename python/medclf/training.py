@@ -28,14 +28,14 @@ import numpy as np
 import torch
 
 from medclf import data as data_mod
-from medclf import imbalance, models, transforms
+from medclf import imbalance, models, schemas, transforms
 from medclf.early_stopping import MONITOR_MODES, EarlyStopping
 from medclf.engine import evaluate, train_one_epoch
 from medclf.errors import MedclfError
 from medclf.fileio import atomic_path, read_json, write_json, write_text
 from medclf.splits import read_splits
 
-CONFIG_SCHEMA = "medclf.run-config/1"
+CONFIG_SCHEMA = schemas.RUN_CONFIG
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_accuracy", "train_auc", "train_balanced_accuracy",
                    "val_loss", "val_accuracy", "val_auc", "val_balanced_accuracy", "lr", "seconds", "best"]
 
@@ -442,11 +442,11 @@ def _run_training(config):
             history.append(row)
             if improved:
                 save_checkpoint(run_dir / "best.pt", {
-                    "schema": "medclf.checkpoint/1", "state_dict": model.state_dict(), "epoch": epoch,
+                    "schema": schemas.CHECKPOINT, "state_dict": model.state_dict(), "epoch": epoch,
                     "architecture": model_info["architecture"], "classes": classes,
                     "n_outputs": config_record["n_outputs"], "monitor": cfg["monitor"], "value": float(monitored)})
             save_checkpoint(run_dir / "last.pt", {
-                "schema": "medclf.checkpoint/1", "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "schema": schemas.CHECKPOINT, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict() if scheduler is not None else None,
                 "scaler": scaler.state_dict() if scaler is not None else None,
                 "early_stopping": stopper.state_dict(), "rng": _rng_state(generator), "epoch": epoch,
