@@ -2,7 +2,7 @@
 
 The numbers come from `medclf_compare_json` in R/compare_models.R (rpy2, else an `Rscript
 --vanilla R/compare_models.R` subprocess), else from the pure-Python mirror below (engine
-"python"), which agrees with R to 1e-9 (tests/test_compare.py); medclf.r_bridge does the fallback.
+"python"), which agrees with R to 1e-9 (python/tests/test_compare.py); medclf.r_bridge does the fallback.
 Runs are labelled by the shortest path suffixes that tell them apart; a run given twice (however
 spelled) is refused. Writes compare.json (medclf.comparison/1) and compare.md (one row per run,
 one row per pair) to --out.

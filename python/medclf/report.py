@@ -466,7 +466,8 @@ def provenance_rows(result, run_dir=None):
     if config or model:
         rows.append(("model", f"{_known(config.get('architecture') or model.get('architecture'))}, weights "
                               f"{_known(config.get('weights'))}; image size {_known(args.get('img_size'))}, "
-                              f"at most {_known(args.get('epochs'))} epochs, seed {_known(config.get('seed'))}"))
+                              f"at most {_known(args.get('epochs'))} epoch{'' if args.get('epochs') == 1 else 's'}, "
+                              f"seed {_known(config.get('seed'))}"))
     if model.get("checkpoint"):
         rows.append(("checkpoint", f"{model['checkpoint']}, epoch {_known(model.get('epoch'))}"))
     if config:
@@ -560,27 +561,8 @@ def _binary_curves(y, s):
     return fpr, tpr, recall, precision
 
 
-def write_plots(result, data, out_dir, names=None):
-    """The ROC, PR, PR zoom (binary), confusion and calibration plots under `names` (plot -> file name,
-    default output_names(result's split)); returns the paths written."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from medclf.fileio import atomic_path
-
-    out_dir = Path(out_dir)
-    names = names or output_names(result.get("split") or "test")
-    written = []
-
-    def save(fig, plot):
-        path = out_dir / names[plot]
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-        plt.close(fig)
-        written.append(path)
-
+def _plot_series(result, data):
+    """(name, truth, score, metrics) per curve: the positive side of a binary report, or each class."""
     if result["task"] == "binary":
         frame = {"members": (result["grouping"] or {}).get("classes") or [result["positive_class"]]}
         view = binary_view(data, frame)
@@ -588,8 +570,10 @@ def write_plots(result, data, out_dir, names=None):
     else:
         series = [(c, data["labels"] == k, data["probabilities"][:, k], result["per_class"][c]["metrics"])
                   for k, c in enumerate(data["classes"])]
-    series = [t for t in series if t[1].any() and (~t[1]).any()]
+    return [t for t in series if t[1].any() and (~t[1]).any()]
 
+
+def _plot_roc_pr(plt, result, series, save):
     fig, ax = plt.subplots(figsize=(5, 5))
     for name, y, s, m in series:
         fpr, tpr, _, _ = _binary_curves(y, s)
@@ -625,6 +609,8 @@ def write_plots(result, data, out_dir, names=None):
         ax.legend(fontsize=7, loc="lower left")
         save(fig, "pr_zoom")
 
+
+def _plot_confusion(plt, result, save):
     cm = result["confusion_matrix"]
     if result["task"] == "binary":
         labels = [result["negative_class"], result["positive_class"]]
@@ -642,6 +628,8 @@ def write_plots(result, data, out_dir, names=None):
     ax.set(xlabel="decision", ylabel="truth", title="Confusion matrix")
     save(fig, "confusion")
 
+
+def _plot_calibration(plt, result, data, series, save):
     fig, ax = plt.subplots(figsize=(5, 5))
     bins = np.linspace(0, 1, 11)
     if result["task"] == "binary":
@@ -664,6 +652,33 @@ def write_plots(result, data, out_dir, names=None):
     ax.set(xlabel=f"mean predicted {what}", ylabel="observed frequency", title="Calibration (10 bins; n per bin)",
            xlim=(-0.02, 1.02), ylim=(-0.02, 1.08))
     save(fig, "calibration")
+
+
+def write_plots(result, data, out_dir, names=None):
+    """The ROC, PR, PR zoom (binary), confusion and calibration plots under `names` (plot -> file name,
+    default output_names(result's split)); returns the paths written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from medclf.fileio import atomic_path
+
+    out_dir = Path(out_dir)
+    names = names or output_names(result.get("split") or "test")
+    written = []
+
+    def save(fig, plot):
+        path = out_dir / names[plot]
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        written.append(path)
+
+    series = _plot_series(result, data)
+    _plot_roc_pr(plt, result, series, save)
+    _plot_confusion(plt, result, save)
+    _plot_calibration(plt, result, data, series, save)
     return written
 
 

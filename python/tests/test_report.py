@@ -199,7 +199,9 @@ def test_zero_width_intervals_are_marked_with_their_reason(tmp_path, engine):
     md = out["report"].read_text()
     assert "| roc_auc | 0.500 | 0.500 to 0.500 (zero width) | DeLong (pROC, direction '<') (constant scores: " in md
     assert "| cohen_kappa | 0.000 | 0.000 to 0.000 (zero width) |" in md and "a single class in the decisions" in md
-    assert md.count("(zero width)") == 2 + 2  # kappa and AUC, and AUC of both classes in the per-class table
+    assert md.count("(zero width)") == 2  # kappa and AUC in the metrics table
+    assert md.count("0.500 (0.500 to 0.500, zero width)") == 2  # AUC of both classes in the per-class table
+    assert "- yes, roc_auc: constant scores: DeLong variance is 0, interval has zero width" in md
 
 
 @pytest.mark.parametrize("engine, route", [("python", "Python"), ("rscript", "Rscript"), ("rpy2", "rpy2")])
