@@ -1,5 +1,5 @@
 """Text of numbers in reports and tables, in one place: metric estimates with their 95% intervals
-(report.md, compare.md, the study summary, the report command's one-line summary) and p-values."""
+(report_<split>.md, compare.md, the study summary, the report command's one-line summary) and p-values."""
 
 from medclf.metrics import zero_width
 
