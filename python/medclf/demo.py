@@ -62,7 +62,7 @@ def step_test(run_dir):
 def step_report(run_dir):
     _command(["report", "--run", run_dir, "--split", "test"])
     results = json.loads((Path(run_dir) / "results_test.json").read_text(encoding="utf-8"))
-    print(f"[demo] 6. report: {run_dir / 'report.md'} (engine {results['engine']['name']})")
+    print(f"[demo] 6. report: {run_dir / 'report_test.md'} (engine {results['engine']['route']})")
     for name in ("sensitivity", "specificity", "roc_auc", "accuracy", "cohen_kappa"):
         m = results["metrics"][name]
         if m.get("estimate") is not None:

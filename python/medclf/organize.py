@@ -32,6 +32,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from medclf import schemas
 from medclf.errors import MedclfError
 from medclf.fileio import read_json, sha256_file, write_json, write_text
 from medclf.splits import REQUIRED_COLUMNS, SPLITS, read_splits, write_splits_csv
@@ -40,7 +41,6 @@ LAYOUTS = ("imagefolder", "seed002")
 MODES = ("link", "copy", "move")
 SEED002_FOLDERS = ("bin", "csv", "models", "results")
 MANIFEST_NAME = ".medclf-organize.json"
-MANIFEST_SCHEMA = "medclf.organize-manifest/1"
 
 
 @dataclass
@@ -173,9 +173,9 @@ def read_manifest(out):
     if not path.is_file():
         return None
     manifest = read_json(path)
-    if not isinstance(manifest, dict) or manifest.get("schema") != MANIFEST_SCHEMA \
+    if not isinstance(manifest, dict) or manifest.get("schema") != schemas.ORGANIZE_MANIFEST \
             or not isinstance(manifest.get("files"), list):
-        raise MedclfError(f"{path}: not a medclf organize manifest ({MANIFEST_SCHEMA}); "
+        raise MedclfError(f"{path}: not a medclf organize manifest ({schemas.ORGANIZE_MANIFEST}); "
                           "leave the file alone or choose an empty --out")
     return manifest
 
@@ -246,7 +246,7 @@ def _delete_earlier_outputs(out, relative_files):
 
 def _write_manifest(out, source_csv, splits_shas, layout, mode, files, complete):
     write_json(Path(out) / MANIFEST_NAME, {
-        "schema": MANIFEST_SCHEMA, "splits": str(Path(source_csv).resolve()), "splits_sha256": splits_shas,
+        "schema": schemas.ORGANIZE_MANIFEST, "splits": str(Path(source_csv).resolve()), "splits_sha256": splits_shas,
         "layout": layout, "mode": mode, "complete": complete, "files": files})
 
 
@@ -293,7 +293,7 @@ def write_repointed_splits(table, planned, out, layout, mode, target_csv):
     import pandas as pd
 
     info = dict(table.info)
-    info.setdefault("schema", "medclf.partition/1")
+    info.setdefault("schema", schemas.PARTITION)
     info["organized"] = {"layout": layout, "mode": mode, "from_data_root": str(Path(table.data_root).resolve())}
     info["data_root"] = str(Path(out).resolve())
     # Write partition.json first: a reader that sees the new splits.csv also sees its root.

@@ -57,8 +57,10 @@ import yaml
 from medclf import __version__
 from medclf.errors import MedclfError
 from medclf.fileio import read_json, sha256_file, write_json, write_text
+from medclf.formatting import estimate_with_interval as format_interval, p_value
+from medclf.report import output_names
 
-SCHEMA = "medclf.study/1"
+from medclf.schemas import STUDY as SCHEMA
 STAGES = ("partition", "train", "test", "report", "compare")
 TOP_LEVEL_KEYS = ("name", "description", "data", "partition", "train", "runs", "test", "report", "compare")
 DATA_KEYS = ("root", "metadata", "image-dir")
@@ -317,6 +319,7 @@ class StudyPlan:
     calls: list
     report_split: str = "test"
     description: str = ""
+    report_tag: str = None
 
 
 def _section(study, key, source):
@@ -398,7 +401,8 @@ def build_plan(study, study_file, data_root=None, out_root="results", parsers=No
     for call in calls:
         _check_call(call, parsers[call.stage], validators)
     plan = StudyPlan(name, source, out_dir, data, [r for r, _, _ in runs], calls, _report_split(study, source),
-                     str(study.get("description") or "").strip())
+                     str(study.get("description") or "").strip(),
+                     (_section(study, "report", source) or {}).get("tag"))
     check_class_names(plan)
     return plan
 
@@ -429,6 +433,7 @@ def _run_calls(study, source, runs, out_dir, parser_for):
     report_options = _section(study, "report", source)
     split = str((test_options or {}).get("split") or "test")
     report_split = _report_split(study, source)
+    report_outputs = output_names(report_split, (report_options or {}).get("tag"))
     calls = []
     for run_name, options, where in runs:
         run_dir = out_dir / run_name
@@ -450,7 +455,7 @@ def _run_calls(study, source, runs, out_dir, parser_for):
             argv = ["report", "--run", str(run_dir)]
             argv += options_to_argv(report_options, parser_for("report"), "report", f"{source}: report")
             calls.append(StageCall("report", run_name, argv, f"{source}: report",
-                                   outputs=[run_dir / f"results_{report_split}.json", run_dir / "report.md"],
+                                   outputs=[run_dir / report_outputs[k] for k in ("results", "report")],
                                    inputs=[run_dir / f"predictions_{report_split}.json",
                                            run_dir / "predictions_val.json"]))
     return calls
@@ -856,20 +861,6 @@ def _lookup(results, path):
     return value
 
 
-def format_interval(metric):
-    """'0.912 (0.851 to 0.958)' from {"estimate", "lower", "upper"}; a bare number as is; '-' if absent."""
-    if metric is None:
-        return "-"
-    if isinstance(metric, (int, float)) and not isinstance(metric, bool):
-        return f"{metric:.3f}"
-    if not isinstance(metric, dict) or metric.get("estimate") is None:
-        return "NA"
-    text = f"{metric['estimate']:.3f}"
-    if metric.get("lower") is not None and metric.get("upper") is not None:
-        text += f" ({metric['lower']:.3f} to {metric['upper']:.3f})"
-    return text
-
-
 def training_summary(run_dir):
     """(epochs trained, best epoch, training seconds) from a run's history.csv, or None."""
     import csv
@@ -889,7 +880,8 @@ def summary_table(plan):
     comparison when the study has one."""
     rows, multiclass = [], False
     for run in plan.runs:
-        path = plan.out_dir / run / f"results_{plan.report_split}.json"
+        results_name = output_names(plan.report_split, plan.report_tag)["results"]
+        path = plan.out_dir / run / results_name
         results = read_json(path) if path.is_file() else None
         if results is not None and results.get("task") == "multiclass":
             multiclass = True
@@ -900,7 +892,7 @@ def summary_table(plan):
         lines += [plan.description, ""]
     lines += [f"Data: {plan.data.get('metadata') or plan.data['root']}. Estimates with 95% intervals "
              "(Clopper-Pearson for proportions, DeLong for AUC, asymptotic for kappa) "
-             f"from each run's results_{plan.report_split}.json; epochs trained (best epoch) and "
+             f"from each run's {output_names(plan.report_split, plan.report_tag)['results']}; epochs trained (best epoch) and "
              "training time from history.csv.", ""]
     header = ["run", "n"] + [label for label, _ in columns] + ["epochs (best)", "train min"]
     lines.append("| " + " | ".join(header) + " |")
@@ -922,11 +914,7 @@ def summary_table(plan):
                   "| a | b | class | AUC difference a - b (95% CI) | p | p (Holm) |", "|---|---|---|---|---|---|"]
         for pair in comparison.get("pairwise", []):
             lines.append(f"| {pair.get('a')} | {pair.get('b')} | {pair.get('positive_class', '')} | "
-                         f"{format_interval(pair.get('difference'))} | {_p(pair.get('p_value'))} | "
-                         f"{_p(pair.get('p_holm'))} |")
+                         f"{format_interval(pair.get('difference'))} | {p_value(pair.get('p_value'))} | "
+                         f"{p_value(pair.get('p_holm'))} |")
         lines += ["", f"Details: {plan.out_dir / 'compare' / 'compare.md'}"]
     return "\n".join(lines) + "\n"
-
-
-def _p(value):
-    return "NA" if value is None else f"{value:.4f}"

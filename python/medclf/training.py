@@ -31,14 +31,14 @@ import numpy as np
 import torch
 
 from medclf import data as data_mod
-from medclf import imbalance, models, transforms
+from medclf import imbalance, models, schemas, transforms
 from medclf.early_stopping import MONITOR_MODES, EarlyStopping
 from medclf.engine import evaluate, train_one_epoch
 from medclf.errors import MedclfError
 from medclf.fileio import atomic_path, read_json, write_json, write_text
 from medclf.splits import bind_splits_to_run, read_splits
 
-CONFIG_SCHEMA = "medclf.run-config/1"
+CONFIG_SCHEMA = schemas.RUN_CONFIG
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_accuracy", "train_auc", "train_balanced_accuracy",
                    "val_loss", "val_accuracy", "val_auc", "val_balanced_accuracy", "lr", "seconds", "best"]
 
@@ -589,11 +589,11 @@ def save_epoch(trainer, row):
     model, cfg = trainer.model, trainer.cfg
     if row["best"]:
         save_checkpoint(run_dir / "best.pt", {
-            "schema": "medclf.checkpoint/1", "state_dict": model.state_dict(), "epoch": epoch,
+            "schema": schemas.CHECKPOINT, "state_dict": model.state_dict(), "epoch": epoch,
             "architecture": trainer.model_info["architecture"], "classes": trainer.data.classes,
             "n_outputs": trainer.n_outputs, "monitor": cfg["monitor"], "value": float(row[cfg["monitor"]])})
     save_checkpoint(run_dir / "last.pt", {
-        "schema": "medclf.checkpoint/1", "model": model.state_dict(), "optimizer": trainer.optimizer.state_dict(),
+        "schema": schemas.CHECKPOINT, "model": model.state_dict(), "optimizer": trainer.optimizer.state_dict(),
         "scheduler": trainer.scheduler.state_dict() if trainer.scheduler is not None else None,
         "scaler": trainer.scaler.state_dict() if trainer.scaler is not None else None,
         "early_stopping": trainer.stopper.state_dict(), "rng": _rng_state(trainer.data.generator), "epoch": epoch,

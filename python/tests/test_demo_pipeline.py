@@ -19,7 +19,7 @@ def test_demo_runs_partition_to_report(tmp_path):
 
     run = out / "resnet18"
     for name in ("config.json", "history.csv", "best.pt", "last.pt", "curves.png",
-                 "predictions_test.json", "predictions_val.json", "results_test.json", "report.md"):
+                 "predictions_test.json", "predictions_val.json", "results_test.json", "report_test.md"):
         assert (run / name).is_file(), name
 
     predictions = json.loads((run / "predictions_test.json").read_text(encoding="utf-8"))

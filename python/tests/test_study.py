@@ -107,7 +107,7 @@ class FakeStages:
                        "metrics": {"roc_auc": {"estimate": 0.9, "lower": 0.8, "upper": 0.97},
                                    "sensitivity": {"estimate": 15 / 16, "lower": 0.698, "upper": 0.998}}}
             (run_dir / f"results_{_option(argv, '--split', 'test')}.json").write_text(json.dumps(results))
-            (run_dir / "report.md").write_text("report")
+            (run_dir / f"report_{_option(argv, '--split', 'test')}.md").write_text("report")
         elif stage == "compare":
             out = Path(_option(argv, "--out"))
             out.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,7 @@ DESCRIPTION = (
     "Generate a deterministic synthetic dataset (MRI-like phantoms with and without a lesion) "
     "under OUT/data, partition it into OUT/partition, organize it into OUT/organized, train a "
     "ResNet-18 from scratch (OUT/resnet18), predict the test split and write the R report "
-    "(OUT/resnet18/report.md). About two minutes on a 2-core CPU."
+    "(OUT/resnet18/report_test.md). About two minutes on a 2-core CPU."
 )
 
 
