@@ -72,7 +72,8 @@ REPLACED_SCRIPTS = {
     "scripts/test.sh": (["bash", "scripts/setup.sh"],
                         "runs the whole test suite, this test included: only its setup step runs here"),
 }
-SHELL_OPERATORS = {"|", "||", "&", "&&", ";", ";;", "(", ")", "<", ">", ">>", "2>", "&>"}
+STATE_COMMAND = r"^((export\s+)?[A-Za-z_]\w*=|cd\s|source\s|\.\s)"  # replayed before each later command
+SHELL_OPERATORS = {"|", "||", "&", "&&", ";"}  # words between them form one simple command
 
 
 @dataclass
@@ -127,13 +128,15 @@ def _bash_accepts(script):
 
 
 def tokenize(command, where):
-    lexer = shlex.shlex(command.replace("\\\n", " "), posix=False, punctuation_chars=";&|()<>")
+    """The command's words, quotes kept (so $VARS and $(...) run as written), comment dropped."""
+    lexer = shlex.shlex(command, posix=False)
     lexer.whitespace_split = True
-    lexer.commenters = "#"
+    lexer.commenters = ""  # as in bash, only a word that starts with # starts a comment
     try:
-        return list(lexer)
+        words = list(lexer)
     except ValueError as err:
         raise DocError(f"{where}: cannot split this command into words ({err}):\n{command}") from None
+    return words[:next((i for i, w in enumerate(words) if w.startswith("#")), len(words))]
 
 
 def split_simple(tokens):
@@ -203,16 +206,25 @@ def rewrite_simple(words):
 
 
 def rewrite(command, where):
-    """The command as it runs in the test, and the notes on replaced commands."""
-    pieces, notes = [], []
-    for part in split_simple(tokenize(command, where)):
-        if isinstance(part, str):
-            pieces.append(part)
-            continue
-        words, note = rewrite_simple(part)
-        notes += [note] if note else []
-        pieces.append(" ".join(words))  # the words keep their quotes (non-POSIX split): $VARS still expand
-    return " ".join(p for p in pieces if p), notes
+    """The command as it runs in the test, and the notes on replaced commands. Line by line, so a
+    comment ends at its line; a quote that spans lines keeps the whole command as one piece."""
+    joined = command.replace("\\\n", " ")
+    try:
+        lines = [tokenize(line, where) for line in joined.splitlines()]
+    except DocError:
+        lines = [tokenize(joined, where)]
+    out, notes = [], []
+    for words in lines:
+        pieces = []
+        for part in split_simple(words):
+            if isinstance(part, str):
+                pieces.append(part)
+                continue
+            part, note = rewrite_simple(part)
+            notes += [note] if note else []
+            pieces.append(" ".join(part))  # the words keep their quotes (non-POSIX split)
+        out.append(" ".join(p for p in pieces if p))
+    return "\n".join(line for line in out if line), notes
 
 
 def check_untagged(block):
@@ -308,8 +320,8 @@ def run_block(block, repo, env, exports):
                                       text=True, timeout=COMMAND_TIMEOUT_S)
             except subprocess.TimeoutExpired as err:
                 return f"{block.doc}:{block.line}: `{rewritten}` ran past {COMMAND_TIMEOUT_S} s\n{err.stderr}"
-            if re.match(r"^(export\s+)?[A-Za-z_]\w*=", rewritten):
-                exports.append(rewritten)  # variables set by a block stay set for the doc's later commands
+            if re.match(STATE_COMMAND, rewritten):
+                exports.append(rewritten)  # variables and cd stay in effect for the doc's later commands
         print(f"[docs] {block.doc}:{block.line}: {rewritten}" + "".join(f"  ({n})" for n in notes))
         if proc.returncode != 0:
             return failure(block, command, rewritten, notes, proc)
@@ -372,6 +384,8 @@ def test_blocks_and_commands_are_found_in_order():
     blocks = fenced_blocks(text, "t.md")
     assert [(b.lang, b.line) for b in blocks] == [("bash", 2), ("text", 11), ("sh", 14)]
     assert logical_commands(blocks[0]) == ["medclf a \\\n  --x 1", "for f in a b; do\n  echo $f\ndone"]
+    loop, _ = rewrite("for n in 1 2; do  # each\n  medclf train --epochs $n\ndone", "x")
+    assert loop == "for n in 1 2; do\nmedclf train --epochs 1 --threads 1 --no-progress\ndone"
 
 
 @pytest.mark.parametrize("text, message", [
@@ -387,3 +401,23 @@ def test_unparsable_doc_commands_are_refused(tmp_path, text, message):
             check_untagged(block)
             if block.lang in BASH_LANGS:
                 logical_commands(block)
+
+
+def test_commands_run_in_the_scratch_copy_with_state_and_clear_failures(tmp_path):
+    text = ("```bash\nexport WHERE=results\ncd \"$WHERE\"\n"
+            "python_file=$(python -c 'import sys; print(sys.executable)')  # a comment\n"
+            "test -d ../studies && echo a#b > ../made  # writes TMP/repo/made\n```\n"
+            "```sh\nmedclf partition --data-root no_such_folder --out out/x\n```\n")
+    blocks = fenced_blocks(text, "t.md")
+    for block in blocks:
+        block.commands = logical_commands(block)
+    repo, bin_dir = make_scratch(tmp_path)
+    env, exports = scratch_env(bin_dir), []
+    assert run_block(blocks[0], repo, env, exports) is None  # export and cd carried to later commands
+    assert (repo / "made").read_text() == "a#b\n" and not (REPO / "made").exists()
+    shim = subprocess.run(["bash", "-c", "python -c 'import medclf; print(medclf.__file__)'"], cwd=repo,
+                          env=env, capture_output=True, text=True).stdout.strip()
+    assert Path(shim).resolve() == (REPO / "python" / "medclf" / "__init__.py").resolve()
+    message = run_block(blocks[1], repo, env, exports)
+    assert "block at line 7" in message and "rewritten: medclf partition --data-root no_such_folder" in message
+    assert "no_such_folder" in message.split("stderr tail:")[1]  # medclf's own error line is shown
