@@ -27,9 +27,10 @@ and ADDED below; the failure message shows the original and the rewritten comman
 | medclf demo / bash scripts/demo.sh          | + --n-per-class 8 --epochs 1 --img-size 32 where absent |
 | bash scripts/test.sh ...                    | bash scripts/setup.sh (the test suite cannot run itself from inside itself) |
 
-The environment: OMP/MKL threads 1, no bytecode, no progress bars, VIRTUAL_ENV = the interpreter
-running the tests (so scripts/setup.sh checks that environment instead of creating one) and pip
-without an index (a setup step can never download or install from here).
+The environment: OMP/MKL threads 1, no bytecode, no progress bars, and VIRTUAL_ENV = TMP, so
+scripts/setup.sh uses TMP/bin/python: the interpreter running the tests, except that it refuses
+`-m pip` (setup then checks that environment is up to date and never installs anything from here;
+where it is not, the test fails with setup's message).
 """
 
 import os
@@ -266,7 +267,9 @@ def make_scratch(tmp):
     (tmp / "shared" / "data").symlink_to(SHARED_DATA)
     bin_dir = tmp / "bin"
     bin_dir.mkdir()
-    shims = {"medclf": f'exec "{sys.executable}" -m medclf "$@"', "python": f'exec "{sys.executable}" "$@"'}
+    no_pip = ('if [ "$1" = -m ] && [ "$2" = pip ]; then echo "docs test: refusing to run pip here; '
+              'set up this checkout first: bash scripts/setup.sh" >&2; exit 1; fi\n')
+    shims = {"medclf": f'exec "{sys.executable}" -m medclf "$@"', "python": no_pip + f'exec "{sys.executable}" "$@"'}
     shims["python3"] = shims["python"]
     for name, line in shims.items():
         (bin_dir / name).write_text(f"#!/bin/sh\n{line}\n")
@@ -279,7 +282,7 @@ def scratch_env(bin_dir):
     env.update({
         "PATH": f"{bin_dir}{os.pathsep}{env.get('PATH', '')}",
         "PYTHONPATH": str(REPO / "python") + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else ""),
-        "VIRTUAL_ENV": sys.prefix, "PIP_NO_INDEX": "1",
+        "VIRTUAL_ENV": str(bin_dir.parent),  # setup.sh's Python: the shim, which runs no pip
         "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1",
         "MPLBACKEND": "Agg", "TQDM_DISABLE": "1",
     })
@@ -418,6 +421,9 @@ def test_commands_run_in_the_scratch_copy_with_state_and_clear_failures(tmp_path
     shim = subprocess.run(["bash", "-c", "python -c 'import medclf; print(medclf.__file__)'"], cwd=repo,
                           env=env, capture_output=True, text=True).stdout.strip()
     assert Path(shim).resolve() == (REPO / "python" / "medclf" / "__init__.py").resolve()
+    pip = subprocess.run(["bash", "-c", '"$VIRTUAL_ENV/bin/python" -m pip install nothing'], cwd=repo, env=env,
+                         capture_output=True, text=True)
+    assert pip.returncode == 1 and "refusing to run pip" in pip.stderr  # setup.sh can never install from here
     message = run_block(blocks[1], repo, env, exports)
     assert "block at line 7" in message and "rewritten: medclf partition --data-root no_such_folder" in message
     assert "no_such_folder" in message.split("stderr tail:")[1]  # medclf's own error line is shown
