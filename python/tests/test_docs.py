@@ -236,11 +236,10 @@ def check_untagged(block):
                        f"synopsis or an output example:\n{block.text}")
 
 
-def parse_doc(path):
+def parse_doc(text, doc):
     """The doc's blocks that run, with their commands; DocError for any unparsable command."""
-    doc = path.relative_to(REPO).as_posix()
     runnable = []
-    for block in fenced_blocks(path.read_text(encoding="utf-8"), doc):
+    for block in fenced_blocks(text, doc):
         check_untagged(block)
         if block.lang in BASH_LANGS:
             block.commands = logical_commands(block)
@@ -337,7 +336,7 @@ def test_every_command_block_runs(doc, tmp_path):
         pytest.skip(f"{SHARED_DATA} not present: the documented commands run on it (set MEDCLF_SHARED_DATA)")
     blocks, problem = [], None
     try:
-        blocks = parse_doc(doc)
+        blocks = parse_doc(doc.read_text(encoding="utf-8"), doc.relative_to(REPO).as_posix())
     except DocError as err:
         problem = str(err)
     if problem:
@@ -397,13 +396,9 @@ def test_blocks_and_commands_are_found_in_order():
     ("```\nmedclf report --run R\n```\n", "untagged code block"),
     ("```bash\necho never closed\n", "never closed"),
 ])
-def test_unparsable_doc_commands_are_refused(tmp_path, text, message):
-    doc = REPO / "docs" / "never_written.md"
+def test_unparsable_doc_commands_are_refused(text, message):
     with pytest.raises(DocError, match=message):
-        for block in fenced_blocks(text, doc.name):
-            check_untagged(block)
-            if block.lang in BASH_LANGS:
-                logical_commands(block)
+        parse_doc(text, "t.md")
 
 
 def test_commands_run_in_the_scratch_copy_with_state_and_clear_failures(tmp_path):
@@ -411,9 +406,7 @@ def test_commands_run_in_the_scratch_copy_with_state_and_clear_failures(tmp_path
             "python_file=$(python -c 'import sys; print(sys.executable)')  # a comment\n"
             "test -d ../studies && echo a#b > ../made  # writes TMP/repo/made\n```\n"
             "```sh\nmedclf partition --data-root no_such_folder --out out/x\n```\n")
-    blocks = fenced_blocks(text, "t.md")
-    for block in blocks:
-        block.commands = logical_commands(block)
+    blocks = parse_doc(text, "t.md")
     repo, bin_dir = make_scratch(tmp_path)
     env, exports = scratch_env(bin_dir), []
     assert run_block(blocks[0], repo, env, exports) is None  # export and cd carried to later commands
