@@ -22,7 +22,7 @@ CLASSES = ("no", "yes")
 
 
 def _brain(rng, size, y, x):
-    """Skull ring, brain and ventricles: (image, brain mask, (cx, cy, ax, ay, u, v))."""
+    """Skull ring, textured brain and ventricles: (image, brain mask, (cx, cy, ax, ay))."""
     cx, cy = size / 2 + rng.uniform(-0.09, 0.09) * size, size / 2 + rng.uniform(-0.07, 0.07) * size
     ax, ay = rng.uniform(0.28, 0.42) * size, rng.uniform(0.34, 0.44) * size
     angle = rng.uniform(-0.6, 0.6)
