@@ -52,7 +52,7 @@ def test_lesions_are_visible_on_average_but_not_separable_by_brightness():
     # The demo must show an imperfect classifier: a brightness detector does better than chance
     # (the lesion is real signal), but normal spots, noise, gain and bias fields overlap it.
     auc = _detector_auc(60)
-    assert 0.55 < auc < 0.95
+    assert 0.55 < auc < 0.9  # the old phantoms: 0.954 (and a CNN reached test AUC 1.000)
 
 
 def test_lesion_contrast_is_mostly_faint_and_overlaps_the_normal_spots():
