@@ -17,7 +17,8 @@ from medclf.partition import PartitionOptions, partition
 def step_generate(out_dir, n_per_class, seed):
     data = Path(out_dir) / "data"
     paths = demo_data.generate(data, n_per_class=n_per_class, seed=seed)
-    print(f"[demo] 1. generated {len(paths)} synthetic MRI-like images in {data} (classes no, yes)")
+    print(f"[demo] 1. generated {len(paths)} synthetic MRI-like images in {data} (classes no, yes; "
+          f"faint lesions of varying size and contrast, some slices re-exported under another patient id)")
     return data
 
 
@@ -26,7 +27,18 @@ def step_partition(out_dir, data, seed, quiet=False):
     info = partition(PartitionOptions(out=folder, data_root=data, val=0.2, test=0.2, seed=seed,
                                       classes=list(demo_data.CLASSES), positive="yes", quiet=quiet))
     print(f"[demo] 2. partitioned into {folder / 'splits.csv'} (+ partition.json)")
+    print(duplicate_summary(info))
     return folder, info
+
+
+def duplicate_summary(info):
+    """What the partition's duplicate search found and where the clusters went, in one line."""
+    clusters, leakage = info["duplicates"]["clusters"], info["leakage"]
+    crossing = (leakage["groups_across_splits"] + leakage["exact_duplicates_across_splits"]
+                + leakage["near_duplicates_across_splits"])
+    return (f"[demo]    duplicates: {clusters['count']} clusters of near-identical slices ({clusters['files']} files), "
+            f"each kept inside one split; leakage across splits: {crossing} "
+            f"(the clusters are listed in partition.json under \"duplicates\")")
 
 
 def step_organize(out_dir, partition_dir, quiet=False):
@@ -72,7 +84,7 @@ def step_report(run_dir):
     return results
 
 
-def run_demo(out_dir="results/demo", n_per_class=60, seed=0, quiet=False, epochs=8, img_size=64,
+def run_demo(out_dir="results/demo", n_per_class=80, seed=0, quiet=False, epochs=8, img_size=64,
              stop_after=None):
     """Generate data under out_dir/data and run partition, organize, train, test and report on it.
 
