@@ -6,12 +6,29 @@ so the demo exercises (and shows) the real commands.
 """
 
 import json
+import shutil
 from pathlib import Path
 
 from medclf import demo_data
 from medclf.errors import MedclfError
 from medclf.organize import organize
 from medclf.partition import PartitionOptions, partition
+
+
+DEMO_MARKER = ".medclf-demo"
+
+
+def prepare_out_dir(out_dir):
+    """The demo owns its output folder: a rerun replaces what an earlier demo wrote there (every
+    stage refuses to overwrite a different earlier output), and any other non-empty folder is refused."""
+    out_dir = Path(out_dir)
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        if not (out_dir / DEMO_MARKER).is_file():
+            raise MedclfError(f"{out_dir}: folder exists and was not written by `medclf demo`; "
+                              "choose another --out (the demo replaces its own folder on a rerun)")
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / DEMO_MARKER).write_text("written by medclf demo; replaced on the next demo run\n", encoding="utf-8")
 
 
 def step_generate(out_dir, n_per_class, seed):
@@ -91,6 +108,7 @@ def run_demo(out_dir="results/demo", n_per_class=80, seed=0, quiet=False, epochs
     stop_after="organize" ends after the data stages (used by fast tests). Returns the paths made.
     """
     out_dir = Path(out_dir)
+    prepare_out_dir(out_dir)
     data = step_generate(out_dir, n_per_class, seed)
     partition_dir, info = step_partition(out_dir, data, seed, quiet)
     organized = step_organize(out_dir, partition_dir, quiet)

@@ -114,3 +114,19 @@ def test_demo_command(tmp_path, capsys):
     assert "[demo] done" in out
     assert re.search(r"duplicates: [1-9]\d* clusters of near-identical slices .* leakage across splits: 0", out)
     assert (tmp_path / "d" / "partition" / "partition.json").is_file()
+
+
+def test_demo_rerun_with_other_settings_replaces_its_own_folder_and_refuses_a_foreign_one(tmp_path):
+    from medclf.cli import main
+
+    out = tmp_path / "d"
+    argv = ["demo", "--out", str(out), "--data-only", "--quiet"]
+    assert main(argv + ["--n-per-class", "10"]) == 0
+    # Another size gives another splits.csv, which partition alone refuses to overwrite.
+    assert main(argv + ["--n-per-class", "12", "--seed", "1"]) == 0
+    assert len(list((out / "data").rglob("*.png"))) == 24
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    assert main(["demo", "--out", str(foreign), "--data-only", "--quiet"]) == 1
+    assert (foreign / "notes.txt").read_text() == "keep me" and len(list(foreign.iterdir())) == 1
