@@ -134,11 +134,10 @@ def organize(splits, out, mode="link", layout="imagefolder", data_root=None, qui
     planned = plan(table, out, layout)
     problems = find_collisions(planned, mode)
     if problems:
-        listing = "\n  ".join(problems)
         raise MedclfError(
-            f"{len(problems)} problem(s) found, nothing was changed:\n  {listing}\n"
-            "fix: rename or remove the clashing files, use --layout imagefolder (keeps classes apart), "
-            "or choose an empty --out folder"
+            f"{len(problems)} problem(s) found, nothing was changed: {'; '.join(problems)}; "
+            "fix: restore missing images, rename or remove the clashing files, use --layout imagefolder "
+            "(keeps classes apart), or choose an empty --out folder"
         )
     from tqdm import tqdm
 

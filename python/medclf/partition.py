@@ -23,7 +23,7 @@ import numpy as np
 
 from medclf import dedup as dedup_lib
 from medclf.errors import MedclfError, UnreadableImageError
-from medclf.fileio import sha256_file, write_json
+from medclf.fileio import read_csv, read_json, sha256_file, write_json
 from medclf.imageio import IMAGE_EXTENSIONS, is_image_name, read_image
 from medclf.splits import REQUIRED_COLUMNS, SPLITS, write_splits_csv
 
@@ -102,14 +102,13 @@ def scan_class_folders(data_root, exclude=()):
 
 def load_metadata(csv_path, image_dir, image_col, label_col, image_ext=None, group_col=None):
     """Rows of a metadata CSV as Items; every CSV column passes through as `extra`."""
-    import pandas as pd
-
     csv_path, image_dir = Path(csv_path), Path(image_dir) if image_dir else Path(csv_path).parent
     if not csv_path.is_file():
         raise MedclfError(f"{csv_path}: metadata CSV not found; check --metadata")
     if not image_dir.is_dir():
         raise MedclfError(f"{image_dir}: image folder not found; check --image-dir")
-    frame = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    frame = read_csv(csv_path, "give a CSV with a header row and one image per row", dtype=str,
+                     keep_default_na=False)
     for option, column in (("--image-col", image_col), ("--label-col", label_col), ("--group-col", group_col)):
         if column and column not in frame.columns:
             raise MedclfError(
@@ -170,9 +169,7 @@ def parse_label_map(spec):
             raise MedclfError(f"{path}: label map file not found; check --label-map")
         suffix = path.suffix.lower()
         if suffix == ".json":
-            import json
-
-            mapping = json.loads(path.read_text(encoding="utf-8"))
+            mapping = read_json(path)
         elif suffix in (".yaml", ".yml"):
             import yaml
 

@@ -14,7 +14,8 @@ from medclf import data as data_mod
 from medclf import models, transforms
 from medclf.engine import predict, probabilities_from_logits
 from medclf.errors import MedclfError
-from medclf.fileio import read_json, write_json
+from medclf.fileio import write_json
+from medclf.run_config import read_run_config
 from medclf.splits import read_splits
 from medclf.training import load_checkpoint, select_device
 
@@ -27,7 +28,7 @@ def load_run(run_dir, device="cpu"):
     config_path = run_dir / "config.json"
     if not config_path.is_file():
         raise MedclfError(f"{run_dir}: no config.json here; pass the folder `medclf train` wrote (results/NAME)")
-    config = read_json(config_path)
+    config = read_run_config(config_path)
     checkpoint = load_checkpoint(run_dir / "best.pt")
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
         raise MedclfError(f"{run_dir / 'best.pt'}: not a medclf checkpoint (no state_dict); re-run `medclf train`")

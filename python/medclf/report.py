@@ -27,6 +27,7 @@ import numpy as np
 from medclf import metrics as M
 from medclf.errors import MedclfError
 from medclf.fileio import read_json, write_json, write_text
+from medclf.run_config import read_run_config
 
 PREDICTIONS_SCHEMA = "medclf.predictions/1"
 RESULTS_SCHEMA = "medclf.results/1"
@@ -502,7 +503,7 @@ def _provenance(run_dir):
     lines = []
     config_path = run_dir / "config.json"
     if config_path.is_file():
-        cfg = read_json(config_path)
+        cfg = read_run_config(config_path, required={})
         args = cfg.get("arguments", {})
         lines += [f"- model: {cfg.get('architecture')} (weights: {cfg.get('weights')}), "
                   f"{args.get('epochs')} epochs max, image size {args.get('img_size')}, seed {cfg.get('seed')}",
@@ -702,6 +703,7 @@ def report_run(run_dir, split="test", positive=None, threshold=None, threshold_r
     predictions = run_dir / f"predictions_{split}.json"
     if not predictions.is_file():
         raise MedclfError(f"{predictions}: not found; run `medclf test --run {run_dir}` first")
+    _provenance(run_dir)  # refuses a broken config.json before anything is written
     val_path = None
     if threshold_rule is not None:
         val_path = run_dir / "predictions_val.json"
