@@ -78,7 +78,7 @@ def run_test(run_dir, split="test", splits=None, data_root=None, device="auto", 
     norm = config["normalisation"]
     transform = transforms.eval_transform(args["augment"], args["img_size"], norm["mean"], norm["std"])
     side = config.get("cache_side", transforms.cache_side(args["augment"], args["img_size"]))
-    written = []
+    records = {}
     for name in [split] + (["val"] if split == "test" else []):
         files, labels, rel = data_mod.split_paths(table, name)
         if not files:
@@ -87,8 +87,9 @@ def run_test(run_dir, split="test", splits=None, data_root=None, device="auto", 
         loader = data_mod.make_loader(data_mod.CachedImageDataset(cache, labels, transform),
                                       batch_size or args["batch_size"], workers=workers)
         logits, _ = predict(model, loader, device, amp=bool(config.get("amp")))
-        record = predictions_record(name, config, checkpoint, "best.pt", rel, labels, logits)
-        path = Path(out_dir or run_dir) / f"predictions_{name}.json"
+        records[Path(out_dir or run_dir) / f"predictions_{name}.json"] = \
+            predictions_record(name, config, checkpoint, "best.pt", rel, labels, logits)
+    # Written only once every split has been predicted: a refusal on val leaves test's file as it was.
+    for path, record in records.items():
         write_json(path, record)
-        written.append(path)
-    return written
+    return list(records)

@@ -107,6 +107,8 @@ def parse_yaml(text, source):
 def load_study(study_file):
     """Return (text as given, parsed mapping)."""
     path = Path(study_file)
+    if path.is_dir():
+        raise MedclfError(f"{path}: is a folder; give the study file, e.g. studies/brain_mri.yaml")
     if not path.is_file():
         raise MedclfError(f"{path}: study file not found; give a path such as studies/brain_mri.yaml")
     try:

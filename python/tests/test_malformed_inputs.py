@@ -5,8 +5,10 @@ in part/, a one-epoch squeezenet run with predictions in run/, the same split in
 in seed/), breaks one thing, runs one command as a subprocess (as a user would) and checks the
 promise of DESIGN.md: a non-zero exit, exactly one line on stderr naming the offending file, no
 traceback, and every file that existed before byte-identical afterwards (inputs and earlier outputs
-alike). Cases whose fix belongs to an issue 8 item another helper is doing are strict xfails naming
-that item; the lead removes the mark after merging.
+alike; a refused command writes no new file either). Cases whose fix belongs to an issue 8 item
+another helper is doing are strict xfails naming that item; the lead removes the mark after merging.
+The cases run as subprocesses in their own folders, a few at a time (the `outcomes` fixture), because
+most of the time is each process importing torch; the test of each case then checks its outcome.
 """
 
 import csv
@@ -297,6 +299,8 @@ CASES = [
          ORGANIZE, "splits.csv", xfail=A3),
     # ---- train
     Case("train/truncated-images", {"data/yes/*": truncate}, TRAIN, "data/yes/yes", ("truncated",)),
+    Case("train/text-saved-as-jpg", {"data/yes/scan.jpg": "GIF89a, but text", "part/splits.csv": edit_csv(
+        set_first("path", "yes/scan.jpg", **in_split("train")))}, TRAIN, "scan.jpg", ("not an image",)),
     Case("train/missing-data-root", {}, TRAIN + " --data-root nowhere", "nowhere"),
     Case("train/weights-not-a-checkpoint", {"w.pt": "not a checkpoint"}, TRAIN.replace("-weights none", "-weights w.pt"),
          "w.pt"),
@@ -313,8 +317,10 @@ CASES = [
     Case("test/empty-run-folder", {"empty": DIR}, TEST.replace("run run", "run empty"), "empty"),
     Case("test/config-json-wrong-type", {"run/config.json": [1, 2]}, TEST, "config.json"),
     Case("test/text-saved-as-png", {"data/*/*": "this is not an image"}, TEST, "data/", ("not an image",)),
+    Case("test/val-split-emptied", {"part/splits.csv": edit_csv(lambda rows: [r for r in rows if r["split"] != "val"])},
+         TEST, "splits.csv"),
     Case("test/other-splits-with-train-images", {"other/splits.csv": edit_csv(
-        lambda rows: [{**r, "split": "test"} for r in rows])}, TEST + " --splits other/splits.csv", "splits.csv",
+        lambda rows: [{**r, "split": "test"} if r["split"] == "train" else r for r in rows])}, TEST + " --splits other/splits.csv", "splits.csv",
         xfail=A1, copies={"part": "other"}),
     # ---- report
     Case("report/predictions-0-byte", {PREDS: b""}, REPORT, "predictions_test.json"),
@@ -343,12 +349,13 @@ CASES = [
     Case("study/unknown-top-level-key", {"study.yaml": STUDY_OK + "trian: {epochs: 2}\n"}, STUDY, "study.yaml",
          ("trian",)),
     Case("study/wrong-type", {"study.yaml": STUDY_OK.replace("epochs: 1", "epochs: two")}, STUDY, "study.yaml"),
-    Case("study/is-a-directory", {"study.yaml": DIR}, STUDY, "study.yaml"),
+    Case("study/is-a-directory", {"study.yaml": DIR}, STUDY, "study.yaml", ("folder",)),
     Case("study/not-utf8", {"study.yaml": latin1(STUDY_OK + "# caf\xe9\n")}, STUDY, "study.yaml", ("UTF-8",)),
     Case("study/arch-typo-dry-run", {"study.yaml": STUDY_OK.replace("epochs: 1", "epochs: 1, arch: densenet12")},
          STUDY + " --dry-run", "study.yaml", xfail=C8),
     # ---- seed scripts
-    Case("seed/partition-datasets-missing-dir", {}, "partition/partition_datasets.py -proj_dir nowhere", "nowhere"),
+    Case("seed/partition-datasets-missing-dir", {}, "partition/partition_datasets.py -proj_dir nowhere", "nowhere",
+         ("not found",)),
     Case("seed/train-class-idx-not-a-number", {"seed/csv/train.csv": lambda t: t + "yes0.png,one\n"}, SEED_TRAIN,
          "train.csv", ("class_idx",)),
     Case("seed/train-csv-0-byte", {"seed/csv/val.csv": b""}, SEED_TRAIN, "val.csv"),
