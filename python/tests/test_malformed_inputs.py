@@ -254,6 +254,12 @@ A1, A3 = "issue 8 item 1 (run bound to its split), helper A", "issue 8 item 3 (l
 C8 = "issue 8 item 8 (dry-run validation), helper C"
 
 
+def drop_val_and_first_test(rows):
+    """Test predictions that differ from the run's earlier ones, and nothing to predict on val."""
+    first_test = next(r for r in rows if r["split"] == "test")
+    return [r for r in rows if r["split"] != "val" and r is not first_test]
+
+
 def in_split(split):
     return {"where": lambda row: row["split"] == split}
 
@@ -269,7 +275,8 @@ CASES = [
     Case("partition/metadata-not-utf8", {"meta.csv": latin1(META + "yes/yes2.png,l\xe9sion\n")}, PARTITION_META,
          "meta.csv", ("UTF-8",)),
     Case("partition/missing-data-root", {}, "medclf partition --data-root nowhere --out out --quiet", "nowhere"),
-    Case("partition/data-root-is-a-file", {"afile": "x"}, "medclf partition --data-root afile --out out --quiet", "afile"),
+    Case("partition/data-root-is-a-file", {"afile": "x"}, "medclf partition --data-root afile --out out --quiet",
+         "afile"),
     Case("partition/label-map-json-wrong-type", {"map.json": ["no", "yes"]}, PARTITION_DIR + " --label-map map.json",
          "map.json"),
     Case("partition/label-map-json-truncated", {"map.json": '{"no": "neg", '}, PARTITION_DIR + " --label-map map.json",
@@ -302,8 +309,8 @@ CASES = [
     Case("train/text-saved-as-jpg", {"data/yes/scan.jpg": "GIF89a, but text", "part/splits.csv": edit_csv(
         set_first("path", "yes/scan.jpg", **in_split("train")))}, TRAIN, "scan.jpg", ("not an image",)),
     Case("train/missing-data-root", {}, TRAIN + " --data-root nowhere", "nowhere"),
-    Case("train/weights-not-a-checkpoint", {"w.pt": "not a checkpoint"}, TRAIN.replace("-weights none", "-weights w.pt"),
-         "w.pt"),
+    Case("train/weights-not-a-checkpoint", {"w.pt": "not a checkpoint"},
+         TRAIN.replace("-weights none", "-weights w.pt"), "w.pt"),
     Case("train/label-index-out-of-range", {"part/splits.csv": edit_csv(set_first("label_index", "7",
                                                                                   **in_split("train")))},
          TRAIN, "splits.csv", xfail=A3),
@@ -317,10 +324,11 @@ CASES = [
     Case("test/empty-run-folder", {"empty": DIR}, TEST.replace("run run", "run empty"), "empty"),
     Case("test/config-json-wrong-type", {"run/config.json": [1, 2]}, TEST, "config.json"),
     Case("test/text-saved-as-png", {"data/*/*": "this is not an image"}, TEST, "data/", ("not an image",)),
-    Case("test/val-split-emptied", {"part/splits.csv": edit_csv(lambda rows: [r for r in rows if r["split"] != "val"])},
-         TEST, "splits.csv"),
+    Case("test/val-split-emptied", {"part/splits.csv": edit_csv(drop_val_and_first_test)},
+         TEST + " --splits part/splits.csv", "splits.csv"),
     Case("test/other-splits-with-train-images", {"other/splits.csv": edit_csv(
-        lambda rows: [{**r, "split": "test"} if r["split"] == "train" else r for r in rows])}, TEST + " --splits other/splits.csv", "splits.csv",
+        lambda rows: [{**r, "split": "test"} if r["split"] == "train" else r for r in rows])},
+        TEST + " --splits other/splits.csv", "splits.csv",
         xfail=A1, copies={"part": "other"}),
     # ---- report
     Case("report/predictions-0-byte", {PREDS: b""}, REPORT, "predictions_test.json"),
