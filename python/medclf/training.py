@@ -527,12 +527,13 @@ def _run_training(config):
     cfg, run_dir, resuming = _prepare_config(config)
     device, amp = setup_torch(cfg)
     table = read_run_splits(cfg)
-    split_binding = bind_splits_to_run(table, run_dir)  # the run carries its own split (config.json)
     single_logit = cfg["head"] == "single-logit"
     model, model_info = models.build_model(cfg["arch"], 1 if single_logit else len(table.classes), cfg["weights"])
     run_dir.mkdir(parents=True, exist_ok=True)
     data = load_data(cfg, table, run_dir, model_info, resuming)
     trainer = build_trainer(cfg, run_dir, device, amp, data, model, model_info)
+    # After the images and the loss were accepted: a refused run leaves no copy behind.
+    split_binding = bind_splits_to_run(table, run_dir)  # the run carries its own split (config.json)
     start_epoch = restore_from_last(trainer) if resuming else 1
     write_run_config(trainer, resuming, split_binding)
     if cfg["tensorboard"]:
