@@ -135,12 +135,10 @@ class _FolderListing:
 
 
 def _metadata_frame(csv_path, image_dir, image_col, label_col, group_col):
-    if not csv_path.is_file():
-        raise MedclfError(f"{csv_path}: metadata CSV not found; check --metadata")
     if not image_dir.is_dir():
         raise MedclfError(f"{image_dir}: image folder not found; check --image-dir")
-    frame = read_csv(csv_path, "give a CSV with a header row and one image per row", dtype=str,
-                     keep_default_na=False)
+    frame = read_csv(csv_path, "check --metadata: give a CSV with a header row and one image per row",
+                     dtype=str, keep_default_na=False)
     for option, column in (("--image-col", image_col), ("--label-col", label_col), ("--group-col", group_col)):
         if column and column not in frame.columns:
             raise MedclfError(

@@ -125,13 +125,21 @@ def base(tmp_path_factory):
 
 
 def copy_workspace(base, work):
-    """A copy of the workspace whose files point at the copy (records hold absolute paths)."""
+    """A copy of the workspace whose files point at the copy (records hold absolute paths). The
+    runs' split copies change with it, so their recorded sha256 is renewed, as a fresh run's would be."""
     shutil.copytree(base, work)
     for path in work.rglob("*"):
         if path.suffix in (".json", ".csv", ".md") and path.is_file():
             text = path.read_text(encoding="utf-8")
             if str(base) in text:
                 path.write_text(text.replace(str(base), str(work)), encoding="utf-8")
+    for config_path in work.rglob("config.json"):
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        for record in config.get("split_files") or []:
+            bound = config_path.parent / record["copy"] if record.get("copy") else Path(record["path"])
+            if bound.is_file():
+                record["sha256"] = hashlib.sha256(bound.read_bytes()).hexdigest()
+        config_path.write_text(json.dumps(config, indent=2), encoding="utf-8")
 
 
 # ------------------------------------------------------------------ how a case breaks the workspace
