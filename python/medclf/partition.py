@@ -3,9 +3,11 @@
 Steps (each a function below):
  1. collect the images: class folders (`scan_class_folders`) or a metadata CSV (`load_metadata`);
  2. read every image once through `medclf.imageio.read_image`: unreadable files are warned
-    about, excluded and counted; each readable file gets a SHA-256 and a 64-bit dHash;
+    about, excluded and counted; with duplicate detection on, each readable file gets a
+    fingerprint (`medclf.dedup.fingerprint_files`, in a process pool);
  3. build groups: the `--group-col` value (patient, lesion), merged (union) with exact and
-    near-duplicate clusters, so that no group can cross splits;
+    verified near-duplicate pairs (`medclf.dedup.find_duplicates`), so that no group can cross
+    splits; duplicates.csv and a contact sheet let a person review the pairs;
  4. assign whole groups to train/val/test (`assign_groups`), stratified by class, then
     optionally k stratified folds over the non-test groups;
  5. write splits.csv and partition.json atomically, with a leakage report that checks the
@@ -22,8 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from medclf import dedup as dedup_lib
+from medclf import duplicates_review
 from medclf.errors import MedclfError, UnreadableImageError
-from medclf.fileio import sha256_file, write_json
+from medclf.fileio import write_json
 from medclf.imageio import IMAGE_EXTENSIONS, is_image_name, read_image
 from medclf.splits import REQUIRED_COLUMNS, SPLITS, write_splits_csv
 
@@ -48,7 +51,11 @@ class PartitionOptions:
     classes: list = None
     positive: str = None
     dedup: bool = True
-    near_dup_distance: int = dedup_lib.DEFAULT_NEAR_DUP_DISTANCE
+    near_dups: bool = True  # near duplicates too (exact ones are found whenever dedup is on)
+    dup_neighbours: int = dedup_lib.DEFAULT_NEIGHBOURS
+    dup_min_inliers: int = dedup_lib.DEFAULT_MIN_INLIERS
+    duplicate_decisions: Path = None  # CSV path_a,path_b,same|different overriding verdicts
+    max_group_size: int = None  # None = dedup_lib.group_size_limit(number of images)
     label_map: object = None  # inline "a=b,*=c", a file path, or a dict
     quiet: bool = False
 
@@ -366,20 +373,20 @@ def partition(options):
     # 2. read every image once
     from tqdm import tqdm
 
-    readable, unreadable, sha256s, dhashes = [], [], [], []
-    for item in tqdm(items, desc="reading images", unit="img", disable=opts.quiet, file=sys.stderr):
-        full = data_root / item.path
-        try:
-            image = read_image(full)
-            digest = sha256_file(full) if opts.dedup else None
-            perceptual = dedup_lib.dhash(image) if opts.dedup else None
-        except UnreadableImageError as exc:
-            _warn(f"{exc}; excluded")
-            unreadable.append({"path": item.path, "label": item.label, "reason": exc.reason})
+    paths = [data_root / item.path for item in items]
+    if opts.dedup:
+        results = dedup_lib.fingerprint_files(paths, progress=not opts.quiet)
+    else:
+        results = [_read_or_error(p) for p in tqdm(paths, desc="reading images", unit="img", disable=opts.quiet,
+                                                   file=sys.stderr)]
+    readable, unreadable, fingerprints = [], [], []
+    for item, result in zip(items, results):
+        if isinstance(result, UnreadableImageError):
+            _warn(f"{result}; excluded")
+            unreadable.append({"path": item.path, "label": item.label, "reason": result.reason})
             continue
         readable.append(item)
-        sha256s.append(digest)
-        dhashes.append(perceptual)
+        fingerprints.append(result)
     items = readable
     if not items:
         raise MedclfError(f"{data_root}: none of the images could be read; see the warnings above")
@@ -393,7 +400,7 @@ def partition(options):
             uf.union(first_of.setdefault(item.group_value, i), i)
     dup_report = None
     if opts.dedup:
-        dup_report = dedup_lib.find_duplicates(sha256s, dhashes, opts.near_dup_distance)
+        dup_report = duplicates_review.detect_duplicates(fingerprints, [i.path for i in items], opts, progress=not opts.quiet)
         for cluster in dup_report.clusters:
             for j in cluster[1:]:
                 uf.union(cluster[0], j)
@@ -445,15 +452,28 @@ def partition(options):
         c for c in columns if c not in REQUIRED_COLUMNS and c not in ("fold", "label_original")
     ]
     info = _partition_info(opts, classes, positive, data_root, items, split_of, fold_of, group_of, components,
-                           dup_report, unreadable, skipped, label_map, sha256s, dhashes)
+                           dup_report, unreadable, skipped, label_map,
+                           [f.sha256 for f in fingerprints] if opts.dedup else None)
     info["excluded_classes"] = excluded_classes
     out.mkdir(parents=True, exist_ok=True)
+    if opts.dedup:
+        info["duplicates"]["review"] = duplicates_review.write_review(
+            out, dup_report, [i.path for i in items], [i.label for i in items],
+            [i.group_value for i in items] if opts.group_col else None, data_root)
     write_splits_csv(out / "splits.csv", frame, extra_columns=extra_columns)
     write_json(out / "partition.json", info)
     if not opts.quiet:
         print(format_summary(info))
         print(f"wrote {out / 'splits.csv'} and {out / 'partition.json'}")
     return info
+
+
+def _read_or_error(path):
+    try:
+        read_image(path)
+    except UnreadableImageError as exc:
+        return exc
+    return None
 
 
 def _duplicate_clusters_info(items, dup_report, split_of, label_of):
@@ -472,7 +492,7 @@ def _duplicate_clusters_info(items, dup_report, split_of, label_of):
 
 
 def _partition_info(opts, classes, positive, data_root, items, split_of, fold_of, group_of, components,
-                    dup_report, unreadable, skipped, label_map, sha256s, dhashes):
+                    dup_report, unreadable, skipped, label_map, sha256s):
     labels = [i.label for i in items]
     counts = {s: {c: 0 for c in classes} for s in SPLITS}
     for label, split in zip(labels, split_of):
@@ -491,27 +511,28 @@ def _partition_info(opts, classes, positive, data_root, items, split_of, fold_of
         for i, digest in enumerate(sha256s):
             by_digest.setdefault(digest, set()).add(split_of[i])
         leakage["exact_duplicates_across_splits"] = sum(1 for s in by_digest.values() if len(s) > 1)
-        crossing_near = [(i, j, d) for i, j, d in dup_report.near_pairs if split_of[i] != split_of[j]]
+        crossing_near = [c for c in dup_report.near_pairs if split_of[c.i] != split_of[c.j]]
         leakage["near_duplicates_across_splits"] = len(crossing_near)
         leakage["near_duplicate_pairs_across_splits"] = [
-            {"paths": [items[i].path, items[j].path], "distance": d} for i, j, d in crossing_near[:100]
+            {"paths": [items[c.i].path, items[c.j].path], "verdict": c.verdict} for c in crossing_near[:100]
         ]
         exact, merged = _duplicate_clusters_info(items, dup_report, split_of, labels)
         cross_class = [c for c in merged if len(c["labels"]) > 1]
         for c in cross_class:
             shown = ", ".join(c["paths"][:8]) + (f" and {len(c['paths']) - 8} more" if len(c["paths"]) > 8 else "")
             _warn(f"{len(c['paths'])} duplicates with different labels ({', '.join(c['labels'])}), kept in one "
-                  f"split: {shown}; check these labels (all listed in partition.json), or lower "
-                  "--near-dup-distance if they are different pictures")
+                  f"split: {shown}; check these labels (all listed in partition.json), or mark pairs that are "
+                  "different pictures in a --duplicate-decisions file (see duplicates.csv)")
         duplicates.update({
             "exact": {"method": "sha256 of file bytes", "clusters": len(exact),
                       "files": sum(len(c["paths"]) for c in exact), "members": exact},
-            "near": {"method": "dhash-64 (9x8 gray, Lanczos), Hamming distance",
-                     "max_distance": opts.near_dup_distance, "pairs": len(dup_report.near_pairs)},
-            "clusters": {"description": "exact and near duplicates merged transitively",
+            "near": duplicates_review.near_info(dup_report, opts),
+            "clusters": {"description": "unions of exact duplicates and verified near-duplicate pairs",
                          "count": len(merged), "files": sum(len(c["paths"]) for c in merged),
                          "members": merged},
             "clusters_with_different_labels": len(cross_class),
+            "largest_group": duplicates_review.largest_group_info(components, group_of, items, dup_report, opts,
+                                                                   _warn),
         })
     group_sizes = Counter(len(m) for m in components)
     info = {
@@ -573,8 +594,9 @@ def format_summary(info):
     if dup["enabled"]:
         lines.append(
             f"duplicates: {dup['exact']['clusters']} exact clusters ({dup['exact']['files']} files); "
-            f"{dup['clusters']['count']} clusters with near duplicates at dHash distance <= "
-            f"{dup['near']['max_distance']} ({dup['clusters']['files']} files)")
+            f"{dup['clusters']['count']} clusters with verified near duplicates ({dup['clusters']['files']} files); "
+            f"{dup['near']['verified_pairs']} of {dup['near']['candidate_pairs']} candidate pairs verified; "
+            f"largest group {dup['largest_group']['size']} images")
     parts = [f"groups {leak['groups_across_splits']}"]
     if dup["enabled"]:
         parts += [f"exact duplicates {leak['exact_duplicates_across_splits']}",
