@@ -64,14 +64,18 @@ def _distance(similarity):
 
 
 def candidate_rows(report, paths, labels, groups=None):
-    """One dict per candidate pair (the columns of duplicates.csv); `groups`: the --group-col
-    values, or None (then the group columns are empty)."""
+    """One dict per pair (the columns of duplicates.csv): each file with identical bytes paired
+    with the first of its cluster, then every candidate pair. `groups`: the --group-col values,
+    or None (then the group columns are empty)."""
+    from medclf.dedup import Candidate
+
     groups = groups or [""] * len(paths)
+    exact = [Candidate(m[0], j, float("nan"), False, verdict="exact_bytes") for m in report.exact_clusters for j in m[1:]]
     rows = []
-    for c in report.candidates:
+    for c in exact + report.candidates:
         rows.append({
             "path_a": paths[c.i], "path_b": paths[c.j], "descriptor_distance": _distance(c.similarity),
-            "verification_inliers": c.inliers if c.verdict != "exact_pixels" else "",
+            "verification_inliers": c.inliers if c.verdict in ("duplicate", "different") else "",
             "verdict": c.verdict, "decided_by": c.decided_by,
             "label_a": labels[c.i], "label_b": labels[c.j], "labels_differ": int(labels[c.i] != labels[c.j]),
             "group_a": groups[c.i], "group_b": groups[c.j],
@@ -92,8 +96,7 @@ def write_duplicates_csv(path, rows):
 
 def pairs_to_review(rows):
     """Verified pairs that join different labels or different --group-col values."""
-    return [r for r in rows if r["verdict"] in ("duplicate", "exact_pixels")
-            and (r["labels_differ"] or r["groups_differ"])]
+    return [r for r in rows if r["verdict"] != "different" and (r["labels_differ"] or r["groups_differ"])]
 
 
 def _caption_lines(row):
