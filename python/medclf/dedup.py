@@ -35,7 +35,7 @@ THUMB_SIZE = 64  # gray square thumbnail the descriptors are cut from
 DESCRIPTOR_SIZE = 12  # descriptor grid (12x12, inside the inscribed disc)
 DESCRIPTOR_BLUR = 1.5  # Gaussian sigma at 24x24, before the 12x12 reduction
 PCA_DIMS = 32  # descriptors are projected on their first principal axes (speed)
-WINDOW_SCALES = (0.8, 0.9)  # sub-windows indexed for crops and zooms, 3x3 positions each
+WINDOW_SCALES = (0.8, 0.9)  # sub-windows for crops and zooms: each height x each width, 3x3 positions
 N_DIHEDRAL = 8  # views 0-7: the flips and rotations (odd = mirrored); then turns and windows
 ROTATION_VIEWS = 10  # degrees: views turned either way, for photographs taken at an angle
 VERIFY_SIZE = 192  # longer side of the verification image, in pixels
@@ -57,9 +57,10 @@ class Fingerprint:
     sha256: str
     thumb: np.ndarray  # uint8 (THUMB_SIZE, THUMB_SIZE), gray, aspect ratio not kept
     views: np.ndarray  # float16 (views, pixels in the disc): the candidate descriptors, unit vectors
-    verify: np.ndarray  # uint8 gray, longer side VERIFY_SIZE, aspect ratio kept
-    points: np.ndarray  # float32 (n, 2) ORB keypoint positions in `verify`
-    orb: np.ndarray  # uint8 (n, 32) ORB descriptors, or None when no keypoint was found
+    points: np.ndarray  # float32 (n, 2) ORB keypoints (strongest first) of the gray image scaled to VERIFY_SIZE
+    orb: np.ndarray  # uint8 (n, 32) their descriptors, or None when no keypoint was found
+    mirror_points: np.ndarray  # the same for the mirror image (ORB descriptors are not mirror-invariant)
+    mirror_orb: np.ndarray
 
 
 def _orb_features(gray):
@@ -114,11 +115,12 @@ def _views(thumb):
         matrix = cv2.getRotationMatrix2D(centre, angle, 1.0)
         views.append(_descriptor_grid(cv2.warpAffine(gray, matrix, (THUMB_SIZE, THUMB_SIZE),
                                                      borderMode=cv2.BORDER_REPLICATE)))
-    for scale in WINDOW_SCALES:
-        n = round(THUMB_SIZE * scale)
-        for top in (0, (THUMB_SIZE - n) // 2, THUMB_SIZE - n):
-            for left in (0, (THUMB_SIZE - n) // 2, THUMB_SIZE - n):
-                views.append(_descriptor_grid(gray[top:top + n, left:left + n]))
+    for scale_h in WINDOW_SCALES:
+        for scale_w in WINDOW_SCALES:
+            h, w = round(THUMB_SIZE * scale_h), round(THUMB_SIZE * scale_w)
+            for top in (0, (THUMB_SIZE - h) // 2, THUMB_SIZE - h):
+                for left in (0, (THUMB_SIZE - w) // 2, THUMB_SIZE - w):
+                    views.append(_descriptor_grid(gray[top:top + h, left:left + w]))
     return np.stack(views)
 
 
@@ -139,7 +141,8 @@ def fingerprint_file(path):
     views = _normalise(_views(thumb)[:, _DISC]).astype(np.float16)
     verify = _verification_image(gray)
     points, orb = _orb_features(verify)
-    return Fingerprint(str(path), digest, thumb, views, verify, points, orb)
+    mirror_points, mirror_orb = _orb_features(np.ascontiguousarray(verify[:, ::-1]))
+    return Fingerprint(str(path), digest, thumb, views, points, orb, mirror_points, mirror_orb)
 
 
 def _fingerprint_or_error(path):
@@ -180,20 +183,28 @@ def view_descriptors(views):
     return (projected / np.maximum(np.linalg.norm(projected, axis=-1, keepdims=True), 1e-6)).astype(np.float32)
 
 
+def _similarity_rows(queries, flat, n_views, n, target_block=2048):
+    """Similarity of each query to each image under that image's best view: (rows, n)."""
+    best = np.empty((len(queries), n), dtype=np.float32)
+    for start in range(0, n, target_block):
+        stop = min(n, start + target_block)
+        sims = queries @ flat[:, start * n_views:stop * n_views]  # view index fastest
+        best[:, start:stop] = sims.reshape(len(queries), stop - start, n_views).max(axis=2)
+    return best
+
+
 def nearest_neighbours(descriptors, neighbours, block=256):
     """For each image (view 0) its `neighbours` most similar other images, each compared under
     all of the other's views. Returns (indices (n, k), similarities (n, k)), most similar first."""
-    n, n_views, _ = descriptors.shape
+    n, n_views, dims = descriptors.shape
     k = min(neighbours, n - 1)
     queries = np.ascontiguousarray(descriptors[:, 0])
-    per_view = [np.ascontiguousarray(descriptors[:, v].T) for v in range(n_views)]
+    flat = np.ascontiguousarray(descriptors.reshape(n * n_views, dims).T)
     indices = np.zeros((n, k), dtype=np.int64)
     similarities = np.zeros((n, k), dtype=np.float32)
     for start in range(0, n, block):
         rows = slice(start, min(n, start + block))
-        best = queries[rows] @ per_view[0]
-        for v in range(1, n_views):
-            np.maximum(best, queries[rows] @ per_view[v], out=best)
+        best = _similarity_rows(queries[rows], flat, n_views, n)
         best[np.arange(best.shape[0]), np.arange(rows.start, rows.stop)] = -np.inf  # not itself
         top = np.argpartition(-best, k - 1, axis=1)[:, :k] if k < n - 1 else np.argsort(-best, axis=1)[:, :k]
         top_sims = np.take_along_axis(best, top, axis=1)
@@ -217,7 +228,7 @@ class Candidate:
     similarity: float  # cosine similarity of the descriptors (1 = identical)
     mirrored: bool  # the best view of j was a mirror image of it
     inliers: int = 0  # verification score
-    verdict: str = ""  # exact_bytes | exact_pixels | duplicate | different
+    verdict: str = ""  # exact_bytes | exact_pixels | duplicate | different | same_group (not checked)
     decided_by: str = "detector"  # or "decisions file"
 
 
@@ -248,11 +259,6 @@ def candidate_pairs(descriptors, neighbours=DEFAULT_NEIGHBOURS):
 _RATIO = 0.8  # Lowe's ratio test: a match must be clearly better than the second best
 
 
-def _mirrored_features(fingerprint):
-    mirrored = np.ascontiguousarray(fingerprint.verify[:, ::-1])
-    return _orb_features(mirrored)
-
-
 def count_inliers(points_a, orb_a, points_b, orb_b, strongest=None):
     """Matches between two images that agree with one similarity transform (RANSAC), using
     the `strongest` keypoints of each (None = all)."""
@@ -275,13 +281,14 @@ def count_inliers(points_a, orb_a, points_b, orb_b, strongest=None):
     return 0 if inliers is None else int(inliers.sum())
 
 
-def verify_pair(fa, fb, mirrored):
+def verify_pair(fa, fb, mirrored, min_inliers=DEFAULT_MIN_INLIERS):
     """Inlier count between fingerprints `fa` and `fb` (`fb` mirrored when the candidate step
-    found its mirror image more similar). Most candidate pairs are different pictures: a first
-    look with the strongest keypoints (4-9 times cheaper) stops those early."""
-    points_b, orb_b = _mirrored_features(fb) if mirrored else (fb.points, fb.orb)
+    found its mirror image more similar). A first look with the strongest keypoints (4-9 times
+    cheaper) settles most pairs: different pictures stay below SCREEN_MIN_INLIERS, clear copies
+    already reach `min_inliers`; only the pairs in between are matched with all keypoints."""
+    points_b, orb_b = (fb.mirror_points, fb.mirror_orb) if mirrored else (fb.points, fb.orb)
     screened = count_inliers(fa.points, fa.orb, points_b, orb_b, strongest=SCREEN_KEYPOINTS)
-    if screened < SCREEN_MIN_INLIERS:
+    if screened < SCREEN_MIN_INLIERS or screened >= min_inliers:
         return screened
     return count_inliers(fa.points, fa.orb, points_b, orb_b)
 
@@ -290,12 +297,12 @@ _POOL_FINGERPRINTS = None  # set before forking the verification pool: workers i
 
 
 def _verify_indexed(job):
-    i, j, mirrored = job
-    return verify_pair(_POOL_FINGERPRINTS[i], _POOL_FINGERPRINTS[j], mirrored)
+    i, j, mirrored, min_inliers = job
+    return verify_pair(_POOL_FINGERPRINTS[i], _POOL_FINGERPRINTS[j], mirrored, min_inliers)
 
 
 def verify_pairs(fingerprints, pairs, workers=None, progress=False):
-    """Inlier counts of (i, j, mirrored) jobs, in order. Forked workers share the fingerprints
+    """Inlier counts of (i, j, mirrored, min_inliers) jobs, in order. Forked workers share the fingerprints
     instead of receiving a copy of each pair's images."""
     import multiprocessing
 
@@ -356,7 +363,7 @@ class DuplicateReport:
 
     exact_clusters: list = field(default_factory=list)  # clusters of identical bytes (size >= 2)
     clusters: list = field(default_factory=list)  # every duplicate cluster, joined by pairs (size >= 2)
-    candidates: list = field(default_factory=list)  # Candidate: every pair examined, with its verdict
+    candidates: list = field(default_factory=list)  # Candidate: every pair proposed, with its verdict
     union_find: UnionFind = None
     decisions_file: dict = None  # path and SHA-256 of the decisions file applied, if any
 
@@ -415,21 +422,45 @@ def _near_candidates(fingerprints, representatives, neighbours):
     return [found[key] for key in sorted(found)]
 
 
-def _judge(fingerprints, candidates, min_inliers, workers, progress):
-    same_pixels = _same_pixels(fingerprints, [(c.i, c.j) for c in candidates])
-    to_verify = [c for c in candidates if (c.i, c.j) not in same_pixels]
-    scores = verify_pairs(fingerprints, [(c.i, c.j, c.mirrored) for c in to_verify], workers, progress)
-    for c, score in zip(to_verify, scores):
+def _verify_round(fingerprints, candidates, min_inliers, uf, workers, progress):
+    jobs = [(c.i, c.j, c.mirrored, min_inliers) for c in candidates]
+    for c, score in zip(candidates, verify_pairs(fingerprints, jobs, workers, progress)):
         c.inliers = score
         c.verdict = "duplicate" if score >= min_inliers else "different"
-    for c in candidates:
+        if c.verdict == "duplicate":
+            uf.union(c.i, c.j)
+
+
+def _judge(fingerprints, candidates, min_inliers, uf, workers, progress):
+    """Verdicts for the undecided candidates, joining verified pairs in `uf`. Round 1 verifies
+    each image's most similar candidate; round 2 the rest, except pairs already joined by
+    verified pairs (verdict `same_group`: checking them could not change any group)."""
+    undecided = [c for c in candidates if not c.verdict]
+    same_pixels = _same_pixels(fingerprints, [(c.i, c.j) for c in undecided])
+    for c in undecided:
         if (c.i, c.j) in same_pixels:
             c.verdict = "exact_pixels"
+            uf.union(c.i, c.j)
+    undecided = sorted((c for c in undecided if not c.verdict), key=lambda c: (-c.similarity, c.i, c.j))
+    first, seen = [], set()
+    for c in undecided:
+        if c.i not in seen or c.j not in seen:
+            first.append(c)
+        seen.update((c.i, c.j))
+    _verify_round(fingerprints, first, min_inliers, uf, workers, progress)
+    rest = []
+    for c in undecided:
+        if not c.verdict:
+            if uf.find(c.i) == uf.find(c.j):
+                c.verdict = "same_group"
+            else:
+                rest.append(c)
+    _verify_round(fingerprints, rest, min_inliers, uf, workers, progress)
 
 
-def _apply_decisions(candidates, decisions, exact_pairs):
+def _apply_decisions(candidates, decisions, exact_pairs, uf):
     """A person's verdicts (index pair -> "same" | "different") replace the detector's; a pair
-    the detector did not propose is added."""
+    the detector did not propose is added. Decided pairs are not verified."""
     by_pair = {(c.i, c.j): c for c in candidates}
     for (i, j), decision in sorted((decisions or {}).items()):
         if (i, j) in exact_pairs:
@@ -440,6 +471,8 @@ def _apply_decisions(candidates, decisions, exact_pairs):
             candidates.append(candidate)
         candidate.verdict = "duplicate" if decision == "same" else "different"
         candidate.decided_by = "decisions file"
+        if decision == "same":
+            uf.union(i, j)
     candidates.sort(key=lambda c: (c.i, c.j))
 
 
@@ -460,10 +493,7 @@ def find_duplicates(fingerprints, near=True, neighbours=DEFAULT_NEIGHBOURS, min_
     if near:
         representatives = [i for i in range(n) if uf.find(i) == i]
         candidates = _near_candidates(fingerprints, representatives, neighbours)
-        _judge(fingerprints, candidates, min_inliers, workers, progress)
-    _apply_decisions(candidates, decisions, exact_pairs)
-    for c in candidates:
-        if c.verdict in ("exact_pixels", "duplicate"):
-            uf.union(c.i, c.j)
+    _apply_decisions(candidates, decisions, exact_pairs, uf)
+    _judge(fingerprints, candidates, min_inliers, uf, workers, progress)
     clusters = [c for c in uf.components() if len(c) > 1]
     return DuplicateReport(exact, clusters, candidates, uf)

@@ -96,7 +96,8 @@ def write_duplicates_csv(path, rows):
 
 def pairs_to_review(rows):
     """Verified pairs that join different labels or different --group-col values."""
-    return [r for r in rows if r["verdict"] != "different" and (r["labels_differ"] or r["groups_differ"])]
+    joined = ("exact_bytes", "exact_pixels", "duplicate")
+    return [r for r in rows if r["verdict"] in joined and (r["labels_differ"] or r["groups_differ"])]
 
 
 def _caption_lines(row):

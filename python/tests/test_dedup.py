@@ -106,7 +106,7 @@ def test_groups_are_unions_of_verified_pairs_only(ham_root, monkeypatch, links, 
     paths = [ham_root / "images" / f"{n}.jpg" for n in ("ISIC_0031309", "ISIC_0027458", "ISIC_0033120")]
     fingerprints = fingerprint_files(paths, workers=1)
     index = {f.path: k for k, f in enumerate(fingerprints)}
-    monkeypatch.setattr(dedup, "verify_pair", lambda fa, fb, mirrored: links[(index[fa.path], index[fb.path])])
+    monkeypatch.setattr(dedup, "verify_pair", lambda fa, fb, *_: links[(index[fa.path], index[fb.path])])
     report = find_duplicates(fingerprints, min_inliers=25, workers=1)
     assert len(report.candidates) == 3
     assert report.clusters == clusters
