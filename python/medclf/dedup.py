@@ -1,20 +1,22 @@
 """Duplicate detection: exact copies, and near copies found in two steps.
 
-1. Fingerprints (`fingerprint_files`, one decode per image, in a process pool): the SHA-256 of
-   the file's bytes, a 64x64 gray thumbnail, a gray verification image (longer side 192 px) and
-   its ORB keypoints.
+1. Fingerprints (`fingerprint_files`, one decode per image, JPEGs at reduced scale, in a process
+   pool): the SHA-256 of the file's bytes, a 64x64 gray thumbnail, its candidate descriptors, and
+   ORB keypoints of the gray image (longer side 192 px) and of its mirror image.
 2. Candidates (`candidate_pairs`): every image's nearest neighbours by cosine similarity of a
    blurred 12x12 thumbnail inside the inscribed disc (zero mean, unit norm: brightness and
    contrast drop out; the disc ignores corners that rotation fills). Each image is indexed under
-   its eight flips/rotations and under 18 windows covering 80 % and 90 % of it, so crops and
-   zooms of 10-20 % still find their original. No distance threshold: each image gets its
-   `neighbours` most similar others, however (dis)similar the collection is.
+   46 views: its eight flips/rotations, two turns of 10 degrees, and 36 windows (80 % or 90 % of
+   the height by 80 % or 90 % of the width, 3x3 positions), so rotated, cropped and zoomed copies
+   still find their original. No distance threshold: each image gets its `neighbours` most similar
+   others, however (dis)similar the collection is.
 3. Verification (`verify_pairs`): ORB keypoints matched between the two images (the second one
    mirrored when the best candidate view was a mirror image) and a RANSAC similarity transform
    (rotation, scale, shift); the score is the number of matches that agree with it. Two different
    pictures rarely agree on more than a handful; copies agree on dozens.
-4. Groups (`find_duplicates`): identical bytes, identical decoded pixels and verified pairs are
-   joined (union-find over pairs only), after a decisions file has overridden any verdict.
+4. Groups (`find_duplicates`): identical bytes, identical decoded pixels, a decisions file's
+   verdicts and verified pairs are joined (union-find over pairs only: no chaining through mere
+   similarity).
 
 Duplicates become groups that never cross splits, so the same picture re-encoded, resized,
 flipped, cropped or re-lit cannot sit in train and in test at once.
@@ -41,6 +43,7 @@ ROTATION_VIEWS = 10  # degrees: views turned either way, for photographs taken a
 VERIFY_SIZE = 192  # longer side of the verification image, in pixels
 ORB_FEATURES = 300  # keypoints per image, strongest first
 ORB_FAST_THRESHOLD = 5  # low, so that smooth skin and blurred slices still get keypoints
+ORB_LEVELS = 4  # scale pyramid: 1 to 1.7; images are brought to one size first
 RANSAC_TOLERANCE = 3.0  # pixels at VERIFY_SIZE
 SCREEN_KEYPOINTS = 100  # first look: the strongest 100 keypoints of each image ...
 SCREEN_MIN_INLIERS = 6  # ... must give this many inliers before all keypoints are matched
@@ -67,7 +70,8 @@ def _orb_features(gray):
     import cv2
 
     cv2.setNumThreads(1)  # parallelism comes from the process pool
-    orb = cv2.ORB_create(nfeatures=ORB_FEATURES, edgeThreshold=15, patchSize=15, fastThreshold=ORB_FAST_THRESHOLD)
+    orb = cv2.ORB_create(nfeatures=ORB_FEATURES, nlevels=ORB_LEVELS, edgeThreshold=15, patchSize=15,
+                         fastThreshold=ORB_FAST_THRESHOLD)
     keypoints, descriptors = orb.detectAndCompute(gray, None)
     if descriptors is None:
         return np.zeros((0, 2), np.float32), None

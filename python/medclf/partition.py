@@ -400,7 +400,8 @@ def partition(options):
             uf.union(first_of.setdefault(item.group_value, i), i)
     dup_report = None
     if opts.dedup:
-        dup_report = duplicates_review.detect_duplicates(fingerprints, [i.path for i in items], opts, progress=not opts.quiet)
+        dup_report = duplicates_review.detect_duplicates(fingerprints, [i.path for i in items], opts,
+                                                         progress=not opts.quiet)
         for cluster in dup_report.clusters:
             for j in cluster[1:]:
                 uf.union(cluster[0], j)
