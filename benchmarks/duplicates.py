@@ -15,6 +15,7 @@
 """
 
 import argparse
+import os
 import resource
 import sys
 import tempfile
@@ -99,6 +100,13 @@ def peak_memory_mib():
     return own, workers
 
 
+def cpu_seconds():
+    """CPU time (user + system) of this process and of its finished workers: on a busy machine
+    the wall time says more about the other jobs than about this one."""
+    own, workers = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + workers.ru_utime + workers.ru_stime
+
+
 def speed(data, tmp, rng, n_images, workers):
     ham = sorted((data / "ham10000_dev" / "images").glob("*.jpg"))
     n_copies = max(0, n_images - len(ham))
@@ -106,21 +114,25 @@ def speed(data, tmp, rng, n_images, workers):
     families = [FAMILIES[k] for k in rng.integers(0, len(FAMILIES), n_copies)]
     copies = make_copies(sources, tmp / "speed", rng, families)
     paths = ham + [c[0] for c in copies]
+    cpu_start = cpu_seconds()
     start = time.perf_counter()
     fingerprints = dedup.fingerprint_files(paths, workers=workers)
     decoded = time.perf_counter()
     report = dedup.find_duplicates(fingerprints, workers=workers)
     done = time.perf_counter()
+    cpu = cpu_seconds() - cpu_start
     own, child = peak_memory_mib()
     print(f"\nspeed: {len(paths)} images ({len(ham)} ham10000_dev + {len(copies)} copies), {workers} worker(s): "
           f"fingerprints (decoding included) {decoded - start:.1f} s, candidates + verification "
-          f"{done - decoded:.1f} s, total {done - start:.1f} s; {len(report.candidates)} candidate pairs, "
+          f"{done - decoded:.1f} s, total {done - start:.1f} s (CPU time {cpu:.1f} s, i.e. {cpu / workers:.1f} s on "
+          f"{workers} idle cores; load average {os.getloadavg()[0]:.1f}); {len(report.candidates)} candidate pairs, "
           f"{len(report.clusters)} groups; peak memory {own:.0f} MiB (main process), {child:.0f} MiB (largest worker)")
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=Path("../shared/data"), help="folder with ham10000_dev/ and brain_mri/")
+    parser.add_argument("--data", type=Path, default=Path("../shared/data"),
+                        help="folder with ham10000_dev/ and brain_mri/")
     parser.add_argument("--out", type=Path, default=Path("results/bench_duplicates"), help="contact sheet and CSV")
     parser.add_argument("--n-speed", type=int, default=10_000, help="images in the speed run (0 = skip it)")
     parser.add_argument("--workers", type=int, default=2, help="processes for decoding and verification")

@@ -48,7 +48,7 @@ RANSAC_TOLERANCE = 3.0  # pixels at VERIFY_SIZE
 SCREEN_KEYPOINTS = 100  # first look: the strongest 100 keypoints of each image ...
 SCREEN_MIN_INLIERS = 6  # ... must give this many inliers before all keypoints are matched
 DEFAULT_NEIGHBOURS = 8
-DEFAULT_MIN_INLIERS = 25
+DEFAULT_MIN_INLIERS = 20
 PIXEL_CHECK_MAX_DIFF = 2.0  # mean |thumbnail difference| below which decoded pixels are compared
 
 
@@ -269,7 +269,8 @@ def count_inliers(points_a, orb_a, points_b, orb_b, strongest=None):
     import cv2
 
     if strongest and orb_a is not None and orb_b is not None:
-        points_a, orb_a, points_b, orb_b = points_a[:strongest], orb_a[:strongest], points_b[:strongest], orb_b[:strongest]
+        points_a, orb_a = points_a[:strongest], orb_a[:strongest]
+        points_b, orb_b = points_b[:strongest], orb_b[:strongest]
     if orb_a is None or orb_b is None or len(orb_a) < 2 or len(orb_b) < 2:
         return 0
     matcher = cv2.BFMatcher(cv2.NORM_HAMMING)

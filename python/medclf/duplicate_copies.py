@@ -44,7 +44,8 @@ def synthetic_copy(image, family, rng, variant=None):
         return image.rotate(angle, Image.Resampling.BILINEAR), f"rotation {angle:.1f}"
     if family == "brightness_contrast":
         b, c = rng.uniform(0.85, 1.15, 2)
-        return ImageEnhance.Contrast(ImageEnhance.Brightness(image).enhance(b)).enhance(c), f"brightness {b:.2f} contrast {c:.2f}"
+        copy = ImageEnhance.Contrast(ImageEnhance.Brightness(image).enhance(b)).enhance(c)
+        return copy, f"brightness {b:.2f} contrast {c:.2f}"
     if family == "jpeg":
         quality = int(rng.integers(60, 91))
         return image.copy(), f"jpeg {quality}"

@@ -70,7 +70,8 @@ def candidate_rows(report, paths, labels, groups=None):
     from medclf.dedup import Candidate
 
     groups = groups or [""] * len(paths)
-    exact = [Candidate(m[0], j, float("nan"), False, verdict="exact_bytes") for m in report.exact_clusters for j in m[1:]]
+    exact = [Candidate(m[0], j, float("nan"), False, verdict="exact_bytes")
+             for m in report.exact_clusters for j in m[1:]]
     rows = []
     for c in exact + report.candidates:
         rows.append({
@@ -101,12 +102,15 @@ def pairs_to_review(rows):
 
 
 def _caption_lines(row):
-    lines = [f"{row['path_a']}  |  {row['path_b']}"]
-    lines.append(f"labels {row['label_a']} / {row['label_b']}"
-                 + (f"; groups {row['group_a']} / {row['group_b']}" if row["group_a"] else "")
-                 + f"; {row['verdict']}" + (f", {row['verification_inliers']} inliers" if row["verification_inliers"] != "" else "")
-                 + ("" if row["decided_by"] == "detector" else f" ({row['decided_by']})"))
-    return lines
+    second = f"labels {row['label_a']} / {row['label_b']}"
+    if row["group_a"]:
+        second += f"; groups {row['group_a']} / {row['group_b']}"
+    second += f"; {row['verdict']}"
+    if row["verification_inliers"] != "":
+        second += f", {row['verification_inliers']} inliers"
+    if row["decided_by"] != "detector":
+        second += f" ({row['decided_by']})"
+    return [f"{row['path_a']}  |  {row['path_b']}", second]
 
 
 def _tile(path):
@@ -144,7 +148,8 @@ def write_contact_sheet(path, rows, data_root):
     if not shown:
         draw.text((2, 2), "no verified pair joins different labels or groups", fill="black")
     if len(rows) > len(shown):
-        draw.text((2, len(shown) * height + 4), f"... and {len(rows) - len(shown)} more in duplicates.csv", fill="black")
+        more = f"... and {len(rows) - len(shown)} more in duplicates.csv"
+        draw.text((2, len(shown) * height + 4), more, fill="black")
     with atomic_path(path) as tmp:
         sheet.save(tmp, format="PNG")
     return len(shown)

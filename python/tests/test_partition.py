@@ -336,17 +336,19 @@ def test_oversized_group_is_reported_with_its_pairs(tmp_path, capsys):
         shutil.copyfile(root / "no" / "no0.png", root / "no" / f"copy{k}.png")
     info = partition(PartitionOptions(out=tmp_path / "o", data_root=root, max_group_size=3, quiet=True))
     err = capsys.readouterr().err
-    assert "group no/copy0.png holds 4 images (more than 3), joined by no/copy0.png~no/copy1.png (identical bytes)" in err
+    assert ("group no/copy0.png holds 4 images (more than 3), joined by no/copy0.png~no/copy1.png "
+            "(identical bytes)") in err
     assert info["duplicates"]["largest_group"] == {"name": "no/copy0.png", "size": 4, "limit": 3,
                                                    "oversized": ["no/copy0.png"]}
 
 
-@pytest.mark.parametrize("distance, near_enabled, note", [("0", True, "ignored"), ("-1", False, "read as --no-near-dups")])
+@pytest.mark.parametrize("distance, near_enabled, note",
+                         [("0", True, "ignored"), ("-1", False, "read as --no-near-dups")])
 def test_retired_near_dup_distance_still_runs(tmp_path, capsys, distance, near_enabled, note):
     root = _class_folders(tmp_path / "d", {"no": 5, "yes": 5})
     code, err = _run_cli(["--data-root", root, "--out", tmp_path / "o", "--near-dup-distance", distance], capsys)
     assert code == 0
-    assert f"--near-dup-distance is retired" in err and note in err
+    assert "--near-dup-distance is retired" in err and note in err
     _, info = _read(tmp_path / "o")
     assert info["duplicates"]["near"]["enabled"] is near_enabled
 
