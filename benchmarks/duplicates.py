@@ -124,8 +124,8 @@ def speed(data, tmp, rng, n_images, workers):
     own, child = peak_memory_mib()
     print(f"\nspeed: {len(paths)} images ({len(ham)} ham10000_dev + {len(copies)} copies), {workers} worker(s): "
           f"fingerprints (decoding included) {decoded - start:.1f} s, candidates + verification "
-          f"{done - decoded:.1f} s, total {done - start:.1f} s (CPU time {cpu:.1f} s, i.e. {cpu / workers:.1f} s on "
-          f"{workers} idle cores; load average {os.getloadavg()[0]:.1f}); {len(report.candidates)} candidate pairs, "
+          f"{done - decoded:.1f} s, total {done - start:.1f} s (CPU time of all processes {cpu:.1f} s; load average "
+          f"{os.getloadavg()[0]:.1f}); {len(report.candidates)} candidate pairs, "
           f"{len(report.clusters)} groups; peak memory {own:.0f} MiB (main process), {child:.0f} MiB (largest worker)")
 
 
