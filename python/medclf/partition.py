@@ -3,10 +3,12 @@
 Steps (each a function below, called in order by `partition`):
  1. collect the images (`collect_images`): class folders (`scan_class_folders`) or a metadata
     CSV (`load_metadata`); then `select_classes` applies --label-map and --classes;
- 2. read every image once through `medclf.imageio.read_image` (`read_images`): unreadable files
-    are warned about, excluded and counted; each readable file gets a SHA-256 and a 64-bit dHash;
- 3. build groups: exact and near-duplicate clusters (`detect_duplicates`) merged (union) with
-    the `--group-col` value (patient, lesion) (`build_groups`), so that no group can cross splits;
+ 2. read every image once (`read_images`): unreadable files are warned about, excluded and
+    counted; with duplicate detection on, each readable file gets a fingerprint
+    (`medclf.dedup.fingerprint_files`, in a process pool);
+ 3. build groups: exact and verified near-duplicate pairs (`detect_duplicates`) merged (union)
+    with the `--group-col` value (patient, lesion) (`build_groups`), so that no group can cross
+    splits; duplicates.csv and a contact sheet let a person review the pairs;
  4. assign whole groups to train/val/test (`assign_splits`, `assign_groups`), stratified by
     class, then optionally k stratified folds over the non-test groups;
  5. write splits.csv and partition.json atomically (`splits_frame`, `write_outputs`), with a
@@ -26,8 +28,9 @@ from pathlib import Path
 import numpy as np
 
 from medclf import dedup as dedup_lib
+from medclf import duplicates_review
 from medclf.errors import MedclfError, UnreadableImageError
-from medclf.fileio import read_csv, read_json, sha256_file, write_json, write_text
+from medclf.fileio import read_csv, read_json, write_json, write_text
 from medclf.imageio import IMAGE_EXTENSIONS, is_image_name, read_image
 from medclf.splits import REQUIRED_COLUMNS, SPLITS, splits_csv_text
 
@@ -52,7 +55,11 @@ class PartitionOptions:
     classes: list = None
     positive: str = None
     dedup: bool = True
-    near_dup_distance: int = dedup_lib.DEFAULT_NEAR_DUP_DISTANCE
+    near_dups: bool = True  # near duplicates too (exact ones are found whenever dedup is on)
+    dup_neighbours: int = dedup_lib.DEFAULT_NEIGHBOURS
+    dup_min_inliers: int = dedup_lib.DEFAULT_MIN_INLIERS
+    duplicate_decisions: Path = None  # CSV path_a,path_b,same|different overriding verdicts
+    max_group_size: int = None  # None = dedup_lib.group_size_limit(number of images)
     label_map: object = None  # inline "a=b,*=c", a file path, or a dict
     overwrite: bool = False  # replace an existing, different splits.csv / partition.json in `out`
     quiet: bool = False
@@ -66,7 +73,7 @@ class Item:
     group_value: str = None
     extra: dict = field(default_factory=dict)
     sha256: str = None  # of the file's bytes, set when the image is read (with --dedup)
-    dhash: int = None  # 64-bit difference hash, likewise
+    fingerprint: object = None  # medclf.dedup's fingerprint of the decoded image, likewise
 
 
 def _rel(path, root):
@@ -387,7 +394,13 @@ def partition(options):
     info = _partition_info(opts, classes, positive, data_root, items, split_of, fold_of, group_of, components,
                            dup_report, unreadable, skipped, label_map)
     info["excluded_classes"] = excluded_classes
-    write_outputs(Path(opts.out), frame, extra_columns, info, opts.overwrite)
+    review = None
+    if dup_report is not None:
+        review = duplicates_review.plan_review(dup_report, [i.path for i in items], [i.label for i in items],
+                                               [i.group_value for i in items] if opts.group_col else None)
+        info["duplicates"]["review"] = review.record
+    write_outputs(Path(opts.out), frame, extra_columns, info, opts.overwrite,
+                  before=(lambda: review.write(Path(opts.out), data_root)) if review else None)
     if not opts.quiet:
         print(format_summary(info))
         print(f"wrote {Path(opts.out) / 'splits.csv'} and {Path(opts.out) / 'partition.json'}")
@@ -441,20 +454,23 @@ def select_classes(items, opts):
 
 def read_images(items, data_root, opts):
     """Step 2: read every image once; unreadable files are warned about and excluded. Readable
-    items get their SHA-256 and dHash (with --dedup). Returns (readable items, unreadable)."""
+    items get their SHA-256 and fingerprint (with --dedup). Returns (readable items, unreadable)."""
     from tqdm import tqdm
 
+    paths = [data_root / item.path for item in items]
+    if opts.dedup:
+        results = dedup_lib.fingerprint_files(paths, progress=not opts.quiet)
+    else:
+        results = [_read_or_error(p) for p in tqdm(paths, desc="reading images", unit="img", disable=opts.quiet,
+                                                   file=sys.stderr)]
     readable, unreadable = [], []
-    for item in tqdm(items, desc="reading images", unit="img", disable=opts.quiet, file=sys.stderr):
-        full = data_root / item.path
-        try:
-            image = read_image(full)
-            if opts.dedup:
-                item.sha256, item.dhash = sha256_file(full), dedup_lib.dhash(image)
-        except UnreadableImageError as exc:
-            _warn(f"{exc}; excluded")
-            unreadable.append({"path": item.path, "label": item.label, "reason": exc.reason})
+    for item, result in zip(items, results):
+        if isinstance(result, UnreadableImageError):
+            _warn(f"{result}; excluded")
+            unreadable.append({"path": item.path, "label": item.label, "reason": result.reason})
             continue
+        if opts.dedup:
+            item.fingerprint, item.sha256 = result, result.sha256
         readable.append(item)
     if not readable:
         raise MedclfError(f"{data_root}: none of the images could be read; see the warnings above")
@@ -465,7 +481,8 @@ def detect_duplicates(items, opts):
     """Step 3a: exact and near-duplicate clusters (None with --no-dedup)."""
     if not opts.dedup:
         return None
-    return dedup_lib.find_duplicates([i.sha256 for i in items], [i.dhash for i in items], opts.near_dup_distance)
+    return duplicates_review.detect_duplicates([i.fingerprint for i in items], [i.path for i in items], opts,
+                                               progress=not opts.quiet)
 
 
 def build_groups(items, dup_report, opts):
@@ -544,9 +561,10 @@ def _json_equal(path, obj):
         return False
 
 
-def write_outputs(out, frame, extra_columns, info, overwrite=False):
+def write_outputs(out, frame, extra_columns, info, overwrite=False, before=None):
     """Step 5b: splits.csv and partition.json, atomically. An existing, different pair is kept
-    unless `overwrite`: runs and organized folders made from it would silently stop matching."""
+    unless `overwrite`: runs and organized folders made from it would silently stop matching.
+    `before()` writes companion files (the duplicate review) once replacing is allowed."""
     text = splits_csv_text(frame, extra_columns)
     splits_path, info_path = out / "splits.csv", out / "partition.json"
     changed = [p.name for p, same in (
@@ -559,8 +577,18 @@ def write_outputs(out, frame, extra_columns, info, overwrite=False):
             "pass --overwrite to replace it (runs keep their own copy of the split they trained on), "
             "or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
+    if before is not None:
+        before()
     write_text(splits_path, text)
     write_json(info_path, info)
+
+
+def _read_or_error(path):
+    try:
+        read_image(path)
+    except UnreadableImageError as exc:
+        return exc
+    return None
 
 
 def _duplicate_clusters_info(items, dup_report, split_of, label_of):
@@ -598,27 +626,28 @@ def _partition_info(opts, classes, positive, data_root, items, split_of, fold_of
         for item, split in zip(items, split_of):
             by_digest.setdefault(item.sha256, set()).add(split)
         leakage["exact_duplicates_across_splits"] = sum(1 for s in by_digest.values() if len(s) > 1)
-        crossing_near = [(i, j, d) for i, j, d in dup_report.near_pairs if split_of[i] != split_of[j]]
+        crossing_near = [c for c in dup_report.near_pairs if split_of[c.i] != split_of[c.j]]
         leakage["near_duplicates_across_splits"] = len(crossing_near)
         leakage["near_duplicate_pairs_across_splits"] = [
-            {"paths": [items[i].path, items[j].path], "distance": d} for i, j, d in crossing_near[:100]
+            {"paths": [items[c.i].path, items[c.j].path], "verdict": c.verdict} for c in crossing_near[:100]
         ]
         exact, merged = _duplicate_clusters_info(items, dup_report, split_of, labels)
         cross_class = [c for c in merged if len(c["labels"]) > 1]
         for c in cross_class:
             shown = ", ".join(c["paths"][:8]) + (f" and {len(c['paths']) - 8} more" if len(c["paths"]) > 8 else "")
             _warn(f"{len(c['paths'])} duplicates with different labels ({', '.join(c['labels'])}), kept in one "
-                  f"split: {shown}; check these labels (all listed in partition.json), or lower "
-                  "--near-dup-distance if they are different pictures")
+                  f"split: {shown}; check these labels (all listed in partition.json), or mark pairs that are "
+                  "different pictures in a --duplicate-decisions file (see duplicates.csv)")
         duplicates.update({
             "exact": {"method": "sha256 of file bytes", "clusters": len(exact),
                       "files": sum(len(c["paths"]) for c in exact), "members": exact},
-            "near": {"method": "dhash-64 (9x8 gray, Lanczos), Hamming distance",
-                     "max_distance": opts.near_dup_distance, "pairs": len(dup_report.near_pairs)},
-            "clusters": {"description": "exact and near duplicates merged transitively",
+            "near": duplicates_review.near_info(dup_report, opts),
+            "clusters": {"description": "unions of exact duplicates and verified near-duplicate pairs",
                          "count": len(merged), "files": sum(len(c["paths"]) for c in merged),
                          "members": merged},
             "clusters_with_different_labels": len(cross_class),
+            "largest_group": duplicates_review.largest_group_info(components, group_of, items, dup_report, opts,
+                                                                   _warn),
         })
     group_sizes = Counter(len(m) for m in components)
     info = {
@@ -680,8 +709,9 @@ def format_summary(info):
     if dup["enabled"]:
         lines.append(
             f"duplicates: {dup['exact']['clusters']} exact clusters ({dup['exact']['files']} files); "
-            f"{dup['clusters']['count']} clusters with near duplicates at dHash distance <= "
-            f"{dup['near']['max_distance']} ({dup['clusters']['files']} files)")
+            f"{dup['clusters']['count']} clusters with verified near duplicates ({dup['clusters']['files']} files); "
+            f"{dup['near']['verified_pairs']} of {dup['near']['candidate_pairs']} candidate pairs verified; "
+            f"largest group {dup['largest_group']['size']} images")
     parts = [f"groups {leak['groups_across_splits']}"]
     if dup["enabled"]:
         parts += [f"exact duplicates {leak['exact_duplicates_across_splits']}",

@@ -63,7 +63,10 @@ def test_brain_duplicates_found_and_never_cross_splits(brain_run):
     frame, info = _read(brain_run)
     dup = info["duplicates"]
     assert (dup["exact"]["clusters"], dup["exact"]["files"]) == (22, 47)
-    assert (dup["clusters"]["count"], dup["clusters"]["files"]) == (36, 83)
+    # SOURCE.md's 36 clusters (83 files), plus 9 verified pairs its dHash radius missed, each
+    # checked by eye (crops, rescales, an added arrow; Y160~Y50 is the pair SOURCE.md names).
+    assert (dup["clusters"]["count"], dup["clusters"]["files"]) == (38, 92)
+    assert dup["clusters_with_different_labels"] == 0 and dup["largest_group"]["size"] <= 20
     leak = info["leakage"]
     assert (leak["groups_across_splits"], leak["exact_duplicates_across_splits"],
             leak["near_duplicates_across_splits"]) == (0, 0, 0)
@@ -72,7 +75,67 @@ def test_brain_duplicates_found_and_never_cross_splits(brain_run):
         rows = frame[frame["path"].isin(cluster["paths"])]
         assert rows["split"].nunique() == 1 and rows["group"].nunique() == 1
     assert frame.groupby("group")["split"].nunique().max() == 1
-    assert frame["group"].nunique() == info["n_groups"] == 253 - 83 + 36
+    assert frame["group"].nunique() == info["n_groups"] == 253 - 92 + 38
+
+
+def test_brain_source_md_clusters_each_in_one_split(brain_run, brain_mri_root):
+    """brain_mri/SOURCE.md: identical md5, or 64-bit dHash within 3 bits, merged: 36 clusters of
+    83 files, each the same image. Recomputed here the way SOURCE.md describes it."""
+    from test_dedup import reference_dhash
+
+    from medclf.dedup import UnionFind
+    from medclf.fileio import sha256_file
+    from medclf.imageio import read_image
+
+    files = sorted(brain_mri_root.glob("*/*"))
+    digests = [sha256_file(p) for p in files]
+    hashes = [reference_dhash(read_image(p)) for p in files]
+    uf = UnionFind(len(files))
+    for i in range(len(files)):
+        for j in range(i + 1, len(files)):
+            if digests[i] == digests[j] or (hashes[i] ^ hashes[j]).bit_count() <= 3:
+                uf.union(i, j)
+    clusters = [c for c in uf.components() if len(c) > 1]
+    assert (len(clusters), sum(map(len, clusters))) == (36, 83)
+    frame, _ = _read(brain_run)
+    by_path = frame.set_index("path")
+    for cluster in clusters:
+        rows = by_path.loc[[files[i].relative_to(brain_mri_root).as_posix() for i in cluster]]
+        assert rows["split"].nunique() == 1 and rows["group"].nunique() == 1, list(rows.index)
+
+
+def test_brain_review_files(brain_run):
+    review = pd.read_csv(brain_run / "duplicates.csv", dtype=str, keep_default_na=False)
+    assert list(review.columns) == ["path_a", "path_b", "descriptor_distance", "verification_inliers", "verdict",
+                                    "decided_by", "label_a", "label_b", "labels_differ", "group_a", "group_b",
+                                    "groups_differ"]
+    assert (review["verdict"] == "exact_bytes").sum() == 47 - 22
+    pair = review[(review["path_a"] == "yes/Y160.JPG") & (review["path_b"] == "yes/Y50.JPG")]
+    assert pair["verdict"].tolist() == ["duplicate"]
+    _, info = _read(brain_run)
+    assert info["duplicates"]["review"] == {"csv": "duplicates.csv", "contact_sheet": "duplicates_to_review.png",
+                                            "pairs_to_review": 0}
+    assert Image.open(brain_run / "duplicates_to_review.png").format == "PNG"
+
+
+def test_brain_decisions_file_overrides_and_is_recorded(brain_mri_root, tmp_path):
+    from medclf.fileio import sha256_file
+
+    decisions = tmp_path / "decisions.csv"
+    decisions.write_text("yes/Y50.JPG,yes/Y160.JPG,different\nno/N1.JPG,no/N2.JPG,same\n")
+    out = tmp_path / "out"
+    assert main(["partition", "--quiet", "--data-root", str(brain_mri_root), "--out", str(out),
+                 "--duplicate-decisions", str(decisions)]) == 0
+    frame, info = _read(out)
+    group = frame.set_index("path")["group"]
+    assert group["yes/Y160.JPG"] != group["yes/Y50.JPG"]
+    assert group["no/N1.JPG"] == group["no/N2.JPG"]
+    assert info["duplicates"]["near"]["decisions"] == {"path": str(decisions.resolve()),
+                                                       "sha256": sha256_file(decisions), "pairs": 2}
+    review = pd.read_csv(out / "duplicates.csv", dtype=str, keep_default_na=False)
+    decided = review[review["decided_by"] == "decisions file"]
+    assert sorted(zip(decided["path_a"], decided["path_b"], decided["verdict"])) == [
+        ("no/N1.JPG", "no/N2.JPG", "duplicate"), ("yes/Y160.JPG", "yes/Y50.JPG", "different")]
 
 
 def test_brain_split_is_stratified(brain_run):
@@ -336,6 +399,29 @@ def test_duplicates_across_classes_warned_and_kept_together(tmp_path, capsys):
     assert pair["split"].nunique() == 1 and pair["group"].nunique() == 1
     assert info["duplicates"]["clusters_with_different_labels"] == 1
     assert info["leakage"]["exact_duplicates_across_splits"] == 0
+
+
+def test_oversized_group_is_reported_with_its_pairs(tmp_path, capsys):
+    root = _class_folders(tmp_path / "d", {"no": 6, "yes": 6})
+    for k in range(3):
+        shutil.copyfile(root / "no" / "no0.png", root / "no" / f"copy{k}.png")
+    info = partition(PartitionOptions(out=tmp_path / "o", data_root=root, max_group_size=3, quiet=True))
+    err = capsys.readouterr().err
+    assert ("group no/copy0.png holds 4 images (more than 3), joined by no/copy0.png~no/copy1.png "
+            "(identical bytes)") in err
+    assert info["duplicates"]["largest_group"] == {"name": "no/copy0.png", "size": 4, "limit": 3,
+                                                   "oversized": ["no/copy0.png"]}
+
+
+@pytest.mark.parametrize("distance, near_enabled, note",
+                         [("0", True, "ignored"), ("-1", False, "read as --no-near-dups")])
+def test_retired_near_dup_distance_still_runs(tmp_path, capsys, distance, near_enabled, note):
+    root = _class_folders(tmp_path / "d", {"no": 5, "yes": 5})
+    code, err = _run_cli(["--data-root", root, "--out", tmp_path / "o", "--near-dup-distance", distance], capsys)
+    assert code == 0
+    assert "--near-dup-distance is retired" in err and note in err
+    _, info = _read(tmp_path / "o")
+    assert info["duplicates"]["near"]["enabled"] is near_enabled
 
 
 def test_group_column_merged_with_duplicates(tmp_path):

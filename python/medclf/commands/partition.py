@@ -1,8 +1,10 @@
 """medclf partition: images -> splits.csv + partition.json (grouped, stratified, deduplicated)."""
 
 import argparse
-
+import sys
 from pathlib import Path
+
+from medclf.dedup import DEFAULT_MIN_INLIERS, DEFAULT_NEIGHBOURS
 
 HELP = "split images into train/val/test (and folds) without leakage: writes splits.csv + partition.json"
 DESCRIPTION = (
@@ -45,10 +47,23 @@ def add_arguments(parser):
     parser.add_argument("--label-map", default=None,
                         help="map labels to study classes: inline `mel=malignant,bcc=malignant,*=benign` "
                         "or a .csv (from,to) / .json / .yaml file; the original label goes to label_original")
-    parser.add_argument("--dedup", action=argparse.BooleanOptionalAction, default=True,
-                        help="exact and near-duplicate detection (duplicates never cross splits); --no-dedup turns it off")
-    parser.add_argument("--near-dup-distance", type=int, default=3,
-                        help="max Hamming distance between 64-bit dHashes for near duplicates (-1 = exact only)")
+    dup = parser.add_argument_group("duplicates (exact and near duplicates never cross splits)")
+    dup.add_argument("--dedup", action=argparse.BooleanOptionalAction, default=True,
+                     help="duplicate detection; --no-dedup turns it off (exact and near)")
+    dup.add_argument("--near-dups", action=argparse.BooleanOptionalAction, default=True,
+                     help="near duplicates (flipped, rotated, cropped, resized, re-lit or re-encoded copies) "
+                     "as well as identical files; --no-near-dups keeps exact duplicates only")
+    dup.add_argument("--dup-neighbours", type=int, default=DEFAULT_NEIGHBOURS, metavar="K",
+                     help="candidates: each image's K most similar images are checked (default %(default)s)")
+    dup.add_argument("--dup-min-inliers", type=int, default=DEFAULT_MIN_INLIERS, metavar="N",
+                     help="a candidate pair is a duplicate when at least N keypoint matches agree with one "
+                     "rotation/scale/shift (default %(default)s)")
+    dup.add_argument("--duplicate-decisions", type=Path, default=None, metavar="CSV",
+                     help="your verdicts, rows `path_a,path_b,same|different` (paths as in duplicates.csv); "
+                     "they override the detector's; the file's SHA-256 goes into partition.json")
+    dup.add_argument("--max-group-size", type=int, default=None, metavar="N",
+                     help="warn about groups larger than N images (default: 1%% of the images, at least 20)")
+    dup.add_argument("--near-dup-distance", type=int, default=None, help=argparse.SUPPRESS)  # retired, see run()
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing, different splits.csv/partition.json in --out (refused without "
                         "it; runs keep their own copy of the split they trained on)")
@@ -61,12 +76,21 @@ def run(args):
 
     if (args.data_root is None) == (args.metadata is None):
         raise MedclfError("pass exactly one of --data-root DIR (class folders) or --metadata CSV")
+    if args.near_dup_distance is not None:
+        # The dHash radius is gone; old commands and study files still run, with a note.
+        if args.near_dup_distance < 0:
+            args.near_dups = False
+        print("medclf partition: warning: --near-dup-distance is retired (near duplicates are now found by "
+              "nearest neighbours and verified by keypoint matching); "
+              + ("read as --no-near-dups" if args.near_dup_distance < 0 else "ignored")
+              + "; see --near-dups, --dup-min-inliers and --duplicate-decisions", file=sys.stderr)
     options = PartitionOptions(
         out=args.out, data_root=args.data_root, metadata=args.metadata, image_dir=args.image_dir,
         image_col=args.image_col, label_col=args.label_col, image_ext=args.image_ext, group_col=args.group_col,
         val=args.val, test=args.test, seed=args.seed, folds=args.folds, classes=args.classes,
-        positive=args.positive, dedup=args.dedup, near_dup_distance=args.near_dup_distance,
-        label_map=args.label_map, overwrite=args.overwrite, quiet=args.quiet,
+        positive=args.positive, dedup=args.dedup, near_dups=args.near_dups, dup_neighbours=args.dup_neighbours,
+        dup_min_inliers=args.dup_min_inliers, duplicate_decisions=args.duplicate_decisions,
+        max_group_size=args.max_group_size, label_map=args.label_map, overwrite=args.overwrite, quiet=args.quiet,
     )
     info = partition(options)
     return 0 if leakage_free(info) else 2
