@@ -6,7 +6,7 @@ import re
 import numpy as np
 from PIL import Image
 
-from medclf.dedup import DEFAULT_NEAR_DUP_DISTANCE, dhash, hamming
+from medclf.dedup import find_duplicates, fingerprint_file
 from medclf.demo_data import generate, lesion_contrast, phantom, plan
 
 
@@ -70,16 +70,16 @@ def test_a_lesion_raises_the_brightest_spot_of_the_same_slice():
     assert np.median(spots) > 0
 
 
-def test_near_duplicates_are_other_patients_within_the_dhash_distance(tmp_path):
+def test_near_duplicates_are_other_patients_found_by_the_duplicate_detector(tmp_path):
     paths = generate(tmp_path, n_per_class=20, seed=4)
     sources = plan(20, 4, duplicate_fraction=0.1)
     pairs = [(tmp_path / name / f"{name}_patient{s:03d}.png", tmp_path / name / f"{name}_patient{i:03d}.png")
              for name in sources for i, s in enumerate(sources[name]) if s is not None]
     assert len(pairs) == 4 and all(p in paths for pair in pairs for p in pair)
     for original, copy in pairs:
-        assert original.read_bytes() != copy.read_bytes()  # not an exact copy: only the dHash finds it
-        with Image.open(original) as a, Image.open(copy) as b:
-            assert hamming(dhash(a), dhash(b)) <= DEFAULT_NEAR_DUP_DISTANCE
+        assert original.read_bytes() != copy.read_bytes()  # not an exact copy: only the near-duplicate check finds it
+        report = find_duplicates([fingerprint_file(original), fingerprint_file(copy)])
+        assert [sorted(c) for c in report.clusters] == [[0, 1]]
 
 
 def test_run_demo_partitions_and_organizes(tmp_path):
