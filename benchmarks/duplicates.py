@@ -47,9 +47,9 @@ def make_copies(sources, folder, rng, families=None):
     return made
 
 
-def recall(data, tmp, rng, workers):
-    ham = sorted((data / "ham10000_dev" / "images").glob("*.jpg"))
-    brain = sorted(p for p in (data / "brain_mri").glob("*/*") if p.is_file())
+def recall(data, tmp, rng, workers, limit=None):
+    ham = sorted((data / "ham10000_dev" / "images").glob("*.jpg"))[:limit]
+    brain = sorted(p for p in (data / "brain_mri").glob("*/*") if p.is_file())[:limit]
     sources = ham + brain
     copies = make_copies(sources, tmp / "recall", rng)
     paths = sources + [c[0] for c in copies]
@@ -74,8 +74,8 @@ def recall(data, tmp, rng, workers):
     print(f"candidate pairs {len(report.candidates)}; missed: {', '.join(missed[:30]) or 'none'}")
 
 
-def false_merges(data, out, workers):
-    meta = pd.read_csv(data / "ham10000_dev" / "HAM10000_metadata.csv", dtype=str)
+def false_merges(data, out, workers, limit=None):
+    meta = pd.read_csv(data / "ham10000_dev" / "HAM10000_metadata.csv", dtype=str)[:limit]
     image_dir = data / "ham10000_dev" / "images"
     paths = [f"{i}.jpg" for i in meta["image_id"]]
     fingerprints = dedup.fingerprint_files([image_dir / p for p in paths], workers=workers)
@@ -137,6 +137,9 @@ def main(argv=None):
     parser.add_argument("--n-speed", type=int, default=10_000, help="images in the speed run (0 = skip it)")
     parser.add_argument("--workers", type=int, default=2, help="processes for decoding and verification")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-per-dataset", type=int, default=None, metavar="N",
+                        help="use only the first N images of each dataset in the recall and false-merge parts "
+                        "(a quick check; default: all)")
     parser.add_argument("--skip", choices=["recall", "false-merges"], action="append", default=[],
                         help="leave a part out (repeatable)")
     args = parser.parse_args(argv)
@@ -144,9 +147,9 @@ def main(argv=None):
     rng = np.random.default_rng(args.seed)
     with tempfile.TemporaryDirectory() as tmp:
         if "recall" not in args.skip:
-            recall(args.data, Path(tmp), rng, args.workers)
+            recall(args.data, Path(tmp), rng, args.workers, args.max_per_dataset)
         if "false-merges" not in args.skip:
-            false_merges(args.data, args.out, args.workers)
+            false_merges(args.data, args.out, args.workers, args.max_per_dataset)
         if args.n_speed:
             speed(args.data, Path(tmp), rng, args.n_speed, args.workers)
     return 0

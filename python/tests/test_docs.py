@@ -25,6 +25,7 @@ and ADDED below; the failure message shows the original and the rewritten comman
 | medclf study FILE                           | + --set train.epochs=1 train.img-size=32 train.patience=1 train.threads=1 |
 | --set train.epochs=N (and the keys above)   | the shrunk value                                   |
 | medclf demo / bash scripts/demo.sh          | + --n-per-class 8 --epochs 1 --img-size 32 where absent |
+| benchmarks/duplicates.py                    | + --max-per-dataset 40 --n-speed 200 where absent; --n-speed N -> 200 |
 | bash scripts/test.sh ...                    | bash scripts/setup.sh (the test suite cannot run itself from inside itself) |
 
 The environment: OMP/MKL threads 1, no bytecode, no progress bars, and VIRTUAL_ENV = TMP, so
@@ -58,13 +59,15 @@ COMMAND_TIMEOUT_S = 600
 REWRITES = {
     "--img-size": ["32"], "--epochs": ["1"], "--patience": ["1"], "--n-per-class": ["8"], "--boot": ["200"],
     "-num_epochs": ["1"], "-img_shape": ["3", "32", "32"], "-img_size": ["3", "32", "32"],
+    "--n-speed": ["200"],
 }
 # `medclf study --set KEY=V`: the shrunk value of each key (added where the command lacks it)
 SET_SHRINK = {"train.epochs": "1", "train.img-size": "32", "train.patience": "1", "train.threads": "1"}
-# medclf subcommand -> options added where absent
+# medclf subcommand or Python script -> options added where absent
 ADDED = {
     "train": [["--threads", "1"], ["--no-progress"]],
     "demo": [["--n-per-class", "8"], ["--epochs", "1"], ["--img-size", "32"]],
+    "benchmarks/duplicates.py": [["--max-per-dataset", "40"], ["--n-speed", "200"]],
 }
 # scripts whose extra arguments go to a medclf subcommand (so they get that subcommand's rewrites)
 SCRIPT_SUBCOMMAND = {"scripts/demo.sh": "demo"}
@@ -203,7 +206,8 @@ def rewrite_simple(words):
             return env + add_missing(shrink_options(words), SCRIPT_SUBCOMMAND[script]), None
     if words[0] == "medclf" and len(words) > 1:
         return env + add_missing(shrink_options(words), words[1]), None
-    return env + shrink_options(words), None
+    script = next((w.removeprefix("./") for w in words[:2] if w.endswith(".py")), None)
+    return env + add_missing(shrink_options(words), script), None
 
 
 def rewrite(command, where):
