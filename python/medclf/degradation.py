@@ -4,8 +4,8 @@ Each test image (full resolution, as read by `imageio.read_image`) is degraded b
 strength, then measured (`quality.measure_image`), predicted by the run's best.pt (the same resize,
 crop and normalisation as `medclf test`) and judged by the gate. Kinds and strengths (the first of
 each is the clean image):
-  blur      Gaussian sigma 0, 1, 2, 4, 8, in pixels of the 256-px measuring scale (multiplied by
-            shorter side / 256 on the file), so the same sigma blurs a small and a large file alike
+  blur      Gaussian sigma 0, 0.5, 1, 2, 4, in pixels of the 128-px measuring scale (multiplied by
+            shorter side / 128 on the file), so the same sigma blurs a small and a large file alike
   gamma     out = in ** gamma on [0, 1]: 1, 1.5, 2, 3, 4 (darker)
   contrast  PIL ImageEnhance.Contrast factor 1, 0.75, 0.5, 0.25, 0.1 (towards the mean grey)
   jpeg      re-encoded at JPEG quality 95, 50, 20, 10, 5
@@ -26,7 +26,7 @@ from medclf.engine import probabilities_from_logits
 from medclf.imageio import read_image
 
 DEGRADATIONS = {
-    "blur": [0, 1, 2, 4, 8],
+    "blur": [0, 0.5, 1, 2, 4],
     "gamma": [1, 1.5, 2, 3, 4],
     "contrast": [1, 0.75, 0.5, 0.25, 0.1],
     "jpeg": [95, 50, 20, 10, 5],
@@ -137,7 +137,7 @@ def write_degradation_plot(path, rows, false_reject, title):
         axes[r][1].set_ylim(0, 1.02)
         axes[r][2].set_ylim(-0.02, 1.02)
         for ax in axes[r]:
-            ax.set_xlabel(kind if kind != "blur" else "blur sigma (256-px scale)", fontsize=7)
+            ax.set_xlabel(kind if kind != "blur" else "blur sigma (128-px scale)", fontsize=7)
             ax.tick_params(labelsize=7)
     axes[0][0].legend(fontsize=6)
     axes[0][1].legend(fontsize=6)
