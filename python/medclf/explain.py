@@ -221,12 +221,41 @@ def _image_entries(record, indices, groups, targets, files):
             for i, g, t, f in zip(indices, groups, targets, files)]
 
 
+def write_pictures(out, record, indices, targets, shown, maps, title, progress=True):
+    """Overlays (one per image) and the contact sheet; returns the overlay names relative to out."""
+    from tqdm import tqdm
+
+    groups = [image_groups(record)[i] for i in indices]
+    captions = [_caption(record, i, t) for i, t in zip(indices, targets)]
+    files = []
+    for k, i in enumerate(tqdm(indices, desc="overlays", disable=not progress, leave=False, file=sys.stderr)):
+        name = f"overlays/{k:03d}_{Path(record['paths'][i]).stem}.png"
+        write_overlay(out / name, shown[k], maps[k], captions[k])
+        files.append(name)
+    write_contact_sheet(out / "contact_sheet.png", shown, maps, groups, captions, title)
+    return _image_entries(record, indices, groups, targets, files)
+
+
+def run_checks(summary, model, images, targets, maps, out, title, steps, seed, sanity_threshold, faithfulness, sanity):
+    """Deletion/insertion (with faithfulness.png) and the cascading-randomisation check, into summary."""
+    method, layer = summary["method"], summary["target_layer"]
+    if faithfulness:
+        summary["faithfulness"] = F.faithfulness(model, images, targets, maps, steps, seed)
+        write_faithfulness_plot(out / "faithfulness.png", summary["faithfulness"], title)
+    if sanity:
+        check = F.sanity_check(model, images, targets, maps, method, layer, seed, sanity_threshold)
+        summary["sanity_check"] = check
+        if not check["passed"]:
+            _log(f"warning: {method} FAILED the randomisation sanity check (rank correlation "
+                 f"{check['final_rank_correlation']:.3f}, |rho| >= {sanity_threshold} with every block "
+                 "randomised): its maps do not depend on what the model learned")
+
+
 def run_explain(run_dir, split="test", method="gradcam", n=24, paths=None, target="predicted", target_layer=None,
                 out_dir=None, device="cpu", faithfulness=True, sanity=True, sanity_threshold=F.SANITY_THRESHOLD,
                 steps=F.DEFAULT_STEPS, seed=0, progress=True):
-    """Write overlays, the contact sheet and explain.json; returns the paths written."""
-    from tqdm import tqdm
-
+    """Write overlays, the contact sheet, faithfulness.png and explain.json into
+    RUN/explain/SPLIT/METHOD (or out_dir); returns (explain.json, contact_sheet.png, summary)."""
     from medclf.training import git_commit, library_versions
 
     run_dir = Path(run_dir)
@@ -242,32 +271,15 @@ def run_explain(run_dir, split="test", method="gradcam", n=24, paths=None, targe
     _log(f"{method} on {len(indices)} {split} images, target layer {layer}")
     maps = _batched_maps(model, images, targets, method, layer)
     out = Path(out_dir) if out_dir else run_dir / "explain" / split / method
-    groups = [image_groups(record)[i] for i in indices]
-    captions = [_caption(record, i, t) for i, t in zip(indices, targets)]
-    files = []
-    for k, (i, caption) in enumerate(tqdm(list(zip(indices, captions)), desc="overlays", disable=not progress,
-                                          leave=False, file=sys.stderr)):
-        name = f"overlays/{k:03d}_{Path(record['paths'][i]).stem}.png"
-        write_overlay(out / name, shown[k], maps[k], caption)
-        files.append(name)
     title = f"{method}, {config['architecture']} {run_dir.name}, {split} split"
-    write_contact_sheet(out / "contact_sheet.png", shown, maps, groups, captions, title)
     summary = {"schema": EXPLAIN_SCHEMA, "run": str(run_dir), "split": split, "method": method,
                "target_layer": layer, "target": target, "architecture": config["architecture"],
-               "images": _image_entries(record, indices, groups, targets, files),
+               "images": write_pictures(out, record, indices, targets, shown, maps, title, progress),
                "faithfulness": None, "sanity_check": None,
                "arguments": {"n": n, "paths": paths, "steps": steps, "seed": seed,
                              "sanity_threshold": sanity_threshold},
                "library_versions": _versions(library_versions()), "git_commit": git_commit()}
-    if faithfulness:
-        summary["faithfulness"] = F.faithfulness(model, images, targets, maps, steps, seed)
-        write_faithfulness_plot(out / "faithfulness.png", summary["faithfulness"], title)
-    if sanity:
-        summary["sanity_check"] = F.sanity_check(model, images, targets, maps, method, layer, seed, sanity_threshold)
-        if not summary["sanity_check"]["passed"]:
-            _log(f"warning: {method} FAILED the randomisation sanity check (rank correlation "
-                 f"{summary['sanity_check']['final_rank_correlation']:.3f} >= {sanity_threshold} with all "
-                 "blocks randomised): its maps do not depend on what the model learned")
+    run_checks(summary, model, images, targets, maps, out, title, steps, seed, sanity_threshold, faithfulness, sanity)
     write_json(out / "explain.json", summary)
     return out / "explain.json", out / "contact_sheet.png", summary
 

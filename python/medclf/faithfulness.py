@@ -104,7 +104,7 @@ def sanity_check(model, images, targets, maps, method, layer_name, seed=0, thres
         random_maps = heatmaps(randomised, images, targets, method, layer_name)
         rows.append({"randomised": list(done), "rank_correlation": rank_correlation(maps, random_maps)})
     final = rows[-1]["rank_correlation"] if rows else 1.0
-    # |rho|: a map that flips sign under randomisation still depends on the weights, but an
-    # inverted copy of the trained map is as suspicious as the map itself.
+    # |rho|, as Adebayo et al. also report: a random model whose map is the trained map inverted
+    # still reproduces its structure (edges of the image), which is what the check must catch.
     return {"method": method, "threshold": threshold, "stages": rows, "final_rank_correlation": final,
             "passed": bool(abs(final) < threshold)}

@@ -82,6 +82,7 @@ def _spatial_output(model, name, size=64):
         seen["shape"] = getattr(output, "shape", None)
 
     handle = model.get_submodule(name).register_forward_hook(record)
+    was_training = model.training
     try:
         with torch.no_grad():
             model.eval()(torch.zeros(1, 3, size, size, device=next(model.parameters()).device))
@@ -89,6 +90,7 @@ def _spatial_output(model, name, size=64):
         return False
     finally:
         handle.remove()
+        model.train(was_training)
     shape = seen.get("shape")
     return shape is not None and len(shape) == 4 and shape[1] > 3 and 1 <= shape[2] <= size and 1 <= shape[3] <= size
 
