@@ -42,6 +42,7 @@ MEASURE_SIDE = 128
 SHARPNESS_SIGMA = 1.0
 BLANK_RANGE = 2 / 255
 DARK_LEVEL, BRIGHT_LEVEL = 2, 253
+MIN_CLIPPED_FRACTION = 0.01
 SEED003_RULES = {"seed003_laplacian_var": {"op": ">", "value": 15.0},
                  "seed003_contrast": {"op": ">", "value": 0.15}}
 # Which tail of each measure is bad: calibration puts the threshold at that tail's percentile.
@@ -162,7 +163,8 @@ def measure_folder(folder, progress=True):
 
 def calibrate(train_rows, percentile=1.0):
     """Rules from the train split's distribution: a low measure fails below its `percentile`-th
-    percentile, a high one above its (100 - percentile)-th, mean luminance on both sides."""
+    percentile, a high one above its (100 - percentile)-th (clipped fractions: at least
+    MIN_CLIPPED_FRACTION), mean luminance on both sides; a blank image always fails."""
     if not 0 < percentile < 50:
         raise MedclfError(f"--percentile {percentile}: use a value between 0 and 50 (e.g. 1)")
     if len(train_rows) == 0:
@@ -171,7 +173,10 @@ def calibrate(train_rows, percentile=1.0):
     for m in LOW_IS_BAD + BOTH_BAD:
         rules[m] = {"op": ">=", "value": float(np.percentile(train_rows[m], percentile))}
     for m in HIGH_IS_BAD:
-        rules[m] = {"op": "<=", "value": float(np.percentile(train_rows[m], 100 - percentile))}
+        # Where nearly every train image has no clipped pixel the percentile is 0, and one clipped
+        # pixel would reject an image: a clipped fraction counts from MIN_CLIPPED_FRACTION up.
+        rules[m] = {"op": "<=", "value": max(MIN_CLIPPED_FRACTION,
+                                             float(np.percentile(train_rows[m], 100 - percentile)))}
     rules["mean_luminance_max"] = {"measure": "mean_luminance", "op": "<=",
                                    "value": float(np.percentile(train_rows["mean_luminance"], 100 - percentile))}
     rules["blank"] = {"op": "<", "value": 1}

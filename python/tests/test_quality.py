@@ -106,6 +106,8 @@ def test_calibration_percentiles_hand_values():
     rules = quality.calibrate(rows, percentile=1)
     assert rules["laplacian_var"] == {"op": ">=", "value": 2.0}  # 1st percentile of 1..101
     assert rules["dark_fraction"] == {"op": "<=", "value": 100.0}  # 99th percentile
+    no_clipping = rows.assign(bright_fraction=np.r_[np.zeros(100), 0.5])
+    assert quality.calibrate(no_clipping)["bright_fraction"] == {"op": "<=", "value": quality.MIN_CLIPPED_FRACTION}
     assert rules["mean_luminance_max"] == {"measure": "mean_luminance", "op": "<=", "value": 100.0}
     with pytest.raises(MedclfError, match="--percentile 60"):
         quality.calibrate(rows, percentile=60)
