@@ -291,8 +291,10 @@ def quality_of_splits(table, out_dir, gate_out=None, preset="calibrated", percen
         gate, train = seed003_gate(), measure_splits(table, ("train",), progress)
     else:
         gate, train = calibrated_gate(table, percentile, progress)
+    from medclf.training import git_commit, library_versions
+
     gate_path = Path(gate_out) if gate_out else Path(out_dir) / "quality.json"
-    gate_path.parent.mkdir(parents=True, exist_ok=True)
+    gate = dict(gate, library_versions=library_versions(), git_commit=git_commit())
     write_json(gate_path, gate)
     rows = _with_verdicts(pd.concat([train, measure_splits(table, ("val", "test"), progress)], ignore_index=True),
                           gate)
