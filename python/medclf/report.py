@@ -682,6 +682,36 @@ def write_plots(result, data, out_dir, names=None):
     return written
 
 
+def quality_gate_section(result, request, engine):
+    """When `medclf test --quality-gate` marked the predictions: score the images that passed
+    (predictions_<split>_passed.json beside the file), store {n, passed, rejected, metrics} as
+    result["quality_gate"] and return the Markdown section; else "" and result is unchanged."""
+    from medclf.quality import passed_subset
+
+    source = Path(request["predictions_path"])
+    record = read_predictions_file(source)
+    subset = passed_subset(record)
+    if subset is None:
+        return ""
+    n, passed = len(record["quality"]), len(subset["labels"])
+    section = {"n": n, "passed": passed, "rejected": n - passed, "gate": record.get("quality_gate"), "metrics": None}
+    lines = ["", "## Quality gate", "",
+             f"Gate {(record.get('quality_gate') or {}).get('file')}: {passed} of {n} images passed, {n - passed} rejected.",
+             ""]
+    if passed:
+        passed_path = source.with_name(source.stem + "_passed.json")
+        write_json(passed_path, subset)
+        subset_result, _ = run_engine(dict(request, predictions_path=str(passed_path)), engine)
+        section["metrics"] = subset_result["metrics"]
+        lines += ["| metric | all images (n = %d) | passed (n = %d) |" % (n, passed), "|---|---|---|"]
+        for name, v in result["metrics"].items():
+            w = subset_result["metrics"].get(name)
+            if isinstance(v, dict) and "estimate" in v and isinstance(w, dict):
+                lines.append(f"| {name} | {estimate_with_interval(v)} | {estimate_with_interval(w)} |")
+    result["quality_gate"] = section
+    return "\n".join(lines) + "\n"
+
+
 def report_run(run_dir, split="test", positive=None, threshold=None, threshold_rule=None, group=None,
                engine="auto", boot_n=0, seed=1, plots=True, tag=None):
     """Score results/NAME/predictions_<split>.json; write results_<split>[_<tag>].json,
@@ -705,9 +735,10 @@ def report_run(run_dir, split="test", positive=None, threshold=None, threshold_r
     if notes:
         result["engine_notes"] = notes
     data = validate_predictions(read_predictions_file(predictions), predictions)
+    gate_markdown = quality_gate_section(result, request, engine)
     results_path = run_dir / names["results"]
     write_json(results_path, result)
     plot_paths = write_plots(result, data, run_dir, names) if plots else []
     report_path = run_dir / names["report"]
-    write_text(report_path, markdown_report(result, run_dir, plot_paths))
+    write_text(report_path, markdown_report(result, run_dir, plot_paths) + gate_markdown)
     return {"results": results_path, "report": report_path, "plots": plot_paths, "result": result}

@@ -19,13 +19,21 @@ def add_arguments(parser):
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--use_GPU", "-use_GPU", dest="use_gpu", action="store_true", help="alias of --device cuda")
     parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--quality-gate", dest="quality_gate", metavar="QUALITY_JSON",
+                        help="quality.json from `medclf quality`: mark each prediction 'passed' or "
+                             "'rejected: reason' (field `quality`; no row is dropped)")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
 
 
 def run(args):
     from medclf.predict import run_test
 
-    for path in run_test(args.run, args.split, args.splits, args.data_root,
-                         "cuda" if args.use_gpu else args.device, args.batch_size, args.workers, args.progress):
+    written = run_test(args.run, args.split, args.splits, args.data_root,
+                       "cuda" if args.use_gpu else args.device, args.batch_size, args.workers, args.progress)
+    if args.quality_gate:
+        from medclf.quality import gate_predictions
+
+        gate_predictions(args.run, written, args.quality_gate, args.data_root, args.progress)
+    for path in written:
         print(path)
     return 0
