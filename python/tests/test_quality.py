@@ -176,7 +176,7 @@ def test_quality_gate_through_test_and_report_and_the_degradation_study(tiny_bra
     test_csv = csv[csv["split"] == "test"].set_index("path")
     assert predictions["quality"] == [test_csv.loc[p, "verdict"] for p in predictions["paths"]]
     assert cli.main(["report", "--run", str(run), "--engine", "python", "--no-plots"]) == 0
-    report = (run / "report.md").read_text()
+    report = (run / "report_test.md").read_text()
     n_passed = predictions["quality"].count("passed")
     assert "## Quality gate" in report and f"{n_passed} of {len(predictions['labels'])} images passed" in report
     results = json.loads((run / "results_test.json").read_text())
