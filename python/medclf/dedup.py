@@ -66,10 +66,20 @@ class Fingerprint:
     mirror_orb: np.ndarray
 
 
+def single_threaded_opencv():
+    """Turn OpenCV's own thread pool off, in this process, before forking workers. A child forked
+    while the parent's pool exists hangs at its next pool operation (seen: two forked fingerprint
+    workers blocked in cv2.setNumThreads after an earlier in-process run); children inherit the
+    setting, and parallelism comes from the process pool instead."""
+    import cv2
+
+    if cv2.getNumThreads() != 1:
+        cv2.setNumThreads(1)
+
+
 def _orb_features(gray):
     import cv2
 
-    cv2.setNumThreads(1)  # parallelism comes from the process pool
     orb = cv2.ORB_create(nfeatures=ORB_FEATURES, nlevels=ORB_LEVELS, edgeThreshold=15, patchSize=15,
                          fastThreshold=ORB_FAST_THRESHOLD)
     keypoints, descriptors = orb.detectAndCompute(gray, None)
@@ -168,6 +178,7 @@ def fingerprint_files(paths, workers=None, progress=False, desc="reading images"
     paths = [str(p) for p in paths]
     workers = default_workers() if workers is None else workers
     bar = dict(total=len(paths), desc=desc, unit="img", disable=not progress)
+    single_threaded_opencv()
     if workers <= 1 or len(paths) < 64:  # a pool costs more than it saves on a few images
         return [_fingerprint_or_error(p) for p in tqdm(paths, **bar)]
     with ProcessPoolExecutor(max_workers=workers) as pool:
@@ -317,6 +328,7 @@ def verify_pairs(fingerprints, pairs, workers=None, progress=False):
     workers = default_workers() if workers is None else workers
     bar = dict(total=len(pairs), desc="verifying duplicate candidates", unit="pair", disable=not progress)
     can_fork = "fork" in multiprocessing.get_all_start_methods()
+    single_threaded_opencv()
     _POOL_FINGERPRINTS = fingerprints
     try:
         if workers <= 1 or len(pairs) < 200 or not can_fork:

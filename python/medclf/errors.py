@@ -16,3 +16,7 @@ class UnreadableImageError(MedclfError):
         self.path = str(path)
         self.reason = reason
         super().__init__(f"{path}: cannot read image ({reason})")
+
+    def __reduce__(self):
+        # Worker processes return it in place of an image: it must survive pickling.
+        return type(self), (self.path, self.reason)

@@ -167,3 +167,38 @@ def test_oversized_group_warning_names_the_pairs():
     assert warnings == ["group a.jpg holds 3 images (more than 2), joined by a.jpg~b.jpg (40 inliers); "
                         "b.jpg~c.jpg (identical bytes); check these pairs in duplicates.csv and override wrong "
                         "ones with --duplicate-decisions"]
+
+
+def test_worker_pool_starts_after_opencv_threads_ran_in_the_parent(brain_mri_root):
+    # A fork taken while OpenCV's thread pool exists used to hang the workers (seen as a test
+    # suite that never finished); run in a subprocess so a hang fails by timeout here.
+    code = f"""
+import cv2, numpy as np, pathlib
+from medclf import dedup
+cv2.setNumThreads(2)
+cv2.GaussianBlur(np.zeros((2048, 2048), np.uint8), (0, 0), 3)  # the parent's pool now exists
+paths = sorted(p for p in pathlib.Path({str(brain_mri_root)!r}).rglob("*") if p.is_file())[:80]
+prints = dedup.fingerprint_files(paths, workers=2)
+print(sum(not isinstance(p, Exception) for p in prints))
+"""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout.split()[-1]) >= 75
+
+
+def test_an_unreadable_file_among_many_is_reported_not_fatal(tmp_path, brain_mri_root):
+    import shutil
+
+    images = sorted(p for p in brain_mri_root.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))[:70]
+    for k, path in enumerate(images):
+        shutil.copy(path, tmp_path / f"{k:03d}{path.suffix}")
+    (tmp_path / "broken.jpg").write_bytes(b"not an image")
+    from medclf import dedup
+    from medclf.errors import UnreadableImageError
+
+    prints = dedup.fingerprint_files(sorted(tmp_path.iterdir()), workers=2)  # >= 64 files: the worker pool
+    broken = [p for p in prints if isinstance(p, UnreadableImageError)]
+    assert len(prints) == 71 and len(broken) == 1 and broken[0].path.endswith("broken.jpg")
