@@ -401,12 +401,12 @@ mc_ece <- function(outcome, probability, indices = NULL) {
   mc_value(est, q[1], q[2], MC_METHOD_ECE)
 }
 
-# Newton-Raphson for logit(P) = a + b x (slope) or a + x (offset), from a = 0, b = 1, as
+# Newton-Raphson for logit(P) = a + b x (slope) or a + x (offset), from 0, as
 # python's _logistic_fit; NULL when it does not converge.
 mc_logistic_fit <- function(y, x, slope) {
   design <- if (slope) cbind(1, x) else matrix(1, length(y), 1)
   offset <- if (slope) 0 else x
-  beta <- if (slope) c(0, 1) else 0
+  beta <- rep(0, ncol(design))
   info_of <- function(beta) {
     mu <- 1 / (1 + exp(-(as.vector(design %*% beta) + offset)))
     list(mu = mu, info = crossprod(design, design * (mu * (1 - mu))))

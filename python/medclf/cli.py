@@ -12,7 +12,7 @@ import sys
 from medclf import __version__
 from medclf.errors import MedclfError
 
-COMMANDS = ["partition", "organize", "train", "test", "report", "compare", "study", "demo"]
+COMMANDS = ["partition", "organize", "train", "test", "report", "compare", "study", "demo", "calibrate", "conformal"]
 
 
 def _available_commands():

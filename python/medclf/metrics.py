@@ -524,11 +524,11 @@ def ece(outcome, probability, indices=None):
     return value(est, float(np.quantile(draws, alpha)), float(np.quantile(draws, 1 - alpha)), METHOD_ECE)
 
 
-def _logistic_fit(y, x, offset, slope):
-    """Newton-Raphson for logit(P) = a + b x (slope) or a + x (offset); from a = 0, b = 1.
+def logistic_fit(y, x, offset, slope):
+    """Newton-Raphson for logit(P) = a + b x (slope) or a + x (offset), from 0 (as glm: P = 1/2).
     Returns (coefficients, covariance) or None when it does not converge."""
     design = np.column_stack([np.ones(len(y)), x]) if slope else np.ones((len(y), 1))
-    beta = np.array([0.0, 1.0]) if slope else np.array([0.0])
+    beta = np.zeros(design.shape[1])
     for _ in range(100):
         eta = design @ beta + (0.0 if slope else offset)
         with np.errstate(over="ignore"):  # exp overflow -> mu = 0, as in R
@@ -562,7 +562,7 @@ def calibration_slope_intercept(outcome, probability):
     out = []
     for slope, method in ((True, METHOD_CAL_SLOPE), (False, METHOD_CAL_INTERCEPT)):
         separated = slope and (x[y == 1].min() > x[y == 0].max() or x[y == 1].max() < x[y == 0].min())
-        fit = None if separated else _logistic_fit(y, x, x, slope)
+        fit = None if separated else logistic_fit(y, x, x, slope)
         if fit is None:
             out.append(value(None, None, None, method, "perfect separation or no convergence; undefined"))
             continue
