@@ -19,6 +19,10 @@ def add_arguments(parser):
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--use_GPU", "-use_GPU", dest="use_gpu", action="store_true", help="alias of --device cuda")
     parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--mc-dropout", dest="mc_dropout", type=int, default=0, metavar="K",
+                        help="K stochastic passes with dropout on (architectures with dropout only): probabilities "
+                             "= their mean, plus per-image predictive entropy and mutual information; written to "
+                             "<run>/mc_dropout_K/")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
 
 
@@ -26,6 +30,7 @@ def run(args):
     from medclf.predict import run_test
 
     for path in run_test(args.run, args.split, args.splits, args.data_root,
-                         "cuda" if args.use_gpu else args.device, args.batch_size, args.workers, args.progress):
+                         "cuda" if args.use_gpu else args.device, args.batch_size, args.workers, args.progress,
+                         mc_dropout=args.mc_dropout):
         print(path)
     return 0
