@@ -19,16 +19,6 @@ mc_script_dir <- function() {
 }
 source(file.path(mc_script_dir(), "report.R"))
 
-# "malignant=mel,bcc,akiec" -> list(name = "malignant", classes = c("mel", "bcc", "akiec"))
-mc_parse_group <- function(text) {
-  if (is.null(text)) return(NULL)
-  parts <- strsplit(text, "=", fixed = TRUE)[[1]]
-  members <- if (length(parts) == 2) trimws(strsplit(parts[2], ",", fixed = TRUE)[[1]]) else character()
-  if (length(parts) != 2 || !nzchar(trimws(parts[1])) || !length(members) || any(!nzchar(members)))
-    stop(mc_error(sprintf("--group '%s': expected NAME=CLASS,CLASS (e.g. malignant=mel,bcc,akiec)", text)))
-  list(name = trimws(parts[1]), classes = I(members))
-}
-
 mc_cli_options <- function() {
   list(
     optparse::make_option("--positive", type = "character", default = NULL,

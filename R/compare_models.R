@@ -4,6 +4,8 @@
 #   Rscript R/compare_models.R A.json B.json [C.json ...] [--out comparison.json]
 #       [--positive CLASS | --group NAME=CLASS,...] [--threshold 0.5] [--names a,b,c]
 #
+# Runs are named by --names, else by the shortest path suffixes that tell the files apart. A file
+# given twice (however spelled) is refused: a run is not compared with itself.
 # Files are joined by image path (row order for the original four-key files, which have no
 # paths); files whose images or labels differ are refused. Each run gets one row (AUC with
 # DeLong interval, sensitivity/specificity/accuracy at the threshold); each pair gets the AUC
@@ -22,7 +24,8 @@ mc_compare_dir <- function() {
   dir <- Sys.getenv("MEDCLF_R_DIR", "")
   if (nzchar(dir)) dir else "R"
 }
-if (!exists("medclf_report_json", mode = "function")) source(file.path(mc_compare_dir(), "report.R"))
+if (!exists("mc_framing", mode = "function") || !exists("mc_validate_predictions", mode = "function"))
+  source(file.path(mc_compare_dir(), "report.R"))
 
 MC_COMPARISON_SCHEMA <- "medclf.comparison/1"
 
@@ -80,10 +83,36 @@ mc_paired_delong <- function(is_positive, score_a, score_b) {
        z = unname(as.numeric(t$statistic)), p_value = as.numeric(t$p.value))
 }
 
+# The shortest path suffixes (extension .json dropped) that tell the files apart:
+# results/A/resnet18/p.json and results/B/resnet18/p.json -> "A/resnet18/p", "B/resnet18/p".
+mc_path_labels <- function(paths) {
+  parts <- lapply(normalizePath(paths, mustWork = FALSE), function(p) {
+    s <- strsplit(p, "/", fixed = TRUE)[[1]]
+    s <- s[nzchar(s)]
+    s[length(s)] <- sub("\\.json$", "", s[length(s)])
+    s
+  })
+  for (k in seq_len(max(lengths(parts)))) {
+    labels <- vapply(parts, function(s) paste(utils::tail(s, k), collapse = "/"), "")
+    if (!anyDuplicated(labels)) return(labels)
+  }
+  labels
+}
+
+# A run compared with itself (the same file, however spelled) is refused.
+mc_refuse_same_file <- function(paths) {
+  real <- normalizePath(paths, mustWork = FALSE)
+  again <- which(duplicated(real))
+  if (length(again))
+    mc_fail(paths[again[1]], sprintf("is the same predictions file as %s; compare a run with another run, not with itself",
+                                     paths[match(real[again[1]], real)]))
+}
+
 mc_compare <- function(req) {
   specs <- req$runs
   if (is.data.frame(specs)) specs <- lapply(seq_len(nrow(specs)), function(i) as.list(specs[i, , drop = FALSE]))
   if (length(specs) < 2) mc_fail("compare", "needs at least two prediction files")
+  mc_refuse_same_file(vapply(specs, function(s) s$predictions_path, ""))
   runs <- lapply(specs, function(s) {
     path <- s$predictions_path
     list(name = if (is.null(s$name)) basename(path) else s$name,
@@ -153,7 +182,7 @@ main <- function(argv = commandArgs(trailingOnly = TRUE)) {
     optparse::make_option("--positive", type = "character", default = NULL, help = "positive class [default: the files' positive_class]"),
     optparse::make_option("--group", type = "character", default = NULL, help = "clinical grouping, e.g. malignant=mel,bcc,akiec"),
     optparse::make_option("--threshold", type = "double", default = NULL, help = "threshold for sensitivity/specificity [default: 0.5]"),
-    optparse::make_option("--names", type = "character", default = NULL, help = "comma-separated run names [default: file names]"))
+    optparse::make_option("--names", type = "character", default = NULL, help = "comma-separated run names [default: the shortest distinct path suffixes]"))
   parser <- optparse::OptionParser(usage = "Rscript %prog A.json B.json [C.json ...] [options]", option_list = options,
                                    description = "Paired DeLong comparison of models scored on the same test images.")
   fail <- function(msg) {
@@ -165,14 +194,9 @@ main <- function(argv = commandArgs(trailingOnly = TRUE)) {
                      warning = function(w) fail(conditionMessage(w)))  # e.g. --threshold abc
   opt <- parsed$options
   files <- parsed$args
-  names_ <- if (is.null(opt$names)) basename(files) else trimws(strsplit(opt$names, ",", fixed = TRUE)[[1]])
+  names_ <- if (is.null(opt$names)) mc_path_labels(files) else trimws(strsplit(opt$names, ",", fixed = TRUE)[[1]])
   if (length(names_) != length(files)) fail(sprintf("--names has %d names for %d files", length(names_), length(files)))
-  group <- NULL
-  if (!is.null(opt$group)) {
-    parts <- strsplit(opt$group, "=", fixed = TRUE)[[1]]
-    if (length(parts) != 2) fail(sprintf("--group '%s': expected NAME=CLASS,CLASS", opt$group))
-    group <- list(name = trimws(parts[1]), classes = I(trimws(strsplit(parts[2], ",", fixed = TRUE)[[1]])))
-  }
+  group <- tryCatch(mc_parse_group(opt$group), medclf_error = function(e) fail(conditionMessage(e)))
   request <- Filter(Negate(is.null), list(
     runs = lapply(seq_along(files), function(i) list(name = names_[i], predictions_path = files[i])),
     positive = opt$positive, group = group, threshold = opt$threshold))

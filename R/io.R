@@ -4,12 +4,16 @@
 # whose message names the file and the field:
 # - medclf's predictions file, "schema": "medclf.predictions/1" (see shared DESIGN.md);
 # - the original four-key file of test_torchvision.py: labels, predictions,
-#   "predictive probabilities" (raw logits; softmax is applied here) and "label probabilities";
-#   classes are named "0", "1", ... and for two classes index 1 is the positive class.
+#   "predictive probabilities" and "label probabilities"; classes are named "0", "1", ... and for
+#   two classes index 1 is the positive class. Seed 002's own script wrote raw logits under
+#   "predictive probabilities", medclf's python/test_torchvision.py writes softmax probabilities:
+#   the content decides (mc_rows_are_probabilities), so neither gets softmax twice.
 
 MC_PREDICTIONS_SCHEMA <- "medclf.predictions/1"
 MC_LEGACY_KEYS <- c("labels", "predictions", "predictive probabilities", "label probabilities")
 MC_ROW_SUM_TOLERANCE <- 1e-6
+MC_FOUR_KEY_LOGITS <- "original four-key (logits -> softmax)"
+MC_FOUR_KEY_PROBABILITIES <- "original four-key (probabilities, used as given)"
 
 mc_fail <- function(source, message) stop(mc_error(sprintf("%s: %s", source, message)))
 
@@ -42,10 +46,7 @@ mc_read_predictions_file <- function(path) {
 mc_softmax_rows <- function(logits) {
   shifted <- logits - apply(logits, 1, max)
   e <- exp(shifted)
-  # Sequential column sums (not rowSums' extended precision) so Python matches bit for bit.
-  total <- e[, 1]
-  if (ncol(e) > 1) for (j in 2:ncol(e)) total <- total + e[, j]
-  e / total
+  e / mc_row_sums(e)
 }
 
 mc_numeric_matrix <- function(x, field, source) {
@@ -62,13 +63,24 @@ mc_numeric_matrix <- function(x, field, source) {
   x
 }
 
+# Sequential column sums (not rowSums' extended precision) so Python matches bit for bit.
+mc_row_sums <- function(p) {
+  total <- p[, 1]
+  if (ncol(p) > 1) for (j in 2:ncol(p)) total <- total + p[, j]
+  total
+}
+
+# TRUE when every value is in [0, 1] and every row sums to 1 within MC_ROW_SUM_TOLERANCE.
+mc_rows_are_probabilities <- function(x) {
+  all(x >= 0 & x <= 1) && all(abs(mc_row_sums(x) - 1) <= MC_ROW_SUM_TOLERANCE)
+}
+
 mc_check_probabilities <- function(p, field, source) {
   out <- which(p < 0 | p > 1, arr.ind = TRUE)
   out <- out[order(out[, 1], out[, 2]), , drop = FALSE]  # first in reading order, as in Python
   if (nrow(out)) mc_fail(source, sprintf("%s: value %s at row %d, column %d is outside [0, 1]",
                                          field, format(p[out[1, 1], out[1, 2]], digits = 15), out[1, 1], out[1, 2]))
-  total <- p[, 1]
-  if (ncol(p) > 1) for (j in 2:ncol(p)) total <- total + p[, j]
+  total <- mc_row_sums(p)
   off <- which(abs(total - 1) > MC_ROW_SUM_TOLERANCE)
   if (length(off)) mc_fail(source, sprintf("%s: row %d sums to %s, not 1 (tolerance %g); write softmax probabilities",
                                            field, off[1], format(total[off[1]], digits = 15), MC_ROW_SUM_TOLERANCE))
@@ -119,8 +131,9 @@ mc_validate_predictions <- function(obj, source) {
 
   k <- ncol(scores)
   if (k < 2) mc_fail(source, sprintf("%s: need at least two columns (one per class), found %d", field, k))
+  legacy_logits <- legacy && !mc_rows_are_probabilities(scores)
   if (legacy) {
-    probabilities <- mc_softmax_rows(scores)
+    probabilities <- if (legacy_logits) mc_softmax_rows(scores) else scores
     classes <- as.character(seq_len(k) - 1L)
   } else {
     mc_check_probabilities(scores, field, source)
@@ -138,12 +151,30 @@ mc_validate_predictions <- function(obj, source) {
   declared <- if (legacy) { if (k == 2) "1" else NULL } else if (mc_has(obj, "positive_class")) obj$positive_class else NULL
   if (!is.null(declared) && !(declared %in% classes))
     mc_fail(source, sprintf("positive_class: '%s' is not one of the classes (%s)", declared, paste(classes, collapse = ", ")))
-  list(format = if (legacy) "original four-key (logits -> softmax)" else MC_PREDICTIONS_SCHEMA,
+  list(format = if (legacy_logits) MC_FOUR_KEY_LOGITS else if (legacy) MC_FOUR_KEY_PROBABILITIES else MC_PREDICTIONS_SCHEMA,
        split = if (mc_has(obj, "split")) obj$split else NULL,
        classes = classes, labels = as.integer(labels), probabilities = probabilities,
        paths = if (mc_has(obj, "paths")) obj$paths else NULL,
        positive_class = declared,
        model = if (is.list(obj$model)) obj$model else NULL, source = source)
+}
+
+# TRUE when two validated predictions hold the same images, labels and probabilities (e.g. a
+# threshold chosen on the very predictions it is then scored on).
+mc_same_predictions <- function(a, b) {
+  identical(a$labels, b$labels) && identical(dim(a$probabilities), dim(b$probabilities)) &&
+    all(a$probabilities == b$probabilities) && identical(a$paths, b$paths)
+}
+
+# "malignant=mel,bcc,akiec" -> list(name = "malignant", classes = c("mel", "bcc", "akiec")); the
+# one --group parser of calc_model_performance.R and compare_models.R (Python: report.parse_group).
+mc_parse_group <- function(text) {
+  if (is.null(text)) return(NULL)
+  parts <- strsplit(text, "=", fixed = TRUE)[[1]]
+  members <- if (length(parts) == 2) trimws(strsplit(parts[2], ",", fixed = TRUE)[[1]]) else character()
+  if (length(parts) != 2 || !nzchar(trimws(parts[1])) || !length(members) || any(!nzchar(members)))
+    stop(mc_error(sprintf("--group '%s': expected NAME=CLASS,CLASS (e.g. malignant=mel,bcc,akiec)", text)))
+  list(name = trimws(parts[1]), classes = I(members))
 }
 
 # Results and comparisons: jsonlite with the write_json settings (auto_unbox, digits = NA for

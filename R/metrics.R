@@ -21,10 +21,19 @@
 #   Everitt (1969); interval kappa +/- z * SE, clipped to [-1, 1]. p_e = 1: NA + note.
 
 MC_CONF_LEVEL <- 0.95
+# An interval narrower than this is reported as zero-width (its variance is 0), with the reason.
+MC_ZERO_WIDTH <- 1e-12
 
+mc_zero_width <- function(lower, upper) {
+  length(lower) == 1 && length(upper) == 1 && !is.na(lower) && !is.na(upper) && upper - lower < MC_ZERO_WIDTH
+}
+
+# A metric value. A zero-width interval always carries a note: the metric functions give the
+# specific reason; this generic one is the safety net for any other.
 mc_value <- function(estimate, lower = NA_real_, upper = NA_real_, method, note = NULL) {
   out <- list(estimate = as.numeric(estimate), lower = as.numeric(lower),
               upper = as.numeric(upper), method = method)
+  if (is.null(note) && mc_zero_width(out$lower, out$upper)) note <- "interval has zero width"
   if (!is.null(note)) out$note <- note
   out
 }
@@ -79,7 +88,11 @@ mc_auc <- function(is_positive, scores) {
   if (n_pos < 2 || n_neg < 2)
     return(mc_value(est, NA, NA, method, note = "fewer than 2 cases in a class; DeLong interval undefined"))
   ci <- suppressWarnings(as.numeric(pROC::ci.auc(r, method = "delong", conf.level = MC_CONF_LEVEL)))
-  note <- if (est == 1 || est == 0) "perfect separation: DeLong variance is 0, interval degenerate" else NULL
+  note <- if (est == 1 || est == 0) "perfect separation: DeLong variance is 0, interval degenerate"
+          else if (mc_zero_width(ci[1], ci[3]))
+            paste0(if (length(unique(scores)) == 1) "constant scores" else "every positive-negative pair ties alike",
+                   ": DeLong variance is 0, interval has zero width")
+          else NULL
   mc_value(est, ci[1], ci[3], method, note = note)
 }
 
@@ -117,6 +130,11 @@ mc_kappa <- function(counts) {
   if (pe == 1) return(mc_value(NA, NA, NA, method,
                                 note = "0/0: chance agreement is 1 (truth and decisions each one class); kappa undefined"))
   kappa <- (po - pe) / (1 - pe)
+  degenerate <- mc_kappa_degenerate(counts, po)
+  # kappa is constant on every table of this support: its variance is exactly 0 (the formula
+  # below would leave rounding noise, an interval about 1e-8 wide).
+  if (!is.null(degenerate))
+    return(mc_value(kappa, kappa, kappa, method, note = paste0(degenerate, ": kappa variance is 0, interval has zero width")))
   a <- sum(diag(p) * (1 - (rows + cols) * (1 - kappa))^2)
   off <- p; diag(off) <- 0
   # outer(cols, rows, "+")[i, j] = p_.i + p_j., the weight of cell p_ij in the FCE formula.
@@ -125,6 +143,15 @@ mc_kappa <- function(counts) {
   z <- stats::qnorm(1 - (1 - MC_CONF_LEVEL) / 2)
   se <- sqrt(variance)
   mc_value(kappa, max(-1, kappa - z * se), min(1, kappa + z * se), method)
+}
+
+# Why kappa's variance is exactly 0 (kappa = 0 with one class in the truth or the decisions,
+# kappa = 1 with perfect agreement), or NULL.
+mc_kappa_degenerate <- function(counts, po) {
+  if (sum(rowSums(counts) > 0) == 1) return("a single class in the truth")
+  if (sum(colSums(counts) > 0) == 1) return("a single class in the decisions")
+  if (po == 1) return("perfect agreement")
+  NULL
 }
 
 # Parse "youden", "sensitivity:0.95", "specificity:0.9".

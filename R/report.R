@@ -28,6 +28,8 @@ if (!exists("mc_binary_metrics", mode = "function") || !exists("mc_validate_pred
 }
 
 MC_RESULTS_SCHEMA <- "medclf.results/1"
+MC_OPTIMISTIC <- paste("the threshold was chosen on the same predictions it is scored on, so these estimates are",
+                       "optimistic; choose it on validation predictions and score another split (e.g. test)")
 
 mc_engine <- function() {
   list(name = "R", R = paste(R.version$major, R.version$minor, sep = "."),
@@ -112,6 +114,7 @@ mc_binary_report <- function(req, data, framing) {
   threshold <- mc_opt(req, "threshold")
   rule <- mc_opt(req, "threshold_rule")
   selection <- NULL
+  optimistic <- NULL
   if (!is.null(threshold) && !is.null(rule))
     mc_fail("options", "give either a threshold or a threshold rule, not both")
   if (!is.null(rule)) {
@@ -127,6 +130,7 @@ mc_binary_report <- function(req, data, framing) {
     selection$source <- val$source
     threshold <- selection$threshold
     source <- paste0("validation:", rule)
+    if (mc_same_predictions(val, data)) optimistic <- MC_OPTIMISTIC
   } else if (!is.null(threshold)) {
     if (!is.numeric(threshold) || threshold < 0 || threshold > 1)
       mc_fail("threshold", sprintf("%s is not a probability in [0, 1]", threshold))
@@ -144,7 +148,7 @@ mc_binary_report <- function(req, data, framing) {
               split = data$split, predictions = data$source, input_format = data$format,
               classes = data$classes, positive_class = framing$positive, negative_class = framing$negative,
               grouping = framing$group, threshold = threshold, threshold_source = source,
-              threshold_selection = selection, decision_rule = "positive when probability >= threshold",
+              threshold_selection = selection, threshold_optimistic = optimistic, decision_rule = "positive when probability >= threshold",
               n = length(truth), n_positive = sum(truth), n_negative = sum(1L - truth),
               confusion_matrix = b$confusion_matrix, metrics = b$metrics, per_class = per_class,
               macro = mc_macro(per_class),

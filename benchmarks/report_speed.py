@@ -20,6 +20,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from medclf import metrics as M
+from medclf import r_bridge
 from medclf import report as R
 
 
@@ -52,15 +53,15 @@ def main(argv=None):
         rows.append(("medclf python engine: read + validate + report",
                      best_time(lambda: R.python_report(request), args.repeats)))
         try:
-            R.rpy2_report(request)  # warm-up: starts embedded R, sources R/report.R
+            r_bridge.run_rpy2(R.REPORT_TASK, request)  # warm-up: starts embedded R, sources R/report.R
             rows.append(("medclf R via rpy2: read + validate + report",
-                         best_time(lambda: R.rpy2_report(request), args.repeats)))
-        except R.EngineUnavailable as exc:
+                         best_time(lambda: r_bridge.run_rpy2(R.REPORT_TASK, request), args.repeats)))
+        except r_bridge.EngineUnavailable as exc:
             print(f"rpy2 unavailable: {exc}", file=sys.stderr)
         try:
             rows.append(("medclf R via Rscript subprocess (incl. R start)",
-                         best_time(lambda: R.rscript_report(request), args.repeats)))
-        except R.EngineUnavailable as exc:
+                         best_time(lambda: r_bridge.run_rscript(R.REPORT_TASK, request), args.repeats)))
+        except r_bridge.EngineUnavailable as exc:
             print(f"Rscript unavailable: {exc}", file=sys.stderr)
         a = R.python_report(request)["metrics"]["roc_auc"]
         print(f"n = {args.n} predictions; AUC {a['estimate']:.6f} (DeLong 95% CI {a['lower']:.6f}-{a['upper']:.6f}); "

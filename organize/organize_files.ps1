@@ -1,6 +1,8 @@
 # Seed 002's organize step, done safely (PowerShell): moves PROJ_DIR\<class>\* into PROJ_DIR\bin\,
 # writes PROJ_DIR\csv\{train,val,test}.csv and creates models\ and results\. Nothing is
 # overwritten: any name collision is reported before a single file moves.
+# Rerunning after an interruption finishes the move; a PROJ_DIR whose bin/ or csv/ hold files
+# from other splits (or files organize did not write) is refused (see docs/partition.md).
 #   python partition\partition_datasets.py -proj_dir PROJ_DIR
 #   .\organize\organize_files.ps1 PROJ_DIR
 # Python: $env:MEDCLF_PYTHON, else the repository's .venv, else python3 / python.

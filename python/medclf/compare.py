@@ -2,26 +2,23 @@
 
 The numbers come from `medclf_compare_json` in R/compare_models.R (rpy2, else an `Rscript
 --vanilla R/compare_models.R` subprocess), else from the pure-Python mirror below (engine
-"python"), which agrees with R to 1e-9 (tests/test_compare.py). Writes compare.json
-(medclf.comparison/1) and compare.md (one row per run, one row per pair) to --out.
+"python"), which agrees with R to 1e-9 (python/tests/test_compare.py); medclf.r_bridge does the fallback.
+Runs are labelled by the shortest path suffixes that tell them apart; a run given twice (however
+spelled) is refused. Writes compare.json (medclf.comparison/1) and compare.md (one row per run,
+one row per pair) to --out.
 """
 
-import json
-import shutil
-import subprocess
-import tempfile
-import warnings
+import os
 from pathlib import Path
 
 import numpy as np
 
 from medclf import metrics as M
+from medclf import r_bridge, schemas
 from medclf import report as R
 from medclf.errors import MedclfError
 from medclf.fileio import write_json, write_text
-
-COMPARISON_SCHEMA = "medclf.comparison/1"
-COMPARE_ERROR_PREFIX = "compare_models.R: error: "
+from medclf.formatting import estimate_with_interval, number, p_value
 
 
 # ------------------------------------------------------------ Python mirror of compare_models.R
@@ -32,14 +29,14 @@ def align_runs(runs):
     for r in runs[1:]:
         d = r["data"]
         if d["classes"] != first["classes"]:
-            R._fail(d["source"], f"classes ({', '.join(d['classes'])}) differ from {first['source']} "
+            R.fail(d["source"], f"classes ({', '.join(d['classes'])}) differ from {first['source']} "
                                  f"({', '.join(first['classes'])})")
     if by_path:
         for r in runs:
             seen = set()
             for p in r["data"]["paths"]:
                 if p in seen:
-                    R._fail(r["data"]["source"], f"paths: '{p}' appears more than once; cannot join by path")
+                    R.fail(r["data"]["source"], f"paths: '{p}' appears more than once; cannot join by path")
                 seen.add(p)
     for r in runs[1:]:
         d = r["data"]
@@ -48,7 +45,7 @@ def align_runs(runs):
             only_first = [p for p in first["paths"] if p not in these]
             only_this = [p for p in d["paths"] if p not in first_paths]
             if only_first or only_this:
-                R._fail(d["source"], f"images differ from {first['source']}: {len(only_first)} only there, "
+                R.fail(d["source"], f"images differ from {first['source']}: {len(only_first)} only there, "
                                      f"{len(only_this)} only here (e.g. '{(only_first + only_this)[0]}'); "
                                      "compare runs on the same test images")
             position = {p: i for i, p in enumerate(d["paths"])}
@@ -56,12 +53,12 @@ def align_runs(runs):
             d = dict(d, labels=d["labels"][order], probabilities=d["probabilities"][order],
                      paths=[d["paths"][i] for i in order])
         elif len(d["labels"]) != len(first["labels"]):
-            R._fail(d["source"], f"has {len(d['labels'])} images but {first['source']} has {len(first['labels'])}; "
+            R.fail(d["source"], f"has {len(d['labels'])} images but {first['source']} has {len(first['labels'])}; "
                                  "compare runs on the same test images")
         differ = np.flatnonzero(d["labels"] != first["labels"])
         if len(differ):
             example = f"'{first['paths'][differ[0]]}'" if by_path else f"row {differ[0] + 1}"
-            R._fail(d["source"], f"labels differ from {first['source']} for {len(differ)} image(s) (e.g. {example}); "
+            R.fail(d["source"], f"labels differ from {first['source']} for {len(differ)} image(s) (e.g. {example}); "
                                  "compare runs on the same test set")
         r["data"] = d
     return runs, "paths" if by_path else "row order (no paths in the files)"
@@ -111,10 +108,21 @@ def holm(p_values):
     return out
 
 
+def refuse_same_file(paths):
+    """A run compared with itself (the same file, however spelled) is refused (R: mc_refuse_same_file)."""
+    seen = {}
+    for path in paths:
+        real = os.path.realpath(path)
+        if real in seen:
+            R.fail(path, f"is the same predictions file as {seen[real]}; compare a run with another run, not with itself")
+        seen[real] = path
+
+
 def python_compare(request):
     specs = request.get("runs") or []
     if len(specs) < 2:
-        R._fail("compare", "needs at least two prediction files")
+        R.fail("compare", "needs at least two prediction files")
+    refuse_same_file([s["predictions_path"] for s in specs])
     runs = [{"name": s.get("name") or Path(s["predictions_path"]).name,
              "data": R.validate_predictions(R.read_predictions_file(s["predictions_path"]), s["predictions_path"])}
             for s in specs]
@@ -154,7 +162,7 @@ def python_compare(request):
                               "difference": test["difference"], "z": test["z"], "p_value": test["p_value"]})
     for pair, adjusted in zip(pairs, holm([p["p_value"] for p in pairs])):
         pair["p_holm"] = adjusted
-    return {"schema": COMPARISON_SCHEMA, "engine": R._python_engine(),
+    return {"schema": schemas.COMPARISON, "engine": r_bridge.python_engine_info(),
             "task": "binary" if frame is not None else "multiclass (one-vs-rest per class)",
             "positive_class": frame["positive"] if frame else None, "grouping": frame["group"] if frame else None,
             "threshold": float(threshold) if frame else None, "n": int(len(first["labels"])), "joined_by": joined_by,
@@ -163,87 +171,43 @@ def python_compare(request):
 
 # ------------------------------------------------------------------------------------ engines
 
-_RPY2 = {}
+def _rscript_argv(request, out_path):
+    """compare_models.R's command line for a request."""
+    if any("," in r["name"] for r in request["runs"]):
+        raise MedclfError("run names must not contain commas")
+    argv = [*[str(r["predictions_path"]) for r in request["runs"]],
+            "--out", str(out_path), "--names", ",".join(r["name"] for r in request["runs"])]
+    if request.get("positive") is not None:
+        argv += ["--positive", request["positive"]]
+    if request.get("group") is not None:
+        argv += ["--group", R.format_group(request["group"])]
+    if request.get("threshold") is not None:
+        argv += ["--threshold", repr(float(request["threshold"]))]
+    return argv
 
 
-def rpy2_compare(request):
-    try:
-        if "function" not in _RPY2:
-            R.quiet_r_console()
-            import rpy2.robjects as ro
-
-            script = R.r_dir() / "compare_models.R"
-            if not script.is_file():
-                raise R.EngineUnavailable(f"{script} not found (set MEDCLF_R_DIR)")
-            if not ro.r('isTRUE(suppressWarnings(requireNamespace("pROC", quietly = TRUE)))')[0]:
-                raise R.EngineUnavailable("R package pROC is not installed")
-            ro.r.source(str(script))
-            _RPY2["function"] = ro.globalenv["medclf_compare_json"]
-        text = _RPY2["function"](json.dumps(request))[0]
-    except R.EngineUnavailable:
-        raise
-    except R.rpy2_errors() as exc:
-        raise R.EngineUnavailable(f"rpy2: {type(exc).__name__}: {str(exc).strip()[:300]}") from exc
-    return R._decode_r_result(str(text))
-
-
-def rscript_compare(request):
-    script = R.r_dir() / "compare_models.R"
-    rscript = shutil.which("Rscript")
-    if rscript is None or not script.is_file():
-        raise R.EngineUnavailable("Rscript or R/compare_models.R not found")
-    with tempfile.TemporaryDirectory(prefix="medclf-compare-") as tmp:
-        out = Path(tmp) / "compare.json"
-        argv = [rscript, "--vanilla", str(script), *[str(r["predictions_path"]) for r in request["runs"]],
-                "--out", str(out), "--names", ",".join(r["name"] for r in request["runs"])]
-        if request.get("positive") is not None:
-            argv += ["--positive", request["positive"]]
-        if request.get("group") is not None:
-            argv += ["--group", f"{request['group']['name']}={','.join(request['group']['classes'])}"]
-        if request.get("threshold") is not None:
-            argv += ["--threshold", repr(float(request["threshold"]))]
-        try:
-            proc = subprocess.run(argv, capture_output=True, text=True)
-        except OSError as exc:
-            raise R.EngineUnavailable(f"Rscript: {exc}") from exc
-        if proc.returncode != 0:
-            lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
-            user = [ln for ln in lines if ln.startswith(COMPARE_ERROR_PREFIX)]
-            if user:
-                raise MedclfError(user[-1][len(COMPARE_ERROR_PREFIX):])
-            raise R.EngineUnavailable("Rscript failed: " + " | ".join(lines[-3:]))
-        return R._decode_r_result(out.read_text(encoding="utf-8"))
+COMPARE_TASK = r_bridge.Task(command="compare", r_file="compare_models.R", r_function="medclf_compare_json",
+                             script="compare_models.R", script_argv=_rscript_argv, python=python_compare)
 
 
 def run_compare_engine(request, engine="auto"):
-    if engine not in R.ENGINES:
-        raise MedclfError(f"--engine {engine}: choose one of {', '.join(R.ENGINES)}")
-    if any("," in r["name"] for r in request["runs"]):
-        raise MedclfError("run names must not contain commas")
-    order = ("rpy2", "rscript", "python") if engine == "auto" else (engine,)
-    routes = {"rpy2": rpy2_compare, "rscript": rscript_compare, "python": python_compare}
-    notes = []
-    for name in order:
-        try:
-            return routes[name](request), notes
-        except R.EngineUnavailable as exc:
-            if engine != "auto":
-                raise MedclfError(f"--engine {engine} is unavailable here: {exc}") from exc
-            notes.append(f"{name} unavailable: {exc}")
-            warnings.warn(f"medclf compare: {name} unavailable ({exc}); trying the next engine", stacklevel=2)
-    raise MedclfError("no compare engine could run")
+    """(result, notes): medclf_compare_json through rpy2, else Rscript, else python_compare."""
+    return r_bridge.run(COMPARE_TASK, request, engine)
 
 
-def _cell(v):
-    if not v or v.get("estimate") is None:
-        return "NA"
-    if v.get("lower") is None:
-        return f"{v['estimate']:.3f}"
-    return f"{v['estimate']:.3f} ({v['lower']:.3f} to {v['upper']:.3f})"
-
-
-def _p(x):
-    return "NA" if x is None else (f"{x:.2e}" if x < 1e-3 else f"{x:.4f}")
+def path_labels(paths):
+    """The shortest path suffixes that tell runs apart (a trailing .json dropped): results/A/resnet18
+    and results/B/resnet18 -> 'A/resnet18', 'B/resnet18' (R: mc_path_labels)."""
+    parts = []
+    for path in paths:
+        p = Path(os.path.abspath(path))
+        parts.append(p.parts[1:-1] + (p.name[:-5] if p.name.endswith(".json") else p.name,))
+    labels = [str(p[-1]) for p in parts]
+    for k in range(1, max(len(p) for p in parts) + 1):
+        labels = ["/".join(p[-k:]) for p in parts]
+        if len(set(labels)) == len(labels):
+            break
+    return labels
 
 
 def markdown_table(result):
@@ -253,35 +217,31 @@ def markdown_table(result):
     head = f"positive class **{result['positive_class']}**, threshold {result['threshold']}" if binary \
         else "multi-class; pairwise tests one-vs-rest per class"
     lines = [f"# Model comparison ({result['n']} images, joined by {result['joined_by']}; {head})", "",
-             f"Engine: {', '.join(f'{k} {v}' for k, v in result['engine'].items())}.", "",
+             f"Engine: {r_bridge.describe_engine(result['engine'])}.", "",
              "| run | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
-    lines += [f"| {row['name']} | " + " | ".join(_cell(row.get(c)) for c in cols) + " |" for row in result["runs"]]
+    lines += [f"| {row['name']} | " + " | ".join(estimate_with_interval(row.get(c)) for c in cols) + " |"
+              for row in result["runs"]]
     lines += ["", "## Pairwise paired DeLong tests (AUC a - AUC b, 95% CI)", "",
               "| a | b | class | AUC a | AUC b | difference | z | p | p (Holm) |", "|---|---|---|---|---|---|---|---|---|"]
     for p in result["pairwise"]:
-        z = "NA" if p["z"] is None else f"{p['z']:.3f}"
-        auc_a = "NA" if p["auc_a"] is None else f"{p['auc_a']:.3f}"
-        auc_b = "NA" if p["auc_b"] is None else f"{p['auc_b']:.3f}"
-        lines.append(f"| {p['a']} | {p['b']} | {p['positive_class']} | {auc_a} | {auc_b} | {_cell(p['difference'])} "
-                     f"| {z} | {_p(p['p_value'])} | {_p(p['p_holm'])} |")
+        lines.append(f"| {p['a']} | {p['b']} | {p['positive_class']} | {number(p['auc_a'])} | {number(p['auc_b'])} | "
+                     f"{estimate_with_interval(p['difference'])} | {number(p['z'])} | {p_value(p['p_value'])} | "
+                     f"{p_value(p['p_holm'])} |")
     return "\n".join(lines) + "\n"
 
 
 def compare_runs(run_dirs, split="test", out_dir=None, positive=None, group=None, threshold=None, engine="auto"):
     """Compare results/NAME folders (or predictions files); write compare.json and compare.md to out_dir."""
-    runs = []
-    for item in run_dirs:
-        item = Path(item)
+    paths = []
+    for item in map(Path, run_dirs):
         path = item / f"predictions_{split}.json" if item.is_dir() else item
         if not path.is_file():
             raise MedclfError(f"{path}: not found; run `medclf test --run {item}` first")
-        runs.append({"name": item.name if item.is_dir() else item.stem, "predictions_path": str(path)})
-    if len(runs) < 2:
+        paths.append(path)
+    if len(paths) < 2:
         raise MedclfError("compare needs at least two runs")
-    names = [r["name"] for r in runs]
-    if len(set(names)) != len(names):
-        for r in runs:
-            r["name"] = str(Path(r["predictions_path"]).parent.name) + "/" + Path(r["predictions_path"]).name
+    refuse_same_file([str(p) for p in paths])
+    runs = [{"name": name, "predictions_path": str(path)} for name, path in zip(path_labels(run_dirs), paths)]
     request = {"runs": runs, "positive": positive, "group": R.parse_group(group) if isinstance(group, str) else group,
                "threshold": threshold}
     R.framing(R.load_predictions(runs[0], "predictions"), positive, request["group"])  # refuses before any engine

@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from medclf import schemas
 from medclf.errors import MedclfError, UnreadableImageError
 from medclf.fileio import write_json
 from medclf.imageio import read_image
@@ -97,7 +98,7 @@ def build_cache(paths, side, mode="auto", cache_dir=None, name="cache", progress
     if mode == "disk":
         array.flush()
         del array
-        write_json(meta_file, {"schema": "medclf.cache/1", "key": key, "n": len(paths), "side": side, "complete": True})
+        write_json(meta_file, {"schema": schemas.CACHE, "key": key, "n": len(paths), "side": side, "complete": True})
         return np.load(data_file, mmap_mode="r")
     return array
 

@@ -6,6 +6,7 @@ so the demo exercises (and shows) the real commands.
 """
 
 import json
+import shutil
 from pathlib import Path
 
 from medclf import demo_data
@@ -14,10 +15,27 @@ from medclf.organize import organize
 from medclf.partition import PartitionOptions, partition
 
 
+DEMO_MARKER = ".medclf-demo"
+
+
+def prepare_out_dir(out_dir):
+    """The demo owns its output folder: a rerun replaces what an earlier demo wrote there (every
+    stage refuses to overwrite a different earlier output), and any other non-empty folder is refused."""
+    out_dir = Path(out_dir)
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        if not (out_dir / DEMO_MARKER).is_file():
+            raise MedclfError(f"{out_dir}: folder exists and was not written by `medclf demo`; "
+                              "choose another --out (the demo replaces its own folder on a rerun)")
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / DEMO_MARKER).write_text("written by medclf demo; replaced on the next demo run\n", encoding="utf-8")
+
+
 def step_generate(out_dir, n_per_class, seed):
     data = Path(out_dir) / "data"
     paths = demo_data.generate(data, n_per_class=n_per_class, seed=seed)
-    print(f"[demo] 1. generated {len(paths)} synthetic MRI-like images in {data} (classes no, yes)")
+    print(f"[demo] 1. generated {len(paths)} synthetic MRI-like images in {data} (classes no, yes; "
+          f"faint lesions of varying size and contrast, some slices re-exported under another patient id)")
     return data
 
 
@@ -26,7 +44,18 @@ def step_partition(out_dir, data, seed, quiet=False):
     info = partition(PartitionOptions(out=folder, data_root=data, val=0.2, test=0.2, seed=seed,
                                       classes=list(demo_data.CLASSES), positive="yes", quiet=quiet))
     print(f"[demo] 2. partitioned into {folder / 'splits.csv'} (+ partition.json)")
+    print(duplicate_summary(info))
     return folder, info
+
+
+def duplicate_summary(info):
+    """What the partition's duplicate search found and where the clusters went, in one line."""
+    clusters, leakage = info["duplicates"]["clusters"], info["leakage"]
+    crossing = (leakage["groups_across_splits"] + leakage["exact_duplicates_across_splits"]
+                + leakage["near_duplicates_across_splits"])
+    return (f"[demo]    duplicates: {clusters['count']} clusters of near-identical slices ({clusters['files']} files), "
+            f"each kept inside one split; leakage across splits: {crossing} "
+            f"(the clusters are listed in partition.json under \"duplicates\")")
 
 
 def step_organize(out_dir, partition_dir, quiet=False):
@@ -62,7 +91,7 @@ def step_test(run_dir):
 def step_report(run_dir):
     _command(["report", "--run", run_dir, "--split", "test"])
     results = json.loads((Path(run_dir) / "results_test.json").read_text(encoding="utf-8"))
-    print(f"[demo] 6. report: {run_dir / 'report.md'} (engine {results['engine']['name']})")
+    print(f"[demo] 6. report: {run_dir / 'report_test.md'} (engine {results['engine']['route']})")
     for name in ("sensitivity", "specificity", "roc_auc", "accuracy", "cohen_kappa"):
         m = results["metrics"][name]
         if m.get("estimate") is not None:
@@ -72,13 +101,14 @@ def step_report(run_dir):
     return results
 
 
-def run_demo(out_dir="results/demo", n_per_class=60, seed=0, quiet=False, epochs=8, img_size=64,
+def run_demo(out_dir="results/demo", n_per_class=80, seed=0, quiet=False, epochs=8, img_size=64,
              stop_after=None):
     """Generate data under out_dir/data and run partition, organize, train, test and report on it.
 
     stop_after="organize" ends after the data stages (used by fast tests). Returns the paths made.
     """
     out_dir = Path(out_dir)
+    prepare_out_dir(out_dir)
     data = step_generate(out_dir, n_per_class, seed)
     partition_dir, info = step_partition(out_dir, data, seed, quiet)
     organized = step_organize(out_dir, partition_dir, quiet)

@@ -6,27 +6,12 @@ Outputs are accumulated on the CPU and metrics are computed once per epoch over 
 """
 
 import contextlib
-import os
-import signal
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
 from medclf.metrics import balanced_accuracy, roc_auc_ovr_macro
-
-# Test hook: SIGKILL this process after N training batches (tests of --resume use it).
-_KILL_AFTER_ENV = "MEDCLF_TEST_KILL_AFTER_BATCHES"
-_batches_done = 0
-
-
-def _maybe_kill_self():
-    global _batches_done
-    _batches_done += 1
-    limit = os.environ.get(_KILL_AFTER_ENV)
-    if limit and _batches_done >= int(limit):
-        os.kill(os.getpid(), signal.SIGKILL)
-
 
 def probabilities_from_logits(logits):
     """(N, K) softmax, or (N, 1) -> two columns [1 - sigmoid, sigmoid]."""
@@ -86,7 +71,6 @@ def train_one_epoch(model, criterion, optimizer, loader, device, scheduler=None,
         if progress is not None:
             progress.update(batch)
             progress.set_postfix(loss=f"{loss_sum / n:.4f}")
-        _maybe_kill_self()
     if not all_logits:
         return epoch_metrics(0.0, 0, [], torch.zeros(0, 2))
     return epoch_metrics(loss_sum, n, torch.cat(all_labels).numpy(), torch.cat(all_logits))

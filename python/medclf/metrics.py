@@ -65,6 +65,8 @@ def balanced_accuracy(labels, predictions, n_classes=None):
 # ---------------------------------------------------------------------------------------------
 
 CONF_LEVEL = 0.95
+# An interval narrower than this is reported as zero-width (its variance is 0), with the reason.
+ZERO_WIDTH = 1e-12
 METHOD_CP = "Clopper-Pearson"
 METHOD_F1 = "Clopper-Pearson of Jaccard J=TP/(TP+FP+FN), mapped by F1=2J/(1+J)"
 METHOD_AUC = "DeLong (pROC, direction '<')"
@@ -80,8 +82,16 @@ def _num(x):
     return None if np.isnan(x) else x
 
 
+def zero_width(lower, upper):
+    """True for an interval narrower than ZERO_WIDTH (its variance is 0); R: mc_zero_width."""
+    return lower is not None and upper is not None and upper - lower < ZERO_WIDTH
+
+
 def value(estimate, lower=None, upper=None, method="", note=None):
+    """A metric value; a zero-width interval always carries a note (a generic one if the metric gave none)."""
     out = {"estimate": _num(estimate), "lower": _num(lower), "upper": _num(upper), "method": method}
+    if note is None and zero_width(out["lower"], out["upper"]):
+        note = "interval has zero width"
     if note is not None:
         out["note"] = note
     return out
@@ -160,7 +170,12 @@ def auc_delong(is_positive, scores):
     alpha = (1 - CONF_LEVEL) / 2
     lower = min(1.0, max(0.0, theta + sd * norm.ppf(alpha)))
     upper = min(1.0, max(0.0, theta + sd * norm.ppf(1 - alpha)))
-    note = "perfect separation: DeLong variance is 0, interval degenerate" if est in (0.0, 1.0) else None
+    note = None
+    if est in (0.0, 1.0):
+        note = "perfect separation: DeLong variance is 0, interval degenerate"
+    elif zero_width(lower, upper):
+        why = "constant scores" if len(np.unique(scores)) == 1 else "every positive-negative pair ties alike"
+        note = f"{why}: DeLong variance is 0, interval has zero width"
     return value(est, lower, upper, METHOD_AUC, note)
 
 
@@ -208,15 +223,28 @@ def kappa(counts):
         return value(None, None, None, METHOD_KAPPA,
                      "0/0: chance agreement is 1 (truth and decisions each one class); kappa undefined")
     k = (po - pe) / (1 - pe)
+    z = norm.ppf(1 - (1 - CONF_LEVEL) / 2)
+    degenerate = _kappa_degenerate(counts, po)
+    if degenerate:  # kappa is constant on every table of this support: its variance is exactly 0
+        return value(k, k, k, METHOD_KAPPA, f"{degenerate}: kappa variance is 0, interval has zero width")
     a = np.sum(np.diag(p) * (1 - (rows + cols) * (1 - k)) ** 2)
     off = p.copy()
     np.fill_diagonal(off, 0)
     # cols[i] + rows[j] = p_.i + p_j., the weight of cell p_ij in the FCE formula.
     b = (1 - k) ** 2 * np.sum(off * (cols[:, None] + rows[None, :]) ** 2)
     variance = max(0.0, (a + b - (k - pe * (1 - k)) ** 2) / (n * (1 - pe) ** 2))
-    z = norm.ppf(1 - (1 - CONF_LEVEL) / 2)
     se = np.sqrt(variance)
     return value(k, max(-1.0, k - z * se), min(1.0, k + z * se), METHOD_KAPPA)
+
+
+def _kappa_degenerate(counts, po):
+    """Why kappa's variance is exactly 0 (kappa = 0 with one class in the truth or the decisions,
+    kappa = 1 with perfect agreement), or None; the formula would leave rounding noise (~1e-8 wide)."""
+    if np.count_nonzero(counts.sum(axis=1) > 0) == 1:
+        return "a single class in the truth"
+    if np.count_nonzero(counts.sum(axis=0) > 0) == 1:
+        return "a single class in the decisions"
+    return "perfect agreement" if po == 1 else None
 
 
 def parse_rule(rule):

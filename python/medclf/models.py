@@ -6,6 +6,7 @@
 weight enum, DEFAULT) or a path to a state dict, loaded with `torch.load(weights_only=True)`.
 """
 
+import difflib
 from pathlib import Path
 
 import torch
@@ -24,13 +25,44 @@ def classification_models():
 
 
 def canonical_name(name):
-    name = ALIASES.get(name, name)
-    if name not in classification_models():
-        raise MedclfError(
-            f"--arch {name}: not a torchvision classification model; use one of "
-            f"{', '.join(classification_models())} (or the aliases vgg, densenet)"
-        )
+    """The torchvision name of `name` (an alias resolved); a typo is refused with the closest names."""
+    name = ALIASES.get(str(name), str(name))
+    known = classification_models()
+    if name not in known:
+        close = difflib.get_close_matches(name.lower(), known + sorted(ALIASES), n=3, cutoff=0.6)  # names are lower case
+        if close:  # the suggestions alone keep the line short
+            fix = f"did you mean {' or '.join(close)}? (every name: torchvision.models.list_models())"
+        else:
+            fix = f"use one of {', '.join(known)} (or the aliases {', '.join(sorted(ALIASES))})"
+        raise MedclfError(f"--arch {name}: not a torchvision classification model; {fix}")
     return name
+
+
+WEIGHTS_CHOICES = ("none", "imagenet")
+
+
+def check_weights(weights, name):
+    """Refuse a --weights value that cannot load, without loading it: `none`, `imagenet` (for an
+    architecture torchvision has pretrained weights for) or the path of an existing file."""
+    if weights in (None, "none"):
+        return
+    if weights == "imagenet":
+        imagenet_weights(canonical_name(name))
+        return
+    if not Path(weights).is_file():
+        close = difflib.get_close_matches(str(weights), WEIGHTS_CHOICES, n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]}? " if close else ""
+        raise MedclfError(f"--weights {weights}: neither none, imagenet nor an existing file; {hint}"
+                          "use --weights none|imagenet|PATH to a state dict")
+
+
+def imagenet_weights(name):
+    """torchvision's DEFAULT pretrained weights enum of architecture `name`."""
+    try:
+        return torchvision.models.get_model_weights(name).DEFAULT
+    except (KeyError, ValueError, AttributeError) as exc:
+        raise MedclfError(f"--weights imagenet: torchvision has no pretrained weights for {name}; "
+                          "use --weights none") from exc
 
 
 def _last_linear(module):
@@ -83,10 +115,7 @@ def _hub_cache_has(weights):
 
 
 def _load_imagenet(name):
-    try:
-        weights = torchvision.models.get_model_weights(name).DEFAULT
-    except (KeyError, ValueError) as exc:
-        raise MedclfError(f"--weights imagenet: torchvision has no pretrained weights for {name}; use --weights none") from exc
+    weights = imagenet_weights(name)
     try:
         model = torchvision.models.get_model(name, weights=weights)
     except (OSError, RuntimeError) as exc:  # URLError is an OSError

@@ -31,7 +31,7 @@ from medclf.fileio import read_json, sha256_file, write_json, write_text
 from medclf.imageio import IMAGE_EXTENSIONS, is_image_name, read_image
 from medclf.splits import REQUIRED_COLUMNS, SPLITS, splits_csv_text
 
-SCHEMA = "medclf.partition/1"
+from medclf.schemas import PARTITION as SCHEMA
 _IGNORED_NAMES = {"thumbs.db", "desktop.ini"}
 
 

@@ -22,7 +22,7 @@ from medclf.fileio import read_json, write_json
 from medclf.splits import load_run_splits, read_splits, refuse_images_seen_by_run
 from medclf.training import load_checkpoint, select_device
 
-PREDICTIONS_SCHEMA = "medclf.predictions/1"
+from medclf.schemas import PREDICTIONS as PREDICTIONS_SCHEMA
 
 
 def load_run(run_dir, device="cpu"):

@@ -2,63 +2,51 @@
 
 The numbers come from ONE R function, `medclf_report_json(request_json)` in R/report.R, run
 through rpy2 when it works, else through an `Rscript --vanilla R/calc_model_performance.R`
-subprocess, else from the pure-Python mirror below (`python_report`, marked
-`"engine": {"name": "python"}`), which follows R/metrics.R to 1e-9 (see the parity tests).
+subprocess, else from the pure-Python mirror below (`python_report`); medclf.r_bridge does the
+fallback and records the route that ran. The mirror follows R/metrics.R to 1e-9 (parity tests).
 The request is a small JSON object (see R/report.R): predictions_path, val_predictions_path,
 positive, threshold, threshold_rule, group, boot_n, seed, legacy.
 
-Outputs in the run folder: results_<split>.json (medclf.results/1), report.md, roc.png, pr.png,
-pr_zoom.png (recall 0.95-1 with the recall >= 0.999 operating point), confusion.png and
-calibration.png.
+Outputs in the run folder, named by split and optional tag (output_names): results_<split>.json
+(medclf.results/1), report_<split>.md, roc_<split>.png, pr_<split>.png, pr_zoom_<split>.png
+(recall 0.95-1 with the recall >= 0.999 operating point), confusion_<split>.png and
+calibration_<split>.png; with --tag grouped: results_<split>_grouped.json and so on.
 """
 
-import json
 import math
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
-import warnings
+import re
 from pathlib import Path
 
 import numpy as np
 
 from medclf import metrics as M
+from medclf import r_bridge, schemas
 from medclf.errors import MedclfError
 from medclf.fileio import read_json, write_json, write_text
+from medclf.formatting import estimate_with_interval, interval, number
 from medclf.splits import named_positive
 
-PREDICTIONS_SCHEMA = "medclf.predictions/1"
-RESULTS_SCHEMA = "medclf.results/1"
 LEGACY_KEYS = ("labels", "predictions", "predictive probabilities", "label probabilities")
+FOUR_KEY_LOGITS = "original four-key (logits -> softmax)"
+FOUR_KEY_PROBABILITIES = "original four-key (probabilities, used as given)"
 ROW_SUM_TOLERANCE = 1e-6
-ENGINES = ("auto", "rpy2", "rscript", "python")
-RSCRIPT_ERROR_PREFIX = "calc_model_performance.R: error: "
-
-
-class EngineUnavailable(Exception):
-    """An R route cannot run here (no rpy2, no R, missing package); the next route is tried."""
-
-
-def r_dir():
-    """The repository's R/ folder (editable install), or $MEDCLF_R_DIR."""
-    import medclf
-
-    override = os.environ.get("MEDCLF_R_DIR")
-    return Path(override) if override else Path(medclf.__file__).resolve().parents[2] / "R"
+OPTIMISTIC = ("the threshold was chosen on the same predictions it is scored on, so these estimates are "
+              "optimistic; choose it on validation predictions and score another split (e.g. test)")
+PLOTS = ("roc", "pr", "pr_zoom", "confusion", "calibration")
+TAG_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]*")
 
 
 # --------------------------------------------------------------------------- input (mirrors R/io.R)
 
-def _fail(source, message):
+def fail(source, message):
+    """Stop with one line `<source>: <message>` (the R side's mc_fail)."""
     raise MedclfError(f"{source}: {message}")
 
 
 def read_predictions_file(path):
     path = Path(path)
     if path.is_file() and path.stat().st_size == 0:
-        _fail(path, "file is empty; re-create it with `medclf test`")
+        fail(path, "file is empty; re-create it with `medclf test`")
     try:
         return read_json(path)
     except MedclfError as exc:
@@ -78,28 +66,38 @@ def _matrix(rows, field, source):
         arr = None
     if arr is None or arr.ndim != 2:
         if not isinstance(rows, list) or not all(isinstance(r, list) for r in rows):
-            _fail(source, f"{field}: expected a list of rows (one row of class values per image)")
+            fail(source, f"{field}: expected a list of rows (one row of class values per image)")
         if len({len(r) for r in rows}) > 1:
-            _fail(source, f"{field}: rows have different lengths or non-numeric entries; expected one row of numbers per image")
+            fail(source, f"{field}: rows have different lengths or non-numeric entries; expected one row of numbers per image")
         for i, r in enumerate(rows):
             for j, v in enumerate(r):
                 if v is None:
-                    _fail(source, f"{field}: row {i + 1}, column {j + 1} is NaN or missing; every image needs finite values")
-        _fail(source, f"{field}: entries must be numbers")
+                    fail(source, f"{field}: row {i + 1}, column {j + 1} is NaN or missing; every image needs finite values")
+        fail(source, f"{field}: entries must be numbers")
     bad = np.argwhere(~np.isfinite(arr))
     if len(bad):
         i, j = bad[0]
-        _fail(source, f"{field}: row {i + 1}, column {j + 1} is NaN or missing; every image needs finite values")
+        fail(source, f"{field}: row {i + 1}, column {j + 1} is NaN or missing; every image needs finite values")
     return arr
 
 
+def _row_sums(p):
+    total = p[:, 0].copy()
+    for j in range(1, p.shape[1]):  # sequential sum, as R/io.R, so both agree bit for bit
+        total = total + p[:, j]
+    return total
+
+
 def _softmax_rows(logits):
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(shifted)
-    total = e[:, 0].copy()
-    for j in range(1, e.shape[1]):  # sequential sum, as R/io.R, so both agree bit for bit
-        total = total + e[:, j]
-    return e / total[:, None]
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return e / _row_sums(e)[:, None]
+
+
+def rows_are_probabilities(x):
+    """Every value in [0, 1] and every row summing to 1 within ROW_SUM_TOLERANCE (R: mc_rows_are_probabilities).
+    Seed 002's original test script wrote logits under "predictive probabilities", medclf's
+    python/test_torchvision.py writes probabilities there: the content tells which."""
+    return bool(np.all((x >= 0) & (x <= 1)) and np.all(np.abs(_row_sums(x) - 1) <= ROW_SUM_TOLERANCE))
 
 
 def _present(obj, key):
@@ -109,28 +107,28 @@ def _present(obj, key):
 def validate_predictions(obj, source):
     """Python mirror of mc_validate_predictions (R/io.R): same checks, same messages."""
     if not isinstance(obj, dict):
-        _fail(source, "expected a JSON object with labels and probabilities")
+        fail(source, "expected a JSON object with labels and probabilities")
     legacy = "schema" not in obj or obj["schema"] is None
-    if not legacy and obj["schema"] != PREDICTIONS_SCHEMA:
-        _fail(source, f"schema: '{obj['schema']}' is not supported (expected {PREDICTIONS_SCHEMA})")
+    if not legacy and obj["schema"] != schemas.PREDICTIONS:
+        fail(source, f"schema: '{obj['schema']}' is not supported (expected {schemas.PREDICTIONS})")
     required = LEGACY_KEYS if legacy else ("classes", "labels", "probabilities")
     missing = [k for k in required if k not in obj]
     if missing:
         expected = ("the four keys of test_torchvision.py or a medclf.predictions/1 file" if legacy
                     else "a file written by `medclf test`")
-        _fail(source, f"missing key{'s' if len(missing) > 1 else ''} {', '.join(repr(k) for k in missing)}; expected {expected}")
+        fail(source, f"missing key{'s' if len(missing) > 1 else ''} {', '.join(repr(k) for k in missing)}; expected {expected}")
     field = "predictive probabilities" if legacy else "probabilities"
     labels = obj["labels"]
     if not isinstance(labels, list) or any(isinstance(v, (list, dict, str, bool)) for v in labels):
-        _fail(source, "labels: expected a list of integer class indices")
+        fail(source, "labels: expected a list of integer class indices")
     if not labels:
-        _fail(source, "labels: empty; there is nothing to report")
+        fail(source, "labels: empty; there is nothing to report")
     for i, v in enumerate(labels):
         if v is None or (isinstance(v, float) and math.isnan(v)):
-            _fail(source, f"labels: entry {i + 1} is NaN or missing")
+            fail(source, f"labels: entry {i + 1} is NaN or missing")
     for i, v in enumerate(labels):
         if v != round(v):
-            _fail(source, f"labels: entry {i + 1} is not an integer class index")
+            fail(source, f"labels: entry {i + 1} is not an integer class index")
     n = len(labels)
     scores = _matrix(obj[field], field, source)
     lengths = {"labels": n, field: scores.shape[0]}
@@ -139,48 +137,53 @@ def validate_predictions(obj, source):
             lengths[key] = len(obj[key])
     for key, length in lengths.items():
         if length != n:
-            _fail(source, f"{key}: has {length} entries but labels has {n}; every field needs one entry per image")
+            fail(source, f"{key}: has {length} entries but labels has {n}; every field needs one entry per image")
     if _present(obj, "predictions") and not all(_is_number(v) and not math.isnan(v) for v in obj["predictions"]):
-        _fail(source, "predictions: expected a list of integer class indices without missing values")
+        fail(source, "predictions: expected a list of integer class indices without missing values")
     k = scores.shape[1]
     if k < 2:
-        _fail(source, f"{field}: need at least two columns (one per class), found {k}")
+        fail(source, f"{field}: need at least two columns (one per class), found {k}")
+    legacy_logits = legacy and not rows_are_probabilities(scores)
     if legacy:
-        probabilities = _softmax_rows(scores)
+        probabilities = _softmax_rows(scores) if legacy_logits else scores
         classes = [str(i) for i in range(k)]
     else:
         out = np.argwhere((scores < 0) | (scores > 1))
         if len(out):
             i, j = out[0]
-            _fail(source, f"{field}: value {scores[i, j]:.15g} at row {i + 1}, column {j + 1} is outside [0, 1]")
-        total = scores[:, 0].copy()
-        for j in range(1, k):
-            total = total + scores[:, j]
+            fail(source, f"{field}: value {scores[i, j]:.15g} at row {i + 1}, column {j + 1} is outside [0, 1]")
+        total = _row_sums(scores)
         off = np.flatnonzero(np.abs(total - 1) > ROW_SUM_TOLERANCE)
         if len(off):
-            _fail(source, f"{field}: row {off[0] + 1} sums to {total[off[0]]:.15g}, not 1 "
+            fail(source, f"{field}: row {off[0] + 1} sums to {total[off[0]]:.15g}, not 1 "
                           f"(tolerance {ROW_SUM_TOLERANCE:g}); write softmax probabilities")
         probabilities = scores
         classes = obj["classes"]
         if (not isinstance(classes, list) or not all(isinstance(c, str) for c in classes)
                 or len(set(classes)) != len(classes)):
-            _fail(source, "classes: expected a list of distinct class names")
+            fail(source, "classes: expected a list of distinct class names")
         if len(classes) != k:
-            _fail(source, f"classes: has {len(classes)} names but {field} has {k} columns")
+            fail(source, f"classes: has {len(classes)} names but {field} has {k} columns")
     labels_arr = np.asarray(labels, dtype=np.float64)
     bad = np.flatnonzero((labels_arr < 0) | (labels_arr >= k))
     if len(bad):
-        _fail(source, f"labels: value {labels[bad[0]]} at entry {bad[0] + 1} is not a class index 0..{k - 1}")
+        fail(source, f"labels: value {labels[bad[0]]} at entry {bad[0] + 1} is not a class index 0..{k - 1}")
     if legacy:
         declared = "1" if k == 2 else None
     else:
         declared = obj.get("positive_class")
     if declared is not None and declared not in classes:
-        _fail(source, f"positive_class: '{declared}' is not one of the classes ({', '.join(classes)})")
-    return {"format": "original four-key (logits -> softmax)" if legacy else PREDICTIONS_SCHEMA,
+        fail(source, f"positive_class: '{declared}' is not one of the classes ({', '.join(classes)})")
+    return {"format": FOUR_KEY_LOGITS if legacy_logits else FOUR_KEY_PROBABILITIES if legacy else schemas.PREDICTIONS,
             "split": obj.get("split"), "classes": list(classes), "labels": labels_arr.astype(np.int64),
             "probabilities": probabilities, "paths": obj.get("paths"), "positive_class": declared,
             "model": obj.get("model") if isinstance(obj.get("model"), dict) else None, "source": str(source)}
+
+
+def same_predictions(a, b):
+    """The same images, labels and probabilities (R: mc_same_predictions)."""
+    return (np.array_equal(a["labels"], b["labels"]) and np.array_equal(a["probabilities"], b["probabilities"])
+            and a["paths"] == b["paths"])
 
 
 def load_predictions(request, key):
@@ -199,17 +202,17 @@ def framing(data, positive=None, group=None):
     if group is not None:
         members = list(group.get("classes") or [])
         if not group.get("name") or not members:
-            _fail("group", "expected NAME=CLASS,CLASS (e.g. malignant=mel,bcc,akiec)")
+            fail("group", "expected NAME=CLASS,CLASS (e.g. malignant=mel,bcc,akiec)")
         unknown = [c for c in members if c not in classes]
         if unknown:
-            _fail(f"group '{group['name']}'", f"class '{unknown[0]}' is not one of the classes ({', '.join(classes)})")
+            fail(f"group '{group['name']}'", f"class '{unknown[0]}' is not one of the classes ({', '.join(classes)})")
         if len(members) == len(classes):
-            _fail(f"group '{group['name']}'", "contains every class; leave at least one class outside")
+            fail(f"group '{group['name']}'", "contains every class; leave at least one class outside")
         return {"positive": group["name"], "negative": f"not {group['name']}", "members": members,
                 "group": {"name": group["name"], "classes": members,
                           "rule": "probability of the group = sum of its classes' probabilities"}}
     if positive is not None and positive not in classes:
-        _fail("positive class", f"'{positive}' is not one of the classes ({', '.join(classes)})")
+        fail("positive class", f"'{positive}' is not one of the classes ({', '.join(classes)})")
     if positive is None:
         positive = named_positive(classes, data["positive_class"], data["source"], "scoring it")
     if positive is None:
@@ -233,14 +236,6 @@ def binary_view(data, frame):
     return {"is_positive": np.isin(data["labels"], idx), "score": column_sum(idx), "other": column_sum(rest)}
 
 
-def _python_engine():
-    import scipy
-    import sklearn
-
-    return {"name": "python", "python": platform.python_version(), "numpy": np.__version__,
-            "scipy": scipy.__version__, "sklearn": sklearn.__version__}
-
-
 def _bootstrap(n, boot_n, seed, statistic):
     rng = np.random.default_rng(seed)
     draws = [statistic(rng.integers(0, n, n)) for _ in range(boot_n)]
@@ -256,23 +251,24 @@ def _bootstrap(n, boot_n, seed, statistic):
 def _binary_python(request, data, frame):
     view = binary_view(data, frame)
     threshold, rule = request.get("threshold"), request.get("threshold_rule")
-    selection = None
+    selection = optimistic = None
     if threshold is not None and rule is not None:
-        _fail("options", "give either a threshold or a threshold rule, not both")
+        fail("options", "give either a threshold or a threshold rule, not both")
     if rule is not None:
         val = load_predictions(request, "val_predictions")
         if val is None:
-            _fail("threshold rule", f"'{rule}' needs validation predictions (--threshold-from predictions_val.json)")
+            fail("threshold rule", f"'{rule}' needs validation predictions (--threshold-from predictions_val.json)")
         if val["classes"] != data["classes"]:
-            _fail(val["source"], f"classes ({', '.join(val['classes'])}) differ from the test predictions' classes "
+            fail(val["source"], f"classes ({', '.join(val['classes'])}) differ from the test predictions' classes "
                                  f"({', '.join(data['classes'])})")
         val_view = binary_view(val, frame)
         selection = M.choose_threshold(val_view["is_positive"], val_view["score"], rule)
         selection.update(n_validation=len(val_view["score"]), source=val["source"])
         threshold, source = selection["threshold"], f"validation:{rule}"
+        optimistic = OPTIMISTIC if same_predictions(val, data) else None
     elif threshold is not None:
         if not _is_number(threshold) or not 0 <= threshold <= 1:
-            _fail("threshold", f"{threshold} is not a probability in [0, 1]")
+            fail("threshold", f"{threshold} is not a probability in [0, 1]")
         source = "fixed"
     else:
         threshold, source = 0.5, "default"
@@ -282,11 +278,11 @@ def _binary_python(request, data, frame):
     decided = (s >= threshold).astype(np.int64)
     per_class = M.per_class_metrics(truth, decided, np.column_stack([view["other"], s]),
                                     [frame["negative"], frame["positive"]])
-    out = {"schema": RESULTS_SCHEMA, "engine": _python_engine(), "task": "binary", "split": data["split"],
+    out = {"schema": schemas.RESULTS, "engine": r_bridge.python_engine_info(), "task": "binary", "split": data["split"],
            "predictions": data["source"], "input_format": data["format"], "classes": data["classes"],
            "positive_class": frame["positive"], "negative_class": frame["negative"], "grouping": frame["group"],
            "threshold": float(threshold), "threshold_source": source, "threshold_selection": selection,
-           "decision_rule": "positive when probability >= threshold", "n": int(len(truth)),
+           "threshold_optimistic": optimistic, "decision_rule": "positive when probability >= threshold", "n": int(len(truth)),
            "n_positive": int(truth.sum()), "n_negative": int((1 - truth).sum()),
            "confusion_matrix": b["confusion_matrix"], "metrics": b["metrics"], "per_class": per_class,
            "macro": M.macro_metrics(per_class), "operating_points": M.operating_points(y, s), "model": data["model"]}
@@ -304,9 +300,9 @@ def _binary_python(request, data, frame):
 
 def _multiclass_python(request, data):
     if request.get("threshold") is not None or request.get("threshold_rule") is not None:
-        _fail("options", "a threshold needs a binary task: name --positive CLASS or --group NAME=CLASS,...")
+        fail("options", "a threshold needs a binary task: name --positive CLASS or --group NAME=CLASS,...")
     m = M.multiclass_metrics(data["labels"], data["probabilities"], data["classes"])
-    out = {"schema": RESULTS_SCHEMA, "engine": _python_engine(), "task": "multiclass", "split": data["split"],
+    out = {"schema": schemas.RESULTS, "engine": r_bridge.python_engine_info(), "task": "multiclass", "split": data["split"],
            "predictions": data["source"], "input_format": data["format"], "classes": data["classes"],
            "positive_class": None, "threshold": None, "threshold_source": "argmax",
            "decision_rule": "class with the highest probability (first on ties)", "n": int(len(data["labels"])),
@@ -332,12 +328,12 @@ def python_report(request):
     """The pure-Python engine: same request, same result structure as medclf_report_json."""
     data = load_predictions(request, "predictions")
     if data is None:
-        _fail("request", "no predictions (predictions_path or predictions)")
+        fail("request", "no predictions (predictions_path or predictions)")
     frame = framing(data, request.get("positive"), request.get("group"))
     result = _multiclass_python(request, data) if frame is None else _binary_python(request, data, frame)
     if request.get("legacy"):
         if result["task"] != "binary":
-            _fail("--legacy", "the two-array output is binary only; name --positive CLASS or --group")
+            fail("--legacy", "the two-array output is binary only; name --positive CLASS or --group")
         m = result["metrics"]
         return [["Accuracy", "Sensitivity", "Specificity", "ROC-AUC", "Cohen's Kappa"],
                 [m["accuracy"]["estimate"], m["sensitivity"]["estimate"], m["specificity"]["estimate"],
@@ -347,68 +343,11 @@ def python_report(request):
 
 # ------------------------------------------------------------------------------------ engines
 
-def _decode_r_result(text):
-    result = json.loads(text)
-    if isinstance(result, dict) and result.get("schema") == "medclf.error/1":
-        raise MedclfError(result["error"])
-    return result
-
-
-_RPY2_STATE = {}
-
-
-def quiet_r_console():
-    """Route embedded R's console warnings (e.g. start-up notes about empty site libraries) into a
-    list instead of stderr; returns the list."""
-    from rpy2.rinterface_lib import callbacks
-
-    captured = []
-    callbacks.consolewrite_warnerror = captured.append
-    callbacks.consolewrite_print = captured.append
-    return captured
-
-
-def rpy2_errors():
-    """Exceptions that mean "the rpy2 route cannot run": rpy2's RRuntimeError is not a RuntimeError."""
-    basic = (ImportError, OSError, ValueError, RuntimeError)
-    try:
-        from rpy2.rinterface_lib.embedded import RRuntimeError
-    except basic:
-        return basic
-    return basic + (RRuntimeError,)
-
-
-def rpy2_report(request):
-    """Run medclf_report_json through rpy2 (embedded R). Only JSON strings cross the bridge."""
-    try:
-        if "function" not in _RPY2_STATE:
-            quiet_r_console()
-            import rpy2.robjects as ro
-
-            for package in ("pROC", "jsonlite"):
-                if not ro.r(f'isTRUE(suppressWarnings(requireNamespace("{package}", quietly = TRUE)))')[0]:
-                    raise EngineUnavailable(f"R package {package} is not installed")
-            report_r = r_dir() / "report.R"
-            if not report_r.is_file():
-                raise EngineUnavailable(f"{report_r} not found (set MEDCLF_R_DIR)")
-            ro.r.source(str(report_r))
-            _RPY2_STATE["function"] = ro.globalenv["medclf_report_json"]
-        text = _RPY2_STATE["function"](json.dumps(request))[0]
-    except EngineUnavailable:
-        raise
-    except rpy2_errors() as exc:
-        raise EngineUnavailable(f"rpy2: {type(exc).__name__}: {str(exc).strip()[:300]}") from exc
-    return _decode_r_result(str(text))
-
-
 def _rscript_argv(request, out_path):
-    script = r_dir() / "calc_model_performance.R"
-    if not script.is_file():
-        raise EngineUnavailable(f"{script} not found (set MEDCLF_R_DIR)")
-    rscript = shutil.which("Rscript")
-    if rscript is None:
-        raise EngineUnavailable("Rscript is not on PATH")
-    argv = [rscript, "--vanilla", str(script), str(request["predictions_path"]), str(out_path)]
+    """calc_model_performance.R's command line for a request."""
+    if request.get("predictions_path") is None:
+        raise r_bridge.EngineUnavailable("the Rscript route needs predictions_path")
+    argv = [str(request["predictions_path"]), str(out_path)]
     if request.get("positive") is not None:
         argv += ["--positive", str(request["positive"])]
     if request.get("threshold") is not None:
@@ -418,7 +357,7 @@ def _rscript_argv(request, out_path):
     if request.get("val_predictions_path") is not None:
         argv += ["--threshold-from", str(request["val_predictions_path"])]
     if request.get("group") is not None:
-        argv += ["--group", f"{request['group']['name']}={','.join(request['group']['classes'])}"]
+        argv += ["--group", format_group(request["group"])]
     if request.get("boot_n"):
         argv += ["--boot", str(int(request["boot_n"])), "--seed", str(int(request.get("seed") or 1))]
     if request.get("legacy"):
@@ -426,56 +365,32 @@ def _rscript_argv(request, out_path):
     return argv
 
 
-def rscript_report(request):
-    """Run R/calc_model_performance.R in an `Rscript --vanilla` subprocess."""
-    if request.get("predictions_path") is None:
-        raise EngineUnavailable("the Rscript route needs predictions_path")
-    with tempfile.TemporaryDirectory(prefix="medclf-report-") as tmp:
-        out_path = Path(tmp) / "results.json"
-        argv = _rscript_argv(request, out_path)
-        try:
-            proc = subprocess.run(argv, capture_output=True, text=True)
-        except OSError as exc:
-            raise EngineUnavailable(f"Rscript: {exc}") from exc
-        if proc.returncode != 0:
-            lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
-            user = [ln for ln in lines if ln.startswith(RSCRIPT_ERROR_PREFIX)]
-            if user:
-                raise MedclfError(user[-1][len(RSCRIPT_ERROR_PREFIX):])
-            raise EngineUnavailable("Rscript failed: " + " | ".join(lines[-3:]))
-        return _decode_r_result(out_path.read_text(encoding="utf-8"))
+REPORT_TASK = r_bridge.Task(command="report", r_file="report.R", r_function="medclf_report_json",
+                            script="calc_model_performance.R", script_argv=_rscript_argv, python=python_report)
 
 
 def run_engine(request, engine="auto"):
-    """(result, notes): the result of the first engine that runs, in the order rpy2, Rscript, Python."""
-    if engine not in ENGINES:
-        raise MedclfError(f"--engine {engine}: choose one of {', '.join(ENGINES)}")
-    order = {"auto": ("rpy2", "rscript", "python")}.get(engine, (engine,))
-    routes = {"rpy2": rpy2_report, "rscript": rscript_report, "python": python_report}
-    notes = []
-    for name in order:
-        try:
-            return routes[name](request), notes
-        except EngineUnavailable as exc:
-            if engine != "auto":
-                raise MedclfError(f"--engine {engine} is unavailable here: {exc}; "
-                                  "use --engine auto (falls back to Python) or see docs/report.md") from exc
-            notes.append(f"{name} unavailable: {exc}")
-            warnings.warn(f"medclf report: {name} unavailable ({exc}); trying the next engine", stacklevel=2)
-    raise MedclfError("no report engine could run")  # unreachable: python always runs
+    """(result, notes): medclf_report_json through rpy2, else Rscript, else python_report."""
+    return r_bridge.run(REPORT_TASK, request, engine)
 
 
 # ------------------------------------------------------------------------------------- outputs
 
 def parse_group(text):
-    """'malignant=mel,bcc,akiec' -> {'name': 'malignant', 'classes': ['mel', 'bcc', 'akiec']}."""
+    """'malignant=mel,bcc,akiec' -> {'name': 'malignant', 'classes': ['mel', 'bcc', 'akiec']}; the one
+    --group parser of report, compare and study (R: mc_parse_group in R/io.R, same rules)."""
     if text is None:
         return None
-    name, sep, members = str(text).partition("=")
-    classes = [c.strip() for c in members.split(",")]
-    if not sep or not name.strip() or not classes or not all(classes):
+    parts = str(text).split("=")
+    classes = [c.strip() for c in parts[1].split(",")] if len(parts) == 2 else []
+    if len(parts) != 2 or not parts[0].strip() or not classes or not all(classes):
         raise MedclfError(f"--group '{text}': expected NAME=CLASS,CLASS (e.g. malignant=mel,bcc,akiec)")
-    return {"name": name.strip(), "classes": classes}
+    return {"name": parts[0].strip(), "classes": classes}
+
+
+def format_group(group):
+    """{'name': 'malignant', 'classes': [...]} -> 'malignant=mel,bcc,akiec' (the inverse of parse_group)."""
+    return f"{group['name']}={','.join(group['classes'])}"
 
 
 def build_request(predictions_path, val_predictions_path=None, positive=None, threshold=None, threshold_rule=None,
@@ -487,53 +402,98 @@ def build_request(predictions_path, val_predictions_path=None, positive=None, th
             "boot_n": int(boot_n or 0), "seed": int(seed), "legacy": bool(legacy)}
 
 
-def _fmt(x, digits=3):
-    return "NA" if x is None else f"{x:.{digits}f}"
+def output_names(split, tag=None):
+    """File names of one report: results_<split>[_<tag>].json, report_<split>[_<tag>].md and each plot
+    <plot>_<split>[_<tag>].png, so reports of different splits or framings never overwrite each other."""
+    if tag is not None and not TAG_PATTERN.fullmatch(str(tag)):
+        raise MedclfError(f"--tag '{tag}': use letters, digits, '.' and '-' (e.g. grouped); it becomes part of file names")
+    suffix = f"{split}_{tag}" if tag else str(split)
+    names = {"results": f"results_{suffix}.json", "report": f"report_{suffix}.md"}
+    names.update({plot: f"{plot}_{suffix}.png" for plot in PLOTS})
+    return names
 
 
-def _interval(v):
-    if v.get("lower") is None or v.get("upper") is None:
-        return "n/a"
-    return f"{_fmt(v['lower'])} to {_fmt(v['upper'])}"
+def _pairs(mapping):
+    return ", ".join(f"{k} {v}" for k, v in mapping.items()) if isinstance(mapping, dict) else str(mapping)
 
 
-def _provenance(run_dir):
-    lines = []
-    config_path = run_dir / "config.json"
-    if config_path.is_file():
-        cfg = read_json(config_path)
-        args = cfg.get("arguments", {})
-        lines += [f"- model: {cfg.get('architecture')} (weights: {cfg.get('weights')}), "
-                  f"{args.get('epochs')} epochs max, image size {args.get('img_size')}, seed {cfg.get('seed')}",
-                  f"- splits file: {cfg.get('splits_file')}; data root: {cfg.get('data_root')}",
-                  f"- split counts: {cfg.get('counts')}; git commit: {cfg.get('git_commit')}; "
-                  f"created {cfg.get('created')}"]
-        splits_file = cfg.get("splits_file")
-        partition_path = Path(splits_file).parent / "partition.json" if splits_file else None
-        if partition_path and partition_path.is_file():
-            info = read_json(partition_path)
-            grouping = info.get("group_column") or "duplicate clusters"
-            lines.append(f"- partition: {partition_path} (seed {info.get('seed')}, ratios {info.get('ratios')}, "
-                         f"grouped by {grouping}, {info.get('n_groups')} groups, label map {info.get('label_map')}); "
-                         f"leakage report: {json.dumps(info.get('leakage'))[:300]}")
-    return lines or ["- no config.json in the run folder (predictions scored without model provenance)"]
+def _leakage_text(leakage):
+    counts = {k[: -len("_across_splits")].replace("_", " "): v for k, v in (leakage or {}).items()
+              if k.endswith("_across_splits") and isinstance(v, int)}
+    if not counts:
+        return "not recorded"
+    return ", ".join(f"{v} {k}" for k, v in counts.items()) + " across splits"
 
 
-def markdown_report(result, run_dir=None, plots=()):
-    eng = result["engine"]
+def _threshold_text(result):
+    if result["task"] != "binary":
+        return "none: the decided class is the most probable one"
+    sel = result.get("threshold_selection")
+    if sel:
+        return (f"{result['threshold']:.6g}, chosen by {sel['rule']} on {sel['source']} (n = {sel['n_validation']}; "
+                f"there sensitivity {number(sel['sensitivity'])}, specificity {number(sel['specificity'])})")
+    return f"{result['threshold']:.6g} ({'fixed by --threshold' if result['threshold_source'] == 'fixed' else 'default'})"
+
+
+def _partition_rows(run_dir, config):
+    """Rows about the partition: the run's own copy of partition.json, else the one beside its splits file."""
+    splits_file = config.get("splits_file")
+    candidates = [run_dir / "partition.json"] + ([Path(splits_file).parent / "partition.json"] if splits_file else [])
+    path = next((p for p in candidates if p.is_file()), None)
+    if path is None:
+        return []
+    info = read_json(path)
+    rows = [("partition", f"{path}: seed {info.get('seed')}, ratios {_pairs(info.get('ratios'))}, grouped by "
+                          f"{info.get('group_column') or 'duplicate clusters'} ({info.get('n_groups')} groups)"),
+            ("leakage check", _leakage_text(info.get("leakage")))]
+    if info.get("label_map"):
+        rows.append(("label map", _pairs(info["label_map"])))
+    return rows
+
+
+def _known(x):
+    return "not recorded" if x is None else x
+
+
+def provenance_rows(result, run_dir=None):
+    """(what, value) rows: model, checkpoint, splits, data, partition, threshold, engine."""
+    model = result.get("model") or {}
+    config_path = Path(run_dir) / "config.json" if run_dir else None
+    config = read_json(config_path) if config_path and config_path.is_file() else {}
+    args = config.get("arguments") or {}
+    rows = []
+    if config or model:
+        rows.append(("model", f"{_known(config.get('architecture') or model.get('architecture'))}, weights "
+                              f"{_known(config.get('weights'))}; image size {_known(args.get('img_size'))}, "
+                              f"at most {_known(args.get('epochs'))} epoch{'' if args.get('epochs') == 1 else 's'}, "
+                              f"seed {_known(config.get('seed'))}"))
+    if model.get("checkpoint"):
+        rows.append(("checkpoint", f"{model['checkpoint']}, epoch {_known(model.get('epoch'))}"))
+    if config:
+        counts = f" ({_pairs(config['counts'])} images)" if config.get("counts") else ""
+        rows += [("splits file", f"{_known(config.get('splits_file'))}{counts}"),
+                 ("data", str(_known(config.get("data_root"))))]
+        rows += _partition_rows(Path(run_dir), config)
+        rows.append(("code", f"git commit {_known(config.get('git_commit'))}, trained {_known(config.get('created'))}"))
+    else:
+        rows.append(("run", "no config.json beside the predictions: scored without training provenance"))
+    rows += [("predictions", f"{result.get('predictions')} ({result.get('input_format')})"),
+             ("threshold", _threshold_text(result)), ("engine", r_bridge.describe_engine(result["engine"]))]
+    return rows
+
+
+def _header_lines(result):
     lines = [f"# medclf report: {result.get('predictions')}", "",
-             f"Engine: {', '.join(f'{k} {v}' for k, v in eng.items())}. Split: {result.get('split')}. "
+             f"Engine: {r_bridge.describe_engine(result['engine'])}. Split: {result.get('split')}. "
              f"n = {result['n']}. Input format: {result.get('input_format')}.", ""]
+    if result.get("threshold_optimistic"):
+        lines += [f"**Optimistic estimate:** {result['threshold_optimistic']}.", ""]
     if result["task"] == "binary":
         lines.append(f"Positive class **{result['positive_class']}** (vs {result['negative_class']}); "
-                     f"{result['decision_rule']}; threshold {result['threshold']:.6g} ({result['threshold_source']}).")
+                     f"{result['decision_rule']}; threshold {_threshold_text(result)}.")
         if result.get("grouping"):
             g = result["grouping"]
             lines.append(f"Clinical grouping: {g['name']} = {', '.join(g['classes'])} ({g['rule']}).")
-        sel = result.get("threshold_selection")
-        if sel:
-            lines.append(f"Threshold chosen on {sel['source']} (n = {sel['n_validation']}) by {sel['rule']}: "
-                         f"validation sensitivity {_fmt(sel['sensitivity'])}, specificity {_fmt(sel['specificity'])}.")
         cm = result["confusion_matrix"]
         lines += ["", "## Confusion matrix", "", f"| truth \\ called | {result['positive_class']} | {result['negative_class']} |",
                   "|---|---|---|", f"| {result['positive_class']} | TP {cm['tp']} | FN {cm['fn']} |",
@@ -544,37 +504,48 @@ def markdown_report(result, run_dir=None, plots=()):
         lines += ["", "## Confusion matrix (rows = truth, columns = decision)", "",
                   "| truth \\ called | " + " | ".join(cm["classes"]) + " |", "|---" * (len(cm["classes"]) + 1) + "|"]
         lines += [f"| {c} | " + " | ".join(str(x) for x in row) + " |" for c, row in zip(cm["classes"], cm["matrix"])]
+    return lines
+
+
+def _metric_lines(result):
     boot = (result.get("bootstrap") or {}).get("intervals", {})
-    lines += ["", "## Metrics (95% intervals)", "", "| metric | estimate | interval | method | bootstrap |",
-              "|---|---|---|---|---|"]
+    lines = ["", "## Metrics (95% intervals)", "", "| metric | estimate | interval | method | bootstrap |",
+             "|---|---|---|---|---|"]
     for name, v in result["metrics"].items():
         b = boot.get(name)
-        bs = f"{_fmt(b['lower'])} to {_fmt(b['upper'])}" if b and b.get("lower") is not None else ""
+        bs = interval(b) if b and b.get("lower") is not None else ""
         note = f" ({v['note']})" if v.get("note") else ""
-        lines.append(f"| {name} | {_fmt(v['estimate'])} | {_interval(v)} | {v['method']}{note} | {bs} |")
+        lines.append(f"| {name} | {number(v['estimate'])} | {interval(v)} | {v['method']}{note} | {bs} |")
     per_class = result.get("per_class") or {}
     if per_class:
         cols = ["sensitivity", "specificity", "ppv", "npv", "f1", "roc_auc", "average_precision"]
         lines += ["", "## Per class (one-vs-rest)", "", "| class | n | " + " | ".join(cols) + " |",
                   "|---" * (len(cols) + 2) + "|"]
+        notes = []
         for name, pc in per_class.items():
-            cells = [f"{_fmt(pc['metrics'][c]['estimate'])} ({_interval(pc['metrics'][c])})" for c in cols]
-            lines.append(f"| {name} | {pc['n']} | " + " | ".join(cells) + " |")
-        lines.append("| macro | | " + " | ".join(_fmt(result["macro"][c]["estimate"]) for c in cols) + " |")
+            lines.append(f"| {name} | {pc['n']} | " + " | ".join(estimate_with_interval(pc["metrics"][c]) for c in cols) + " |")
+            notes += [f"- {name}, {c}: {pc['metrics'][c]['note']}" for c in cols
+                      if pc["metrics"][c].get("note") and M.zero_width(pc["metrics"][c]["lower"], pc["metrics"][c]["upper"])]
+        lines.append("| macro | | " + " | ".join(number(result["macro"][c]["estimate"]) for c in cols) + " |")
+        if notes:
+            lines += ["", "Zero-width intervals:"] + notes
+    return lines
+
+
+def markdown_report(result, run_dir=None, plots=()):
+    lines = _header_lines(result) + _metric_lines(result)
     if result.get("operating_points"):
         lines += ["", "## Operating points (on this split; step function, no interpolation)", "",
                   "| kind | target | threshold | sensitivity | specificity | precision |", "|---|---|---|---|---|---|"]
         for op in result["operating_points"]:
             thr = "none reaches it" if op["threshold"] is None else f"{op['threshold']:.6g}"
-            lines.append(f"| {op['kind']} | {op['target']} | {thr} | {_fmt(op['sensitivity'])} | "
-                         f"{_fmt(op['specificity'])} | {_fmt(op['precision'])} |")
+            lines.append(f"| {op['kind']} | {op['target']} | {thr} | {number(op['sensitivity'])} | "
+                         f"{number(op['specificity'])} | {number(op['precision'])} |")
     if result.get("bootstrap"):
         b = result["bootstrap"]
         lines += ["", f"Bootstrap: {b['n']} resamples, seed {b['seed']}, {b['method']}."]
-    lines += ["", "## Provenance", ""]
-    if result.get("model"):
-        lines.append(f"- predictions made by: {json.dumps(result['model'])}")
-    lines += _provenance(Path(run_dir)) if run_dir else []
+    lines += ["", "## Provenance", "", "| | |", "|---|---|"]
+    lines += [f"| {what} | {text} |" for what, text in provenance_rows(result, run_dir)]
     if plots:
         lines += ["", "## Plots", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in plots]
     return "\n".join(lines) + "\n"
@@ -589,25 +560,8 @@ def _binary_curves(y, s):
     return fpr, tpr, recall, precision
 
 
-def write_plots(result, data, out_dir):
-    """roc.png, pr.png, pr_zoom.png (binary), confusion.png, calibration.png; returns the paths."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from medclf.fileio import atomic_path
-
-    out_dir = Path(out_dir)
-    written = []
-
-    def save(fig, name):
-        path = out_dir / name
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-        plt.close(fig)
-        written.append(path)
-
+def _plot_series(result, data):
+    """(name, truth, score, metrics) per curve: the positive side of a binary report, or each class."""
     if result["task"] == "binary":
         frame = {"members": (result["grouping"] or {}).get("classes") or [result["positive_class"]]}
         view = binary_view(data, frame)
@@ -615,29 +569,31 @@ def write_plots(result, data, out_dir):
     else:
         series = [(c, data["labels"] == k, data["probabilities"][:, k], result["per_class"][c]["metrics"])
                   for k, c in enumerate(data["classes"])]
-    series = [t for t in series if t[1].any() and (~t[1]).any()]
+    return [t for t in series if t[1].any() and (~t[1]).any()]
 
+
+def _plot_roc_pr(plt, result, series, save):
     fig, ax = plt.subplots(figsize=(5, 5))
     for name, y, s, m in series:
         fpr, tpr, _, _ = _binary_curves(y, s)
         auc = m["roc_auc"]
-        ax.step(fpr, tpr, where="post", label=f"{name}: AUC {_fmt(auc['estimate'])} ({_interval(auc)})")
+        ax.step(fpr, tpr, where="post", label=f"{name}: AUC {number(auc['estimate'])} ({interval(auc)})")
     ax.plot([0, 1], [0, 1], ls=":", color="grey")
     ax.set(xlabel="1 - specificity", ylabel="sensitivity", title="ROC (DeLong 95% CI)")
     if series:
         ax.legend(fontsize=7, loc="lower right")
     else:
         ax.text(0.5, 0.5, "only one class present: no ROC curve", ha="center")
-    save(fig, "roc.png")
+    save(fig, "roc")
 
     fig, ax = plt.subplots(figsize=(5, 5))
     for name, y, s, m in series:
         _, _, recall, precision = _binary_curves(y, s)
-        ax.step(recall, precision, where="pre", label=f"{name}: AP {_fmt(m['average_precision']['estimate'])}")
+        ax.step(recall, precision, where="pre", label=f"{name}: AP {number(m['average_precision']['estimate'])}")
     ax.set(xlabel="recall", ylabel="precision", title="Precision-recall", xlim=(0, 1.01), ylim=(0, 1.01))
     if series:
         ax.legend(fontsize=7, loc="lower left")
-    save(fig, "pr.png")
+    save(fig, "pr")
 
     if result["task"] == "binary" and series:
         name, y, s, _ = series[0]
@@ -647,11 +603,13 @@ def write_plots(result, data, out_dir):
         for op in result["operating_points"]:
             if op["kind"] == "precision_at_recall" and op["threshold"] is not None:
                 ax.plot(op["sensitivity"], op["precision"], "o", ms=8,
-                        label=f"recall>={op['target']}: precision {_fmt(op['precision'])} at threshold {op['threshold']:.4g}")
+                        label=f"recall>={op['target']}: precision {number(op['precision'])} at threshold {op['threshold']:.4g}")
         ax.set(xlabel="recall", ylabel="precision", title="Precision-recall, recall 0.95-1", xlim=(0.95, 1.001))
         ax.legend(fontsize=7, loc="lower left")
-        save(fig, "pr_zoom.png")
+        save(fig, "pr_zoom")
 
+
+def _plot_confusion(plt, result, save):
     cm = result["confusion_matrix"]
     if result["task"] == "binary":
         labels = [result["negative_class"], result["positive_class"]]
@@ -667,8 +625,10 @@ def write_plots(result, data, out_dir):
     ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
     ax.set_yticks(range(len(labels)), labels)
     ax.set(xlabel="decision", ylabel="truth", title="Confusion matrix")
-    save(fig, "confusion.png")
+    save(fig, "confusion")
 
+
+def _plot_calibration(plt, result, data, series, save):
     fig, ax = plt.subplots(figsize=(5, 5))
     bins = np.linspace(0, 1, 11)
     if result["task"] == "binary":
@@ -690,14 +650,43 @@ def write_plots(result, data, out_dir):
         ax.annotate(str(n), (x, yv), fontsize=7, textcoords="offset points", xytext=(3, 3))
     ax.set(xlabel=f"mean predicted {what}", ylabel="observed frequency", title="Calibration (10 bins; n per bin)",
            xlim=(-0.02, 1.02), ylim=(-0.02, 1.08))
-    save(fig, "calibration.png")
+    save(fig, "calibration")
+
+
+def write_plots(result, data, out_dir, names=None):
+    """The ROC, PR, PR zoom (binary), confusion and calibration plots under `names` (plot -> file name,
+    default output_names(result's split)); returns the paths written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from medclf.fileio import atomic_path
+
+    out_dir = Path(out_dir)
+    names = names or output_names(result.get("split") or "test")
+    written = []
+
+    def save(fig, plot):
+        path = out_dir / names[plot]
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        written.append(path)
+
+    series = _plot_series(result, data)
+    _plot_roc_pr(plt, result, series, save)
+    _plot_confusion(plt, result, save)
+    _plot_calibration(plt, result, data, series, save)
     return written
 
 
 def report_run(run_dir, split="test", positive=None, threshold=None, threshold_rule=None, group=None,
-               engine="auto", boot_n=0, seed=1, plots=True):
-    """Score results/NAME/predictions_<split>.json; write results_<split>.json, report.md and plots."""
+               engine="auto", boot_n=0, seed=1, plots=True, tag=None):
+    """Score results/NAME/predictions_<split>.json; write results_<split>[_<tag>].json,
+    report_<split>[_<tag>].md and the plots named likewise (output_names)."""
     run_dir = Path(run_dir)
+    names = output_names(split, tag)
     predictions = run_dir / f"predictions_{split}.json"
     if not predictions.is_file():
         raise MedclfError(f"{predictions}: not found; run `medclf test --run {run_dir}` first")
@@ -713,10 +702,9 @@ def report_run(run_dir, split="test", positive=None, threshold=None, threshold_r
     if notes:
         result["engine_notes"] = notes
     data = validate_predictions(read_predictions_file(predictions), predictions)
-    results_path = run_dir / f"results_{split}.json"
+    results_path = run_dir / names["results"]
     write_json(results_path, result)
-    plot_paths = write_plots(result, data, run_dir) if plots else []
-    report_path = run_dir / "report.md"
+    plot_paths = write_plots(result, data, run_dir, names) if plots else []
+    report_path = run_dir / names["report"]
     write_text(report_path, markdown_report(result, run_dir, plot_paths))
     return {"results": results_path, "report": report_path, "plots": plot_paths, "result": result}
-

@@ -18,8 +18,11 @@ Each stage section becomes the argv of that stage's command (keys are the comman
 without the leading dashes; `true` becomes a bare flag, `false` the `--no-` form or nothing; a
 mapping becomes `k=v,k=v`; a list becomes `a,b` or separate values for multi-value flags) and
 runs through `medclf.cli.main`, so the stages' own parsers validate every option, and a study
-can use any option a stage has without this module knowing it. All argv are built and parsed
-before the first stage runs, so a typo fails at once, not after an hour of training.
+can use any option a stage has without this module knowing it. All argv are built, parsed and
+checked before the first stage runs (each stage's own `validate(args)`, e.g. train's architecture
+and weights names, and every class name against the study's classes), so a typo fails at once,
+not after an hour of training. Then what happens to every stage (skip, run, resume, or refuse) is
+decided before the first file is written: a refused invocation changes nothing on disk.
 
 Paths: `${VAR}`, `${VAR:-default}` (default when VAR is unset or empty) and `${VAR-default}`
 (default when unset) are expanded in every string value; relative paths in a study file, like
@@ -54,8 +57,10 @@ import yaml
 from medclf import __version__
 from medclf.errors import MedclfError
 from medclf.fileio import read_json, sha256_file, write_json, write_text
+from medclf.formatting import estimate_with_interval as format_interval, p_value
+from medclf.report import output_names
 
-SCHEMA = "medclf.study/1"
+from medclf.schemas import STUDY as SCHEMA
 STAGES = ("partition", "train", "test", "report", "compare")
 TOP_LEVEL_KEYS = ("name", "description", "data", "partition", "train", "runs", "test", "report", "compare")
 DATA_KEYS = ("root", "metadata", "image-dir")
@@ -283,6 +288,7 @@ class StageCall:
     resume_argv: list = None                         # argv to continue an interrupted stage
     run_dir: Path = None
     inputs: list = field(default_factory=list)       # files made by earlier stages that this one reads
+    args: object = None                              # argv parsed by the stage's parser (set by the plan)
 
     def finished(self):
         if self.stage == "train":
@@ -313,6 +319,7 @@ class StudyPlan:
     calls: list
     report_split: str = "test"
     description: str = ""
+    report_tag: str = None
 
 
 def _section(study, key, source):
@@ -358,8 +365,11 @@ def _resolve_data(study, source, data_root):
     return resolved
 
 
-def build_plan(study, study_file, data_root=None, out_root="results", parsers=None, environ=None):
-    """Turn a parsed study (overrides applied) into the list of stage calls; validate everything."""
+def build_plan(study, study_file, data_root=None, out_root="results", parsers=None, environ=None,
+               validators=None):
+    """Turn a parsed study (overrides applied) into the list of stage calls; validate everything
+    that can be checked without running a stage: each stage's parser, each stage's own value checks
+    (`validators`, default: `stage_validators()`), and class names against the study's classes."""
     source = Path(study_file)
     unknown = sorted(set(map(str, study)) - set(TOP_LEVEL_KEYS))
     if unknown:
@@ -369,6 +379,7 @@ def build_plan(study, study_file, data_root=None, out_root="results", parsers=No
     if not _NAME_PATTERN.match(name):
         raise MedclfError(f"{source}: name {name!r}: use letters, digits, '.', '_' and '-' only (it names a folder)")
     parsers = stage_parsers() if parsers is None else parsers
+    validators = stage_validators() if validators is None else validators
     data = _resolve_data(study, source, data_root)
     out_dir = _resolve_path(out_root) / name
 
@@ -378,76 +389,99 @@ def build_plan(study, study_file, data_root=None, out_root="results", parsers=No
                               "installation does not have; update medclf or remove the stage")
         return parsers[stage]
 
-    calls = []
+    calls = [_partition_call(study, source, data, out_dir, parser_for)]
+    runs = _runs(study, source)
+    if study.get("runs"):
+        # Check the shared train: section alone first, so its mistakes are reported as train:, not runs[0].
+        shared = ["train"] + options_to_argv(_section(study, "train", source), parser_for("train"), "train",
+                                             f"{source}: train")
+        _check_call(StageCall("train", None, shared, f"{source}: train"), parsers["train"], validators)
+    calls += _run_calls(study, source, runs, out_dir, parser_for)
+    calls += _compare_calls(study, source, runs, out_dir, parser_for)
+    for call in calls:
+        _check_call(call, parsers[call.stage], validators)
+    plan = StudyPlan(name, source, out_dir, data, [r for r, _, _ in runs], calls, _report_split(study, source),
+                     str(study.get("description") or "").strip(),
+                     (_section(study, "report", source) or {}).get("tag"))
+    check_class_names(plan)
+    return plan
+
+
+def _partition_call(study, source, data, out_dir, parser_for):
     partition_dir = out_dir / "partition"
-    partition = _section(study, "partition", source) or {}
     argv = ["partition"]
     if "metadata" in data:
         argv += ["--metadata", data["metadata"], "--image-dir", data["image-dir"]]
     else:
         argv += ["--data-root", data["root"]]
     argv += ["--out", str(partition_dir)]
-    argv += options_to_argv(partition, parser_for("partition"), "partition", f"{source}: partition")
-    calls.append(StageCall("partition", None, argv, f"{source}: partition",
-                           outputs=[partition_dir / "splits.csv", partition_dir / "partition.json"]))
+    argv += options_to_argv(_section(study, "partition", source) or {}, parser_for("partition"), "partition",
+                            f"{source}: partition")
+    return StageCall("partition", None, argv, f"{source}: partition",
+                     outputs=[partition_dir / "splits.csv", partition_dir / "partition.json"])
 
-    runs = _runs(study, source)
-    if study.get("runs"):
-        # Check the shared train: section alone first, so its mistakes are reported as train:, not runs[0].
-        shared = ["train"] + options_to_argv(_section(study, "train", source), parser_for("train"), "train",
-                                             f"{source}: train")
-        _check_parses(StageCall("train", None, shared, f"{source}: train"), parsers["train"])
+
+def _report_split(study, source):
+    test_split = str((_section(study, "test", source) or {}).get("split") or "test")
+    return str((_section(study, "report", source) or {}).get("split") or test_split)
+
+
+def _run_calls(study, source, runs, out_dir, parser_for):
+    """train, test and report of every run."""
+    splits_csv = out_dir / "partition" / "splits.csv"
     test_options = _section(study, "test", source)
     report_options = _section(study, "report", source)
     split = str((test_options or {}).get("split") or "test")
-    report_split = str((report_options or {}).get("split") or split)
+    report_split = _report_split(study, source)
+    report_outputs = output_names(report_split, (report_options or {}).get("tag"))
+    calls = []
     for run_name, options, where in runs:
         run_dir = out_dir / run_name
-        argv = ["train", "--splits", str(partition_dir / "splits.csv"), "--out", str(out_dir), "--run-name", run_name]
+        argv = ["train", "--splits", str(splits_csv), "--out", str(out_dir), "--run-name", run_name]
         train_parser = parser_for("train")
         argv += options_to_argv(options, train_parser, "train", where)
         resume_flag, _, _ = _find_action(train_parser, "resume")
         calls.append(StageCall("train", run_name, argv, where,
                                outputs=[run_dir / "best.pt", run_dir / "history.csv", run_dir / "config.json"],
                                resume_argv=argv + [resume_flag] if resume_flag else None, run_dir=run_dir,
-                               inputs=[partition_dir / "splits.csv"]))
+                               inputs=[splits_csv]))
         if test_options is not None:
             argv = ["test", "--run", str(run_dir)]
             argv += options_to_argv(test_options, parser_for("test"), "test", f"{source}: test")
             calls.append(StageCall("test", run_name, argv, f"{source}: test",
                                    outputs=[run_dir / f"predictions_{split}.json"],
-                                   inputs=[run_dir / "best.pt", partition_dir / "splits.csv"]))
+                                   inputs=[run_dir / "best.pt", splits_csv]))
         if report_options is not None:
             argv = ["report", "--run", str(run_dir)]
             argv += options_to_argv(report_options, parser_for("report"), "report", f"{source}: report")
             calls.append(StageCall("report", run_name, argv, f"{source}: report",
-                                   outputs=[run_dir / f"results_{report_split}.json", run_dir / "report.md"],
+                                   outputs=[run_dir / report_outputs[k] for k in ("results", "report")],
                                    inputs=[run_dir / f"predictions_{report_split}.json",
                                            run_dir / "predictions_val.json"]))
+    return calls
 
+
+def _compare_calls(study, source, runs, out_dir, parser_for):
+    """The comparison of the runs ([] without one)."""
     compare = study.get("compare", False)
-    if compare and len(runs) >= 2:
-        compare_options = {} if compare is True else compare
-        if not isinstance(compare_options, dict):
-            raise MedclfError(f"{source}: compare: expected true, false or a mapping of options")
-        compare_parser = parser_for("compare")
-        compare_dir = out_dir / "compare"
-        argv = ["compare", *(str(out_dir / run_name) for run_name, _, _ in runs)]
-        out_flag, _, _ = _find_action(compare_parser, "out")
-        if out_flag:
-            argv += [out_flag, str(compare_dir)]
-        argv += options_to_argv(compare_options, compare_parser, "compare", f"{source}: compare")
-        compare_split = str(compare_options.get("split") or report_split)
-        calls.append(StageCall("compare", None, argv, f"{source}: compare",
-                               outputs=[compare_dir / "compare.json"] if out_flag else [],
-                               inputs=[out_dir / r / f"predictions_{compare_split}.json" for r, _, _ in runs]))
-    elif compare and len(runs) < 2:
+    if not compare:
+        return []
+    if len(runs) < 2:
         raise MedclfError(f"{source}: compare: true needs at least two runs; add runs: [...] or set compare: false")
-
-    for call in calls:
-        _check_parses(call, parsers[call.stage])
-    return StudyPlan(name, source, out_dir, data, [r for r, _, _ in runs], calls, report_split,
-                     str(study.get("description") or "").strip())
+    compare_options = {} if compare is True else compare
+    if not isinstance(compare_options, dict):
+        raise MedclfError(f"{source}: compare: expected true, false or a mapping of options")
+    compare_parser = parser_for("compare")
+    compare_dir = out_dir / "compare"
+    argv = ["compare", *(str(out_dir / run_name) for run_name, _, _ in runs)]
+    out_flag, _, _ = _find_action(compare_parser, "out")
+    if out_flag:
+        argv += [out_flag, str(compare_dir)]
+    argv += options_to_argv(compare_options, compare_parser, "compare", f"{source}: compare")
+    compare_split = str(compare_options.get("split") or _report_split(study, source))
+    return [StageCall("compare", None, argv, f"{source}: compare",
+                      outputs=[compare_dir / "compare.json"] if out_flag else [],
+                      inputs=[out_dir / r / f"predictions_{compare_split}.json" for r, _, _ in runs])]
 
 
 def _runs(study, source):
@@ -482,16 +516,85 @@ def _runs(study, source):
     return result
 
 
-def _check_parses(call, parser):
-    """Parse the argv with the stage's own parser now, so a bad value fails before any stage runs."""
+def stage_validators():
+    """{stage: validate(args)} of the commands that check their values without running
+    (`commands/<stage>.py` defines `validate`), e.g. train's architecture and weights names."""
+    import importlib
+
+    validators = {}
+    for stage in STAGES:
+        try:
+            module = importlib.import_module(f"medclf.commands.{stage}")
+        except ImportError:
+            continue
+        if hasattr(module, "validate"):
+            validators[stage] = module.validate
+    return validators
+
+
+def _check_call(call, parser, validators):
+    """Parse the argv with the stage's own parser and run the stage's value checks now, so a bad
+    value fails before any stage runs. Keeps the parsed arguments on the call."""
     stderr = io.StringIO()
     try:
         with contextlib.redirect_stderr(stderr):
-            parser.parse_args(call.argv[1:])
+            call.args = parser.parse_args(call.argv[1:])
     except SystemExit as exc:
         message = stderr.getvalue().strip().splitlines()
         detail = message[-1] if message else f"exit status {exc.code}"
         raise MedclfError(f"{call.where}: `medclf {' '.join(call.argv)}` is refused: {detail}") from None
+    validate = validators.get(call.stage)
+    if validate is not None:
+        try:
+            validate(call.args)
+        except MedclfError as exc:
+            raise MedclfError(f"{call.where}: {exc}") from None
+
+
+def _class_list(value):
+    if not value:
+        return []
+    return [c.strip() for c in value.split(",")] if isinstance(value, str) else [str(c) for c in value]
+
+
+def study_classes(partition_args, partition_dir):
+    """(class names, where they come from) of the study before partition runs: the classes
+    partition's --label-map maps to, else its --classes, else an existing partition.json's;
+    (None, None) when only scanning the data would tell."""
+    label_map = getattr(partition_args, "label_map", None)
+    if label_map:
+        from medclf.partition import parse_label_map
+
+        return sorted(set(parse_label_map(label_map).values())), "partition.label-map"
+    given = _class_list(getattr(partition_args, "classes", None))
+    if given:
+        return given, "partition.classes"
+    info = Path(partition_dir) / "partition.json"
+    recorded = read_json(info) if info.is_file() else None
+    if isinstance(recorded, dict) and recorded.get("classes"):
+        return [str(c) for c in recorded["classes"]], str(info)
+    return None, None
+
+
+def check_class_names(plan):
+    """Every class a stage names (partition's --classes and --positive, report's and compare's
+    --positive) must be one of the study's classes, known before anything runs."""
+    partition = plan.calls[0]
+    try:
+        classes, origin = study_classes(partition.args, plan.out_dir / "partition")
+    except MedclfError as exc:
+        raise MedclfError(f"{partition.where}: {exc}") from None
+    if classes is None:
+        return
+    named = [(partition, "classes", c) for c in _class_list(getattr(partition.args, "classes", None))]
+    named += [(call, "positive", call.args.positive) for call in plan.calls
+              if getattr(call.args, "positive", None) is not None]
+    for call, key, name in named:
+        if str(name) not in classes:
+            close = difflib.get_close_matches(str(name), classes, n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise MedclfError(f"{call.where}.{key}: {name!r} is not one of the study's classes "
+                              f"{', '.join(classes)} (from {origin}); {hint}use one of them")
 
 
 # --------------------------------------------------------------------------- run
@@ -533,100 +636,74 @@ def _log(message):
     print(f"medclf study: {message}", file=sys.stderr, flush=True)
 
 
+@dataclass
+class Decision:
+    """What this invocation does with one stage call, decided for every call before anything is
+    written: "not selected", "skip" (outputs exist), "run" or "resume" (an interrupted training)."""
+
+    action: str
+    made_with: dict = None          # the previous record of the outputs present
+    keep_previous: bool = False     # a started run folder is kept beside the new one
+    note: str = ""                  # why a finished stage reruns
+
+
+def decide_calls(plan, selected, previous, force):
+    """One Decision per call. Refuses (MedclfError, nothing written) outputs made with other options."""
+    decisions, rerun = [], set()      # rerun: stage keys (partition, or run names) that will run again
+    for call in plan.calls:
+        made_with = previous.get(call.key)
+        if call.stage not in selected:
+            decisions.append(Decision("not selected", made_with=made_with))
+            continue
+        upstream_reruns = (call.stage == "train" and "partition" in rerun) or \
+                          (call.stage in ("test", "report") and call.run in rerun) or \
+                          (call.stage == "compare" and bool(rerun))
+        note = ""
+        if call.finished() and not force and not upstream_reruns:
+            if made_with and made_with.get("argv") != call.argv:
+                raise MedclfError(
+                    f"{call.where}: {call.label} outputs in {plan.out_dir} were made with other options "
+                    f"({_argv_difference(made_with['argv'], call.argv)}); nothing was changed. Rerun it with "
+                    f"--force --stages {call.stage}, or give the study another name")
+            inputs = fingerprint(call.inputs)
+            inputs_changed = bool(made_with) and made_with.get("inputs") not in (None, inputs)
+            if not inputs_changed:
+                decisions.append(Decision("skip", made_with=made_with or {"argv": call.argv, "inputs": inputs}))
+                continue
+            changed = sorted(k for k in inputs if made_with["inputs"].get(k) != inputs[k])
+            note, upstream_reruns = f"its input changed since it ran ({', '.join(changed)})", True
+        resumable = bool(call.resume_argv) and not force and not upstream_reruns and \
+            call.run_dir is not None and (call.run_dir / "last.pt").exists()
+        decisions.append(Decision("resume" if resumable else "run", note=note,
+                                  keep_previous=not resumable and call.started()))
+        rerun.add(call.run if call.run else call.stage)
+    return decisions
+
+
 def run_study(study_file, data_root=None, out_root="results", stages=None, overrides=(), force=False,
-              dry_run=False, runner=None, parsers=None, environ=None):
-    """Run a study file; return the plan. `runner(argv) -> int` defaults to medclf.cli.main."""
+              dry_run=False, runner=None, parsers=None, environ=None, validators=None):
+    """Run a study file; return the plan. `runner(argv) -> int` defaults to medclf.cli.main.
+    Everything is validated and every stage's fate decided before the first file is written, so a
+    refused invocation changes nothing on disk."""
     text, study = load_study(study_file)
     apply_overrides(study, overrides)
-    plan = build_plan(study, study_file, data_root=data_root, out_root=out_root, parsers=parsers, environ=environ)
+    plan = build_plan(study, study_file, data_root=data_root, out_root=out_root, parsers=parsers, environ=environ,
+                      validators=validators)
     selected = _select_stages(stages, study_file)
+    resolved_path = plan.out_dir / "study_resolved.json"
+    decisions = decide_calls(plan, selected, _previous_records(resolved_path), force)
     if dry_run:
-        for call in plan.calls:
-            marker = "" if call.stage in selected else "  (not selected)"
-            print("medclf " + " ".join(_quote(a) for a in call.argv) + marker)
+        print_commands(plan, decisions)
         return plan
     if runner is None:
         from medclf.cli import main as runner
 
-    plan.out_dir.mkdir(parents=True, exist_ok=True)
-    resolved_path = plan.out_dir / "study_resolved.json"
-    previous = _previous_records(resolved_path)
-    write_text(plan.out_dir / "study.yaml", text)
-    record = {
-        "schema": SCHEMA, "name": plan.name, "study_file": str(Path(study_file).absolute()),
-        "overrides": list(overrides or ()), "stages_selected": sorted(selected, key=STAGES.index),
-        "force": bool(force), "data": plan.data, "out_dir": str(plan.out_dir), "runs": plan.runs,
-        "medclf_version": __version__, "git_commit": _git_commit(), "python": platform.python_version(),
-        "started": _now(), "finished": None,
-        "calls": [{"stage": c.stage, "run": c.run, "argv": c.argv, "status": "pending"} for c in plan.calls],
-    }
-    write_json(resolved_path, record)
-
-    rerun_runs, any_rerun = set(), False
-    for index, call in enumerate(plan.calls):
-        entry = record["calls"][index]
-        made_with = previous.get(call.key)
-        if call.stage not in selected:
-            entry["status"] = "not selected"
-            if made_with:
-                entry["made_with"] = made_with
-            continue
-        upstream_reran = (call.stage == "train" and "partition" in rerun_runs) or \
-                         (call.stage in ("test", "report") and call.run in rerun_runs) or \
-                         (call.stage == "compare" and any_rerun)
-        inputs = fingerprint(call.inputs)
-        if call.finished() and not force and not upstream_reran:
-            if made_with and made_with.get("argv") != call.argv:
-                raise MedclfError(
-                    f"{call.where}: {call.label} outputs in {plan.out_dir} were made with other options "
-                    f"({_argv_difference(made_with['argv'], call.argv)}); rerun it with "
-                    f"--force --stages {call.stage}, or give the study another name"
-                )
-            if made_with and made_with.get("inputs") not in (None, inputs):
-                changed = sorted(k for k in inputs if made_with["inputs"].get(k) != inputs[k])
-                _log(f"rerun {call.label}: its input changed since it ran ({', '.join(changed)})")
-                upstream_reran = True
-            else:
-                entry["status"] = "skipped (outputs exist)"
-                entry["made_with"] = made_with or {"argv": call.argv, "inputs": inputs}
-                _log(f"skip {call.label}: outputs exist (--force reruns it)")
-                continue
-        argv = call.argv
-        resumable = bool(call.resume_argv) and not force and not upstream_reran and \
-            call.run_dir is not None and (call.run_dir / "last.pt").exists()
-        if resumable:
-            argv = call.resume_argv
-            entry["resumed"] = True
-        elif call.started():
-            # `medclf train` never overwrites a run; keep the old one beside the new.
-            kept = call.run_dir.with_name(
-                f"{call.run_dir.name}.replaced-{datetime.datetime.now():%Y%m%d-%H%M%S}")
-            call.run_dir.rename(kept)
-            entry["previous_run_kept_in"] = str(kept)
-            _log(f"{call.label}: the previous run folder is kept as {kept}")
-        _log(f"{'resume' if resumable else 'run'} {call.label}: medclf {' '.join(_quote(a) for a in argv)}")
-        started = time.monotonic()
-        entry["status"] = "running"
-        write_json(resolved_path, record)
-        try:
-            with _isolated_torch_state():
-                status = runner(list(argv))
-        except SystemExit as exc:   # an argparse error inside the stage
-            status = exc.code if isinstance(exc.code, int) else 2
-        entry["seconds"] = round(time.monotonic() - started, 1)
-        if status:
-            entry["status"] = f"failed (exit status {status})"
-            write_json(resolved_path, record)
-            raise MedclfError(
-                f"{call.where}: stage {call.label} failed (exit status {status}); the message above says why. "
-                f"Fix the study file or the data, then rerun the same command: finished stages are skipped"
-            )
-        entry["status"] = "ran"
-        entry["made_with"] = {"argv": call.argv, "inputs": inputs}
-        write_json(resolved_path, record)
-        any_rerun = True
-        rerun_runs.add(call.run if call.run else call.stage)
-
+    record = start_record(plan, text, study_file, overrides, selected, force, decisions)
+    for call, decision, entry in zip(plan.calls, decisions, record["calls"]):
+        if decision.action == "skip":
+            _log(f"skip {call.label}: outputs exist (--force reruns it)")
+        elif decision.action in ("run", "resume"):
+            run_call(call, decision, entry, runner, record, resolved_path)
     summary = summary_table(plan)
     write_text(plan.out_dir / "summary.md", summary)
     record["finished"] = _now()
@@ -635,21 +712,70 @@ def run_study(study_file, data_root=None, out_root="results", stages=None, overr
     return plan
 
 
-@contextlib.contextmanager
-def _isolated_torch_state():
-    """Stages run in this process; undo the process-wide torch switches a stage may flip (e.g.
-    `train --deterministic`), so each run of a study behaves as the same command run alone."""
-    torch = sys.modules.get("torch")
-    deterministic = torch.are_deterministic_algorithms_enabled() if torch else None
-    threads = torch.get_num_threads() if torch else None
+def print_commands(plan, decisions):
+    """--dry-run: every stage's command line, marked with what a real invocation would do."""
+    markers = {"not selected": "  (not selected)", "skip": "  (outputs exist: skipped)", "resume": "", "run": ""}
+    for call, decision in zip(plan.calls, decisions):
+        argv = call.resume_argv if decision.action == "resume" else call.argv
+        note = f"  (reruns: {decision.note})" if decision.note else ""
+        print("medclf " + " ".join(_quote(a) for a in argv) + markers[decision.action] + note)
+
+
+def start_record(plan, text, study_file, overrides, selected, force, decisions):
+    """Write study.yaml and the initial study_resolved.json; returns the record."""
+    plan.out_dir.mkdir(parents=True, exist_ok=True)
+    write_text(plan.out_dir / "study.yaml", text)
+    record = {
+        "schema": SCHEMA, "name": plan.name, "study_file": str(Path(study_file).absolute()),
+        "overrides": list(overrides or ()), "stages_selected": sorted(selected, key=STAGES.index),
+        "force": bool(force), "data": plan.data, "out_dir": str(plan.out_dir), "runs": plan.runs,
+        "medclf_version": __version__, "git_commit": _git_commit(), "python": platform.python_version(),
+        "started": _now(), "finished": None, "calls": [],
+    }
+    statuses = {"not selected": "not selected", "skip": "skipped (outputs exist)", "run": "pending",
+                "resume": "pending"}
+    for call, decision in zip(plan.calls, decisions):
+        entry = {"stage": call.stage, "run": call.run, "argv": call.argv, "status": statuses[decision.action]}
+        if decision.made_with:
+            entry["made_with"] = decision.made_with
+        record["calls"].append(entry)
+    write_json(plan.out_dir / "study_resolved.json", record)
+    return record
+
+
+def run_call(call, decision, entry, runner, record, resolved_path):
+    """Run one stage through `runner`, recording its status; a failing stage stops the study."""
+    if decision.note:
+        _log(f"rerun {call.label}: {decision.note}")
+    if decision.keep_previous:
+        # `medclf train` never overwrites a run; keep the old one beside the new.
+        kept = call.run_dir.with_name(f"{call.run_dir.name}.replaced-{datetime.datetime.now():%Y%m%d-%H%M%S}")
+        call.run_dir.rename(kept)
+        entry["previous_run_kept_in"] = str(kept)
+        _log(f"{call.label}: the previous run folder is kept as {kept}")
+    argv = call.resume_argv if decision.action == "resume" else call.argv
+    if decision.action == "resume":
+        entry["resumed"] = True
+    _log(f"{decision.action} {call.label}: medclf {' '.join(_quote(a) for a in argv)}")
+    inputs = fingerprint(call.inputs)   # now: an earlier stage of this invocation may have rewritten them
+    entry.pop("made_with", None)
+    entry["status"] = "running"
+    write_json(resolved_path, record)
+    started = time.monotonic()
     try:
-        yield
-    finally:
-        torch = sys.modules.get("torch")
-        if torch is not None:
-            torch.use_deterministic_algorithms(bool(deterministic))
-            if threads is not None:
-                torch.set_num_threads(threads)
+        status = runner(list(argv))
+    except SystemExit as exc:   # an argparse error inside the stage
+        status = exc.code if isinstance(exc.code, int) else 2
+    entry["seconds"] = round(time.monotonic() - started, 1)
+    if status:
+        entry["status"] = f"failed (exit status {status})"
+        write_json(resolved_path, record)
+        raise MedclfError(
+            f"{call.where}: stage {call.label} failed (exit status {status}); the message above says why. "
+            f"Fix the study file or the data, then rerun the same command: finished stages are skipped")
+    entry["status"] = "ran"
+    entry["made_with"] = {"argv": call.argv, "inputs": inputs}
+    write_json(resolved_path, record)
 
 
 def _select_stages(stages, source):
@@ -735,20 +861,6 @@ def _lookup(results, path):
     return value
 
 
-def format_interval(metric):
-    """'0.912 (0.851 to 0.958)' from {"estimate", "lower", "upper"}; a bare number as is; '-' if absent."""
-    if metric is None:
-        return "-"
-    if isinstance(metric, (int, float)) and not isinstance(metric, bool):
-        return f"{metric:.3f}"
-    if not isinstance(metric, dict) or metric.get("estimate") is None:
-        return "NA"
-    text = f"{metric['estimate']:.3f}"
-    if metric.get("lower") is not None and metric.get("upper") is not None:
-        text += f" ({metric['lower']:.3f} to {metric['upper']:.3f})"
-    return text
-
-
 def training_summary(run_dir):
     """(epochs trained, best epoch, training seconds) from a run's history.csv, or None."""
     import csv
@@ -768,7 +880,8 @@ def summary_table(plan):
     comparison when the study has one."""
     rows, multiclass = [], False
     for run in plan.runs:
-        path = plan.out_dir / run / f"results_{plan.report_split}.json"
+        results_name = output_names(plan.report_split, plan.report_tag)["results"]
+        path = plan.out_dir / run / results_name
         results = read_json(path) if path.is_file() else None
         if results is not None and results.get("task") == "multiclass":
             multiclass = True
@@ -779,7 +892,7 @@ def summary_table(plan):
         lines += [plan.description, ""]
     lines += [f"Data: {plan.data.get('metadata') or plan.data['root']}. Estimates with 95% intervals "
              "(Clopper-Pearson for proportions, DeLong for AUC, asymptotic for kappa) "
-             f"from each run's results_{plan.report_split}.json; epochs trained (best epoch) and "
+             f"from each run's {output_names(plan.report_split, plan.report_tag)['results']}; epochs trained (best epoch) and "
              "training time from history.csv.", ""]
     header = ["run", "n"] + [label for label, _ in columns] + ["epochs (best)", "train min"]
     lines.append("| " + " | ".join(header) + " |")
@@ -801,11 +914,7 @@ def summary_table(plan):
                   "| a | b | class | AUC difference a - b (95% CI) | p | p (Holm) |", "|---|---|---|---|---|---|"]
         for pair in comparison.get("pairwise", []):
             lines.append(f"| {pair.get('a')} | {pair.get('b')} | {pair.get('positive_class', '')} | "
-                         f"{format_interval(pair.get('difference'))} | {_p(pair.get('p_value'))} | "
-                         f"{_p(pair.get('p_holm'))} |")
+                         f"{format_interval(pair.get('difference'))} | {p_value(pair.get('p_value'))} | "
+                         f"{p_value(pair.get('p_holm'))} |")
         lines += ["", f"Details: {plan.out_dir / 'compare' / 'compare.md'}"]
     return "\n".join(lines) + "\n"
-
-
-def _p(value):
-    return "NA" if value is None else f"{value:.4f}"

@@ -5,7 +5,7 @@ Run folder (results/<run>/):
   history.csv   one row per epoch
   best.pt       {"state_dict", "epoch", ...}: weights at the best monitored value
   last.pt       everything to resume (model, optimizer, scheduler, early stopping, RNG, history)
-  curves.png    loss and monitored metric, train and val, best epoch marked
+  curves.png    loss, AUC, balanced accuracy (and the monitored metric), train and val, best epoch marked
 Checkpoints hold tensors and plain data only (torch.load(weights_only=True)) and are written
 atomically. The random stream of epoch e depends only on (seed, e): the global torch, numpy and
 python RNGs and the sampler's generator are re-seeded at the start of every epoch, so a run
@@ -13,14 +13,17 @@ resumed from last.pt after a kill replays exactly what an uninterrupted run does
 --deterministic).
 """
 
+import contextlib
 import csv
 import io
 import math
+import os
 import platform
 import random
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -28,14 +31,14 @@ import numpy as np
 import torch
 
 from medclf import data as data_mod
-from medclf import imbalance, models, transforms
+from medclf import imbalance, models, schemas, transforms
 from medclf.early_stopping import MONITOR_MODES, EarlyStopping
 from medclf.engine import evaluate, train_one_epoch
 from medclf.errors import MedclfError
 from medclf.fileio import atomic_path, read_json, write_json, write_text
 from medclf.splits import bind_splits_to_run, read_splits
 
-CONFIG_SCHEMA = "medclf.run-config/1"
+CONFIG_SCHEMA = schemas.RUN_CONFIG
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_accuracy", "train_auc", "train_balanced_accuracy",
                    "val_loss", "val_accuracy", "val_auc", "val_balanced_accuracy", "lr", "seconds", "best"]
 
@@ -205,20 +208,32 @@ def _fmt(value):
     return "" if value is None else value
 
 
+def curve_panels(monitor):
+    """(metric, title) of each curves.png panel: loss, AUC and balanced accuracy always, plus the
+    monitored metric when it is another one. Each is a train_/val_ pair of history.csv columns."""
+    metrics = ["loss", "auc", "balanced_accuracy"]
+    monitored = monitor[len("val_"):]
+    if monitored not in metrics:
+        metrics.append(monitored)
+    titles = {"loss": "loss", "auc": "ROC-AUC (macro one-vs-rest)", "balanced_accuracy": "balanced accuracy",
+              "accuracy": "accuracy"}
+    return [(m, titles[m] + ("  (monitored)" if m == monitored else "")) for m in metrics]
+
+
 def plot_curves(path, history, monitor, best_epoch):
+    """curves.png: one panel per `curve_panels(monitor)`, train and val per epoch, best epoch marked.
+    Returns the metrics plotted."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    panels = curve_panels(monitor)
     epochs = [r["epoch"] for r in history]
-    metric = monitor[len("val_"):]
-    fig, axes = plt.subplots(1, 2 if metric != "loss" else 1, figsize=(11 if metric != "loss" else 6, 4),
-                             squeeze=False)
-    panels = [("loss", "loss")] + ([(metric, metric.replace("_", " "))] if metric != "loss" else [])
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4), squeeze=False)
     for ax, (key, title) in zip(axes[0], panels):
-        ax.plot(epochs, [r[f"train_{key}"] for r in history], "o-", label="train")
-        ax.plot(epochs, [r[f"val_{key}"] for r in history], "o-", label="val")
+        ax.plot(epochs, [_number(r.get(f"train_{key}")) for r in history], "o-", label="train")
+        ax.plot(epochs, [_number(r.get(f"val_{key}")) for r in history], "o-", label="val")
         if best_epoch is not None:
             ax.axvline(best_epoch, color="grey", linestyle="--", label=f"best epoch ({best_epoch})")
         ax.set_xlabel("epoch")
@@ -228,21 +243,37 @@ def plot_curves(path, history, monitor, best_epoch):
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
+    return [key for key, _ in panels]
 
 
-# ---------------------------------------------------------------- the run
+def _number(value):
+    return float("nan") if value is None else float(value)
+
+
+# ---------------------------------------------------------------- configuration
 
 def resolve_config(config):
+    """The run's arguments with defaults filled in; every value that can be checked without
+    data or training is checked here (names with a suggestion), so a typo fails at once."""
     cfg = dict(DEFAULTS)
     cfg.update({k: v for k, v in config.items() if v is not None or k not in DEFAULTS})
     if cfg["monitor"] not in MONITOR_MODES:
         raise MedclfError(f"--monitor {cfg['monitor']}: use one of {', '.join(MONITOR_MODES)}")
     if cfg["head"] not in ("softmax", "single-logit"):
         raise MedclfError(f"--head {cfg['head']}: use softmax or single-logit")
+    for key, smallest in (("epochs", 1), ("patience", 1), ("batch_size", 1), ("img_size", 8), ("threads", 1)):
+        if cfg[key] is not None and (not isinstance(cfg[key], int) or cfg[key] < smallest):
+            raise MedclfError(f"--{key.replace('_', '-')} {cfg[key]}: give a whole number of at least {smallest}")
+    if not cfg["lr"] > 0:
+        raise MedclfError(f"--lr {cfg['lr']}: the learning rate must be above 0")
+    arch = models.canonical_name(cfg["arch"])
+    models.check_weights(cfg["weights"], arch)
     transforms.check_preset(cfg["augment"])
     cfg["workers"] = resolve_workers(cfg["workers"], cfg["augment"])
+    if cfg["tensorboard"]:
+        _tensorboard_writer_class()
     if cfg["run_name"] is None:
-        cfg["run_name"] = f"{models.canonical_name(cfg['arch'])}_{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+        cfg["run_name"] = f"{arch}_{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     return cfg
 
 
@@ -261,6 +292,14 @@ def resolve_workers(workers, augment):
     if workers < 0:
         raise MedclfError(f"--workers {workers}: must be 0 or more")
     return workers
+
+
+def _tensorboard_writer_class():
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as exc:
+        raise MedclfError("--tensorboard needs the tensorboard package: pip install tensorboard") from exc
+    return SummaryWriter
 
 
 def run_folder(config):
@@ -291,201 +330,307 @@ def _prepare_config(config):
     return cfg, run_dir, False
 
 
-def run_training(config):
-    """Train per `config` (keys of DEFAULTS). Returns a summary dict (run folder, epochs, best
-    epoch and value, why it stopped, and the model holding the best weights)."""
-    deterministic_before = torch.are_deterministic_algorithms_enabled()
-    threads_before = torch.get_num_threads()
+@contextlib.contextmanager
+def preserved_torch_state():
+    """Training flips process-wide torch switches (deterministic algorithms, intra-op threads,
+    cuDNN benchmark); give the caller its own back however the run ends, so stages run in one
+    process (a study, the demo, tests) behave like the same commands run alone."""
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    threads = torch.get_num_threads()
+    benchmark = torch.backends.cudnn.benchmark
     try:
-        return _run_training(config)
+        yield
     finally:
-        # Both are process-wide; callers running several stages in one process get theirs back.
-        torch.use_deterministic_algorithms(deterministic_before)
-        torch.set_num_threads(threads_before)
+        torch.use_deterministic_algorithms(deterministic)
+        torch.set_num_threads(threads)
+        torch.backends.cudnn.benchmark = benchmark
 
 
-def _run_training(config):
-    cfg, run_dir, resuming = _prepare_config(config)
+def setup_torch(cfg):
+    """Threads, device, mixed precision and determinism of the run; returns (device, amp)."""
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg["threads"]))  # part of the run's arguments: sums may depend on it
-    run_dir.mkdir(parents=True, exist_ok=True)
     device = select_device(cfg["device"])
     amp = (device.type == "cuda") if cfg["amp"] is None else bool(cfg["amp"] and device.type == "cuda")
     if cfg["deterministic"]:
         torch.use_deterministic_algorithms(True)
         if device.type == "cuda":
-            import os
-
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.backends.cudnn.benchmark = False
     seed_everything(cfg["seed"])
+    return device, amp
 
-    # ---- data
+
+# ---------------------------------------------------------------- data
+
+@dataclass
+class RunData:
+    """What the training loop reads: loaders over the decode-once caches, and what produced them."""
+
+    table: object
+    classes: list
+    train_labels: list
+    train_loader: object
+    val_loader: object
+    sampler: object
+    generator: object
+    side: int
+    normalisation: dict
+
+
+def read_run_splits(cfg):
+    """The splits the run trains on, with non-empty train and val splits."""
     if not cfg["splits"]:
         raise MedclfError("--splits is required (the splits.csv written by `medclf partition`)")
     table = read_splits(cfg["splits"], data_root=cfg["data_root"])
-    split_binding = bind_splits_to_run(table, run_dir)  # the run carries its own split (config.json)
-    classes = [str(c) for c in table.classes]
-    n_classes = len(classes)
-    single_logit = cfg["head"] == "single-logit"
-    model, model_info = models.build_model(cfg["arch"], 1 if single_logit else n_classes, cfg["weights"])
-    if single_logit and n_classes != 2:
-        raise MedclfError(f"--head single-logit needs exactly 2 classes (found {n_classes}); use --head softmax")
-    side = transforms.cache_side(cfg["augment"], cfg["img_size"])
-    train_files, train_labels, train_rel = data_mod.split_paths(table, "train")
-    val_files, val_labels, val_rel = data_mod.split_paths(table, "val")
-    if not train_files or not val_files:
+    counts = {s: int((table.frame["split"] == s).sum()) for s in ("train", "val")}
+    if not counts["train"] or not counts["val"]:
         raise MedclfError(f"{table.source}: train and val splits must both be non-empty "
-                          f"(train {len(train_files)}, val {len(val_files)})")
+                          f"(train {counts['train']}, val {counts['val']})")
+    if cfg["head"] == "single-logit" and len(table.classes) != 2:
+        raise MedclfError(f"--head single-logit needs exactly 2 classes (found {len(table.classes)}); "
+                          "use --head softmax")
+    return table
+
+
+def load_data(cfg, table, run_dir, model_info, resuming):
+    """Decode each image once into the cache, fix the normalisation, build the loaders."""
+    side = transforms.cache_side(cfg["augment"], cfg["img_size"])
+    train_files, train_labels, _ = data_mod.split_paths(table, "train")
+    val_files, val_labels, _ = data_mod.split_paths(table, "val")
     cache_dir = run_dir / "cache"
     train_cache = data_mod.build_cache(train_files, side, cfg["cache"], cache_dir, "train", cfg["progress"])
     val_cache = data_mod.build_cache(val_files, side, cfg["cache"], cache_dir, "val", cfg["progress"])
     if model_info["mean"] is not None:
-        mean, std, norm_source = model_info["mean"], model_info["std"], "imagenet weights"
+        norm = {"mean": model_info["mean"], "std": model_info["std"], "source": "imagenet weights"}
     elif resuming:
-        saved = read_json(run_dir / "config.json")["normalisation"]
-        mean, std, norm_source = saved["mean"], saved["std"], saved["source"]
+        norm = read_json(run_dir / "config.json")["normalisation"]
     else:
         mean, std = data_mod.channel_stats(train_cache)
-        norm_source = "train split"
+        norm = {"mean": mean, "std": std, "source": "train split"}
+    mean, std = norm["mean"], norm["std"]
     train_set = data_mod.CachedImageDataset(train_cache, train_labels,
                                             transforms.train_transform(cfg["augment"], cfg["img_size"], mean, std))
     val_set = data_mod.CachedImageDataset(val_cache, val_labels,
                                           transforms.eval_transform(cfg["augment"], cfg["img_size"], mean, std))
     generator = torch.Generator()
     generator.manual_seed(epoch_seed(cfg["seed"], 0))
+    n_classes = len(table.classes)
     sampler = imbalance.make_sampler(train_labels, n_classes, generator) if cfg["balance"] == "sampler" else None
     train_loader = data_mod.make_loader(train_set, cfg["batch_size"], shuffle=True, sampler=sampler,
                                         workers=int(cfg["workers"]), generator=generator,
                                         drop_last=len(train_set) % cfg["batch_size"] == 1)
     # Evaluation transforms are a crop and a normalisation: cheaper than starting a worker.
     val_loader = data_mod.make_loader(val_set, cfg["batch_size"], workers=0)
-    criterion = imbalance.build_criterion(cfg["balance"], train_labels, n_classes, single_logit,
-                                          cfg["focal_gamma"], cfg["focal_alpha"],
-                                          classes, table.positive_class, table.source).to(device)
+    return RunData(table, [str(c) for c in table.classes], train_labels, train_loader, val_loader, sampler,
+                   generator, side, {"mean": list(mean), "std": list(std), "source": norm["source"]})
 
-    # ---- model, optimiser, schedule
+
+# ---------------------------------------------------------------- the run
+
+@dataclass
+class Trainer:
+    """Everything one epoch reads and updates."""
+
+    cfg: dict
+    run_dir: Path
+    device: object
+    amp: bool
+    data: RunData
+    model: object
+    model_info: dict
+    criterion: object
+    optimizer: object
+    scheduler: object
+    per_batch: bool
+    scaler: object
+    stopper: EarlyStopping
+    history: list
+    writer: object = None
+
+    @property
+    def n_outputs(self):
+        return 1 if self.cfg["head"] == "single-logit" else len(self.data.classes)
+
+
+def build_trainer(cfg, run_dir, device, amp, data, model, model_info):
+    """Loss, optimiser, schedule, scaler and early stopping for `model`, on `device`."""
+    n_classes = len(data.classes)
+    single_logit = cfg["head"] == "single-logit"
+    criterion = imbalance.build_criterion(cfg["balance"], data.train_labels, n_classes, single_logit,
+                                          cfg["focal_gamma"], cfg["focal_alpha"], data.classes,
+                                          data.table.positive_class, data.table.source).to(device)
     model.to(device)
     if cfg["freeze_backbone"]:
         models.set_backbone_trainable(model, False)
         models.freeze_batchnorm_stats(model)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(cfg["optimizer"], params, cfg["lr"], cfg["weight_decay"])
-    scheduler, per_batch = build_scheduler(cfg, optimizer, len(train_loader))
+    scheduler, per_batch = build_scheduler(cfg, optimizer, len(data.train_loader))
     scaler = torch.amp.GradScaler("cuda") if amp else None
     stopper = EarlyStopping(cfg["patience"], MONITOR_MODES[cfg["monitor"]], cfg["min_delta"])
-    history, start_epoch = [], 1
+    return Trainer(cfg, run_dir, device, amp, data, model, model_info, criterion, optimizer, scheduler, per_batch,
+                   scaler, stopper, history=[])
 
-    config_record = {
+
+def config_record(trainer, split_binding):
+    cfg, table, data = trainer.cfg, trainer.data.table, trainer.data
+    return {
         "schema": CONFIG_SCHEMA,
         "arguments": {k: (str(v) if isinstance(v, Path) else v) for k, v in cfg.items()},
-        "architecture": model_info["architecture"], "weights": model_info["weights"],
-        "classes": classes, "positive_class": table.positive_class, "n_outputs": 1 if single_logit else n_classes,
+        "architecture": trainer.model_info["architecture"], "weights": trainer.model_info["weights"],
+        "classes": data.classes, "positive_class": table.positive_class, "n_outputs": trainer.n_outputs,
         "splits_file": str(Path(cfg["splits"]).resolve()),  # as given: a seed-002 csv/ folder stays a folder
         **split_binding,
         "data_root": str(Path(table.data_root).resolve()),
         "counts": {s: int((table.frame["split"] == s).sum()) for s in ("train", "val", "test")},
-        "normalisation": {"mean": list(mean), "std": list(std), "source": norm_source},
-        "cache_side": side, "seed": cfg["seed"], "device": str(device), "amp": amp,
+        "normalisation": data.normalisation,
+        "cache_side": data.side, "seed": cfg["seed"], "device": str(trainer.device), "amp": trainer.amp,
         "versions": library_versions(), "git_commit": git_commit(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def restore_from_last(trainer):
+    """Continue where last.pt left off: weights, optimiser, schedule, early stopping, history, RNG.
+    Returns the next epoch."""
+    state = load_checkpoint(trainer.run_dir / "last.pt")
+    trainer.model.load_state_dict(state["model"])
+    trainer.optimizer.load_state_dict(state["optimizer"])
+    if trainer.scheduler is not None and state.get("scheduler") is not None:
+        trainer.scheduler.load_state_dict(state["scheduler"])
+    if trainer.scaler is not None and state.get("scaler"):
+        trainer.scaler.load_state_dict(state["scaler"])
+    trainer.stopper.load_state_dict(state["early_stopping"])
+    trainer.history = list(state["history"])
+    _set_rng_state(state["rng"], trainer.data.generator)
+    print(f"medclf train: resuming {trainer.run_dir} after epoch {state['epoch']}", file=sys.stderr)
+    return int(state["epoch"]) + 1
+
+
+def write_run_config(trainer, resuming, split_binding):
+    record = config_record(trainer, split_binding)
     if resuming:
-        state = load_checkpoint(run_dir / "last.pt")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None and state.get("scheduler") is not None:
-            scheduler.load_state_dict(state["scheduler"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        stopper.load_state_dict(state["early_stopping"])
-        history = list(state["history"])
-        start_epoch = int(state["epoch"]) + 1
-        _set_rng_state(state["rng"], generator)
-        config_record["created"] = read_json(run_dir / "config.json").get("created", config_record["created"])
-        print(f"medclf train: resuming {run_dir} after epoch {state['epoch']}", file=sys.stderr)
-    write_json(run_dir / "config.json", config_record)
+        record["created"] = read_json(trainer.run_dir / "config.json").get("created", record["created"])
+    write_json(trainer.run_dir / "config.json", record)
 
-    writer = None
+
+def run_training(config):
+    """Train per `config` (keys of DEFAULTS). Returns a summary dict (run folder, epochs, best
+    epoch and value, why it stopped, and the model holding the best weights)."""
+    with preserved_torch_state():
+        return _run_training(config)
+
+
+def _run_training(config):
+    cfg, run_dir, resuming = _prepare_config(config)
+    device, amp = setup_torch(cfg)
+    table = read_run_splits(cfg)
+    split_binding = bind_splits_to_run(table, run_dir)  # the run carries its own split (config.json)
+    single_logit = cfg["head"] == "single-logit"
+    model, model_info = models.build_model(cfg["arch"], 1 if single_logit else len(table.classes), cfg["weights"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    data = load_data(cfg, table, run_dir, model_info, resuming)
+    trainer = build_trainer(cfg, run_dir, device, amp, data, model, model_info)
+    start_epoch = restore_from_last(trainer) if resuming else 1
+    write_run_config(trainer, resuming, split_binding)
     if cfg["tensorboard"]:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError as exc:
-            raise MedclfError("--tensorboard needs the tensorboard package: pip install tensorboard") from exc
-        writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+        trainer.writer = _tensorboard_writer_class()(log_dir=str(run_dir / "tensorboard"))
+    try:
+        stop_reason = train_epochs(trainer, start_epoch)
+    except KeyboardInterrupt:
+        _finish(trainer, "interrupted")
+        raise
+    return _finish(trainer, stop_reason)
 
+
+# ---------------------------------------------------------------- epochs
+
+def train_epochs(trainer, start_epoch):
+    """Epochs `start_epoch`..epochs until early stopping; returns why training stopped."""
+    cfg = trainer.cfg
+    for epoch in range(start_epoch, cfg["epochs"] + 1):
+        if trainer.stopper.should_stop:
+            break
+        row = run_epoch(trainer, epoch)
+        trainer.history.append(row)
+        save_epoch(trainer, row)
+    return "patience" if trainer.stopper.should_stop else "max epochs"
+
+
+def run_epoch(trainer, epoch):
+    """Train one epoch, evaluate on val, step the schedule and early stopping; the history row."""
     from tqdm import tqdm
 
-    stop_reason = "max epochs"
-    epoch = start_epoch - 1
-    try:
-        if stopper.should_stop:
-            stop_reason = "patience"
-        for epoch in range(start_epoch, cfg["epochs"] + 1):
-            if stopper.should_stop:
-                break
-            # Every random draw of this epoch derives from (seed, epoch): exact resume.
-            seed_everything(epoch_seed(cfg["seed"], epoch))
-            generator.manual_seed(epoch_seed(cfg["seed"], epoch))
-            started = time.perf_counter()
-            lr = optimizer.param_groups[0]["lr"]
-            bar = tqdm(total=len(train_loader.dataset) if sampler is None else len(sampler),
-                       desc=f"epoch {epoch}/{cfg['epochs']}", unit="img", disable=not cfg["progress"], leave=False)
-            train_m = train_one_epoch(model, criterion, optimizer, train_loader, device,
-                                      scheduler if per_batch else None, scaler, amp, bar)
-            bar.close()
-            val_m = evaluate(model, criterion, val_loader, device, amp)
-            monitored = val_m[cfg["monitor"][len("val_"):]]
-            if scheduler is not None and not per_batch:
-                scheduler.step(monitored)
-            improved = stopper.step(monitored)
-            row = {"epoch": epoch, **{f"train_{k}": v for k, v in train_m.items()},
-                   **{f"val_{k}": v for k, v in val_m.items()}, "lr": lr,
-                   "seconds": round(time.perf_counter() - started, 3), "best": improved}
-            history.append(row)
-            if improved:
-                save_checkpoint(run_dir / "best.pt", {
-                    "schema": "medclf.checkpoint/1", "state_dict": model.state_dict(), "epoch": epoch,
-                    "architecture": model_info["architecture"], "classes": classes,
-                    "n_outputs": config_record["n_outputs"], "monitor": cfg["monitor"], "value": float(monitored)})
-            save_checkpoint(run_dir / "last.pt", {
-                "schema": "medclf.checkpoint/1", "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                "scaler": scaler.state_dict() if scaler is not None else None,
-                "early_stopping": stopper.state_dict(), "rng": _rng_state(generator), "epoch": epoch,
-                "history": history})
-            write_text(run_dir / "history.csv", history_csv_text(history))
-            if writer is not None:
-                for key, value in row.items():
-                    if key not in ("epoch", "best") and isinstance(value, float):
-                        writer.add_scalar(key.replace("_", "/", 1), value, epoch)
-            print(f"epoch {epoch:3d}  train loss {train_m['loss']:.4f} acc {train_m['accuracy']:.3f}  "
-                  f"val loss {val_m['loss']:.4f} acc {val_m['accuracy']:.3f} auc {val_m['auc']:.3f} "
-                  f"bal.acc {val_m['balanced_accuracy']:.3f}  lr {lr:.2e}  {row['seconds']:.1f}s"
-                  f"{'  *best' if improved else ''}", file=sys.stderr, flush=True)
-            if stopper.should_stop:
-                stop_reason = "patience"
-                break
-    except KeyboardInterrupt:
-        stop_reason = "interrupted"
-        _finish(run_dir, model, history, cfg, stopper, stop_reason, writer)
-        raise
-    return _finish(run_dir, model, history, cfg, stopper, stop_reason, writer)
+    cfg, data = trainer.cfg, trainer.data
+    # Every random draw of this epoch derives from (seed, epoch): exact resume.
+    seed_everything(epoch_seed(cfg["seed"], epoch))
+    data.generator.manual_seed(epoch_seed(cfg["seed"], epoch))
+    started = time.perf_counter()
+    lr = trainer.optimizer.param_groups[0]["lr"]
+    bar = tqdm(total=len(data.train_loader.dataset) if data.sampler is None else len(data.sampler),
+               desc=f"epoch {epoch}/{cfg['epochs']}", unit="img", disable=not cfg["progress"], leave=False)
+    train_m = train_one_epoch(trainer.model, trainer.criterion, trainer.optimizer, data.train_loader, trainer.device,
+                              trainer.scheduler if trainer.per_batch else None, trainer.scaler, trainer.amp, bar)
+    bar.close()
+    val_m = evaluate(trainer.model, trainer.criterion, data.val_loader, trainer.device, trainer.amp)
+    monitored = val_m[cfg["monitor"][len("val_"):]]
+    if trainer.scheduler is not None and not trainer.per_batch:
+        trainer.scheduler.step(monitored)
+    improved = trainer.stopper.step(monitored)
+    return {"epoch": epoch, **{f"train_{k}": v for k, v in train_m.items()},
+            **{f"val_{k}": v for k, v in val_m.items()}, "lr": lr,
+            "seconds": round(time.perf_counter() - started, 3), "best": improved}
 
 
-def _finish(run_dir, model, history, cfg, stopper, stop_reason, writer):
-    """Restore the best weights into `model` and write the curves, however training ended."""
-    if writer is not None:
-        writer.close()
-    best_path = run_dir / "best.pt"
-    if best_path.is_file():
-        model.load_state_dict(load_checkpoint(best_path)["state_dict"])
+def save_epoch(trainer, row):
+    """best.pt (when improved), last.pt, history.csv, tensorboard and the epoch's line on stderr."""
+    epoch, run_dir = row["epoch"], trainer.run_dir
+    model, cfg = trainer.model, trainer.cfg
+    if row["best"]:
+        save_checkpoint(run_dir / "best.pt", {
+            "schema": schemas.CHECKPOINT, "state_dict": model.state_dict(), "epoch": epoch,
+            "architecture": trainer.model_info["architecture"], "classes": trainer.data.classes,
+            "n_outputs": trainer.n_outputs, "monitor": cfg["monitor"], "value": float(row[cfg["monitor"]])})
+    save_checkpoint(run_dir / "last.pt", {
+        "schema": schemas.CHECKPOINT, "model": model.state_dict(), "optimizer": trainer.optimizer.state_dict(),
+        "scheduler": trainer.scheduler.state_dict() if trainer.scheduler is not None else None,
+        "scaler": trainer.scaler.state_dict() if trainer.scaler is not None else None,
+        "early_stopping": trainer.stopper.state_dict(), "rng": _rng_state(trainer.data.generator), "epoch": epoch,
+        "history": trainer.history})
+    write_text(run_dir / "history.csv", history_csv_text(trainer.history))
+    if trainer.writer is not None:
+        for key, value in row.items():
+            if key not in ("epoch", "best") and isinstance(value, float):
+                trainer.writer.add_scalar(key.replace("_", "/", 1), value, epoch)
+    print(f"epoch {epoch:3d}  train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.3f}  "
+          f"val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.3f} auc {row['val_auc']:.3f} "
+          f"bal.acc {row['val_balanced_accuracy']:.3f}  lr {row['lr']:.2e}  {row['seconds']:.1f}s"
+          f"{'  *best' if row['best'] else ''}", file=sys.stderr, flush=True)
+
+
+def _finish(trainer, stop_reason):
+    """Restore the best weights into the model and write the curves, however training ended.
+    A run whose monitored value was never a finite number has no best weights: that is an error
+    (exit 1), stated with the epochs, never reported as 'best weights restored'."""
+    cfg, run_dir, stopper, history = trainer.cfg, trainer.run_dir, trainer.stopper, trainer.history
+    if trainer.writer is not None:
+        trainer.writer.close()
     if history:
         plot_curves(run_dir / "curves.png", history, cfg["monitor"], stopper.best_epoch)
-    summary = {"run": str(run_dir), "epochs": len(history), "best_epoch": stopper.best_epoch,
-               "best_value": stopper.best, "monitor": cfg["monitor"], "stopped": stop_reason}
+    best_path = run_dir / "best.pt"
+    if stopper.best_epoch is None or not best_path.is_file():
+        if stop_reason == "interrupted":
+            return None
+        raise MedclfError(
+            f"{run_dir}: {cfg['monitor']} was not a finite number in any of the {len(history)} epoch(s) "
+            f"(see history.csv), so no best.pt was written and there are no weights to use; check the val "
+            f"split (val_auc is NaN when it holds one class), lower --lr, or monitor another value (--monitor)")
+    trainer.model.load_state_dict(load_checkpoint(best_path)["state_dict"])
+    non_finite = [r["epoch"] for r in history if not math.isfinite(float(r[cfg["monitor"]]))]
+    note = f"; {cfg['monitor']} was NaN in epoch(s) {non_finite} (counted as no improvement)" if non_finite else ""
     print(f"medclf train: {stop_reason} after {len(history)} epoch(s); best {cfg['monitor']} "
-          f"{stopper.best if stopper.best is not None else float('nan'):.4f} at epoch {stopper.best_epoch}; "
-          f"best weights restored in {best_path}", file=sys.stderr)
-    summary["model"] = model
-    return summary
+          f"{stopper.best:.4f} at epoch {stopper.best_epoch}; best weights restored from {best_path}{note}",
+          file=sys.stderr)
+    return {"run": str(run_dir), "epochs": len(history), "best_epoch": stopper.best_epoch,
+            "best_value": stopper.best, "monitor": cfg["monitor"], "stopped": stop_reason, "model": trainer.model}

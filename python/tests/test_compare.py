@@ -8,6 +8,7 @@ import pytest
 
 from medclf import cli
 from medclf import compare as C
+from medclf import r_bridge
 from medclf.errors import MedclfError
 
 from test_metrics_parity import assert_same, binary_probs, normalise_rows, write_predictions
@@ -65,10 +66,10 @@ def test_r_and_python_agree_on_every_number(runs, multi_runs):
                 "grouped": _request(multi_runs, group={"name": "malignant", "classes": ["mel", "bcc", "akiec"]})}
     for what, request in requests.items():
         python = json.loads(json.dumps(C.python_compare(request)))
-        assert_same(C.rscript_compare(request), python, f"{what} (Rscript vs Python)")
+        assert_same(r_bridge.run_rscript(C.COMPARE_TASK, request), python, f"{what} (Rscript vs Python)")
         try:
-            assert_same(C.rpy2_compare(request), python, f"{what} (rpy2 vs Python)")
-        except C.R.EngineUnavailable:
+            assert_same(r_bridge.run_rpy2(C.COMPARE_TASK, request), python, f"{what} (rpy2 vs Python)")
+        except r_bridge.EngineUnavailable:
             pass
 
 
@@ -112,3 +113,44 @@ def test_cli_writes_table(runs, tmp_path, capsys):
     assert cli.main(["compare", *map(str, runs), "--out", str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out
     assert "Pairwise paired DeLong" in out and (tmp_path / "out" / "compare.json").is_file()
+
+
+def test_runs_with_the_same_folder_name_are_labelled_by_a_unique_path_suffix(runs, tmp_path):
+    folders = []
+    for study, source in (("A", runs[0]), ("B", runs[1])):
+        folder = tmp_path / "results" / study / "resnet18"
+        folder.mkdir(parents=True)
+        shutil.copy(source / "predictions_test.json", folder / "predictions_test.json")
+        folders.append(folder)
+    for engine in ("python", "rscript"):
+        result, written = C.compare_runs(folders, out_dir=tmp_path / f"cmp_{engine}", engine=engine)
+        assert [r["name"] for r in result["runs"]] == ["A/resnet18", "B/resnet18"]
+        assert (result["pairwise"][0]["a"], result["pairwise"][0]["b"]) == ("A/resnet18", "B/resnet18")
+        assert "| A/resnet18 | B/resnet18 | yes |" in written["markdown"].read_text()
+    assert C.path_labels([runs[0], runs[1]]) == ["run0", "run1"]
+    assert C.path_labels([tmp_path / "x" / "p.json", tmp_path / "y" / "p.json"]) == ["x/p", "y/p"]
+
+
+def test_a_run_is_not_compared_with_itself_however_spelled(runs, tmp_path, capsys):
+    (tmp_path / "alias").symlink_to(runs[0])
+    spellings = [runs[0] / ".." / runs[0].name, tmp_path / "alias", runs[0] / "predictions_test.json"]
+    for other in spellings:
+        with pytest.raises(MedclfError, match="is the same predictions file as .*; compare a run with another run"):
+            C.compare_runs([runs[0], other], engine="python")
+    # each engine refuses it too, whoever calls it
+    same = {"runs": [{"name": "a", "predictions_path": str(runs[0] / "predictions_test.json")},
+                     {"name": "b", "predictions_path": str(tmp_path / "alias" / "predictions_test.json")}]}
+    with pytest.raises(MedclfError, match="is the same predictions file as"):
+        C.python_compare(same)
+    with pytest.raises(MedclfError, match="is the same predictions file as"):
+        r_bridge.run_rscript(C.COMPARE_TASK, same)
+    assert cli.main(["compare", str(runs[0]), str(runs[0]) + "/", "--engine", "rscript"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not with itself" in err[0]
+
+
+@pytest.mark.parametrize("engine, route", [("python", "Python"), ("rscript", "Rscript")])
+def test_compare_names_the_engine_that_ran(runs, engine, route):
+    result, _ = C.compare_runs(runs[:2], engine=engine)
+    assert result["engine"]["route"] == route
+    assert f"\nEngine: {route} (" in C.markdown_table(result)

@@ -19,7 +19,7 @@ def test_demo_runs_partition_to_report(tmp_path):
 
     run = out / "resnet18"
     for name in ("config.json", "history.csv", "best.pt", "last.pt", "curves.png",
-                 "predictions_test.json", "predictions_val.json", "results_test.json", "report.md"):
+                 "predictions_test.json", "predictions_val.json", "results_test.json", "report_test.md"):
         assert (run / name).is_file(), name
 
     predictions = json.loads((run / "predictions_test.json").read_text(encoding="utf-8"))
@@ -31,3 +31,10 @@ def test_demo_runs_partition_to_report(tmp_path):
     cm = results["confusion_matrix"]
     assert cm["tp"] + cm["fn"] + cm["tn"] + cm["fp"] == len(test_paths)
     assert results["metrics"]["sensitivity"]["estimate"] == cm["tp"] / (cm["tp"] + cm["fn"])
+
+    # The generated data holds near-duplicates under other patient ids: found, and never split up.
+    partition_info = json.loads((out / "partition" / "partition.json").read_text(encoding="utf-8"))
+    clusters = partition_info["duplicates"]["clusters"]["members"]
+    assert clusters and all(len(c["splits"]) == 1 for c in clusters)
+    split_of = {r["path"]: r["split"] for r in rows}
+    assert all(len({split_of[p] for p in c["paths"]}) == 1 for c in clusters)

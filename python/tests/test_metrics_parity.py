@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
+from medclf import r_bridge
 from medclf import report as R
 
 TOL = 1e-9
@@ -69,6 +70,12 @@ def binary_probs(p1):
     return np.column_stack([1 - p1, p1])
 
 
+def four_key_float32_probabilities(logits):
+    """Softmax in float32, as python/test_torchvision.py computes it, written as Python floats."""
+    e = np.exp(np.asarray(logits, dtype=np.float32) - np.max(logits, axis=1, keepdims=True).astype(np.float32))
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float64)
+
+
 def make_cases(tmp_path):
     rng = np.random.default_rng(20261122)
     cases = {}
@@ -106,6 +113,22 @@ def make_cases(tmp_path):
     legacy = write_predictions(tmp_path / "legacy_test.json", rng.integers(0, 2, 40), logits, ["0", "1"], legacy=True)
     cases["legacy_file"] = R.build_request(legacy)
     cases["legacy_output"] = R.build_request(legacy, legacy=True)
+    # The four-key file of medclf's python/test_torchvision.py: float32 softmax probabilities (rows sum to 1
+    # only to ~1e-7), two and three classes; a threshold rule chosen on it.
+    p32 = four_key_float32_probabilities(rng.normal(0, 2, (40, 2)))
+    seed002 = write_predictions(tmp_path / "seed002_test.json", rng.integers(0, 2, 40), p32, ["0", "1"], legacy=True)
+    cases["four_key_probabilities"] = R.build_request(seed002, threshold=0.3)
+    cases["four_key_probabilities_youden"] = R.build_request(seed002, seed002, threshold_rule="youden")
+    p3 = four_key_float32_probabilities(rng.normal(0, 2, (45, 3)))
+    seed002_3 = write_predictions(tmp_path / "seed002_3_test.json", rng.integers(0, 3, 45), p3, ["0", "1", "2"],
+                                  legacy=True)
+    cases["four_key_probabilities_3_classes"] = R.build_request(seed002_3)
+    # Constant scores: zero-width AUC and kappa intervals, each with its reason.
+    const = write_predictions(tmp_path / "const_test.json", [0] * 7 + [1] * 5, binary_probs([0.4] * 12),
+                              ["no", "yes"], "yes")
+    cases["constant_scores"] = R.build_request(const)
+    # A threshold rule applied to the predictions it is then scored on: marked optimistic.
+    cases["rule_on_scored_split"] = R.build_request(val, val, threshold_rule="youden")
     # Multi-class, 7 classes like HAM10000, one class absent from the labels.
     classes = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
     ym = rng.choice([0, 1, 2, 4, 5, 6], 220, p=[0.05, 0.1, 0.15, 0.15, 0.45, 0.1])
@@ -138,18 +161,18 @@ def _python(request):
 @pytest.mark.skipif(shutil.which("Rscript") is None, reason="Rscript not installed")
 def test_rscript_matches_python_on_every_number(cases):
     for name, request in cases.items():
-        assert_same(R.rscript_report(request), _python(request), f"{name} (Rscript vs Python)")
+        assert_same(r_bridge.run_rscript(R.REPORT_TASK, request), _python(request), f"{name} (Rscript vs Python)")
 
 
 def test_rpy2_matches_python_on_every_number(cases):
     pytest.importorskip("rpy2.robjects")
     try:
-        first = R.rpy2_report(cases["binary"])
-    except R.EngineUnavailable as exc:
+        first = r_bridge.run_rpy2(R.REPORT_TASK, cases["binary"])
+    except r_bridge.EngineUnavailable as exc:
         pytest.skip(f"rpy2 cannot run R here: {exc}")
     assert first["engine"]["name"] == "R"
     for name, request in cases.items():
-        assert_same(R.rpy2_report(request), _python(request), f"{name} (rpy2 vs Python)")
+        assert_same(r_bridge.run_rpy2(R.REPORT_TASK, request), _python(request), f"{name} (rpy2 vs Python)")
 
 
 def test_edge_case_conventions_are_reported_not_raised(cases):
@@ -165,3 +188,48 @@ def test_edge_case_conventions_are_reported_not_raised(cases):
     assert single["metrics"]["roc_auc"]["estimate"] is not None and single["metrics"]["roc_auc"]["lower"] is None
     df = _python(cases["multiclass_boot_free"])
     assert df["metrics"]["roc_auc"]["estimate"] is None and df["n_positive"] == 0
+
+
+def test_four_key_files_are_read_by_content_logits_get_softmax_probabilities_do_not(cases):
+    """Seed 002 wrote logits under "predictive probabilities", medclf's test_torchvision.py writes
+    probabilities there: each kind must end up as the same probabilities (no softmax applied twice)."""
+    seed002 = R.read_predictions_file(cases["four_key_probabilities"]["predictions_path"])
+    data = R.validate_predictions(seed002, "seed002")
+    assert data["format"] == R.FOUR_KEY_PROBABILITIES
+    np.testing.assert_array_equal(data["probabilities"], np.asarray(seed002["predictive probabilities"]))
+    result = _python(cases["four_key_probabilities"])
+    thresholds = sorted({op["threshold"] for op in result["operating_points"] if op["threshold"] is not None})
+    assert set(thresholds) <= {row[1] for row in seed002["predictive probabilities"]}  # observed scores, untouched
+    logits_file = R.read_predictions_file(cases["legacy_file"]["predictions_path"])
+    logits = np.asarray(logits_file["predictive probabilities"])
+    data = R.validate_predictions(logits_file, "seed002 original")
+    assert data["format"] == R.FOUR_KEY_LOGITS
+    expected = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(data["probabilities"], expected, rtol=0, atol=1e-15)
+
+
+def test_zero_width_intervals_carry_their_reason(cases):
+    const = _python(cases["constant_scores"])
+    auc, kappa = const["metrics"]["roc_auc"], const["metrics"]["cohen_kappa"]
+    assert (auc["estimate"], auc["lower"], auc["upper"]) == (1 / 2, 1 / 2, 1 / 2)
+    assert auc["note"] == "constant scores: DeLong variance is 0, interval has zero width"
+    assert (kappa["estimate"], kappa["lower"], kappa["upper"]) == (0, 0, 0)
+    assert kappa["note"] == "a single class in the decisions: kappa variance is 0, interval has zero width"
+    one = _python(cases["all_one_class"])
+    assert one["metrics"]["cohen_kappa"]["note"].startswith("a single class in the truth")
+    for name, request in cases.items():  # no zero-width interval anywhere without a note
+        result = _python(request)
+        if not isinstance(result, dict):  # the --legacy two-array output
+            continue
+        values = [v for v in result["metrics"].values()]
+        values += [v for pc in (result.get("per_class") or {}).values() for v in pc["metrics"].values()]
+        for v in values:
+            if v["lower"] is not None and v["upper"] is not None and v["upper"] - v["lower"] < 1e-12:
+                assert v.get("note"), f"{name}: zero-width interval without a note: {v}"
+
+
+def test_a_threshold_rule_scored_on_its_own_predictions_is_marked_optimistic(cases):
+    assert _python(cases["rule_on_scored_split"])["threshold_optimistic"] == R.OPTIMISTIC
+    assert "optimistic" in R.OPTIMISTIC
+    assert _python(cases["binary_youden"])["threshold_optimistic"] is None
+    assert _python(cases["binary"])["threshold_optimistic"] is None

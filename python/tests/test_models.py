@@ -63,6 +63,27 @@ def test_unknown_architecture_names_the_choices():
         models.build_model("resnet19", 2)
 
 
+@pytest.mark.parametrize("typo, suggestion", [("densenet12", "densenet121"), ("resnt18", "resnet18"),
+                                                ("efficientnet-b0", "efficientnet_b0"), ("VGG", "vgg")])
+def test_a_mistyped_architecture_gets_a_did_you_mean(typo, suggestion):
+    with pytest.raises(MedclfError, match=rf"--arch {typo}: not a torchvision classification model; did you mean "
+                                          rf"[^;]*\b{suggestion}\b"):
+        models.canonical_name(typo)
+
+
+def test_weights_values_are_checked_without_loading(tmp_path):
+    models.check_weights("none", "resnet18")
+    models.check_weights("imagenet", "densenet")
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(b"not read by the check")
+    models.check_weights(str(weights), "resnet18")
+    with pytest.raises(MedclfError, match=r"--weights nnone: neither none, imagenet nor an existing file; "
+                                          r"did you mean none\?"):
+        models.check_weights("nnone", "resnet18")
+    with pytest.raises(MedclfError, match=r"--weights imagnet: .*did you mean imagenet\?"):
+        models.check_weights("imagnet", "resnet18")
+
+
 def test_imagenet_weights_offline_fail_at_once_naming_alternatives(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     import urllib.error

@@ -15,7 +15,7 @@ from PIL import Image
 
 from medclf.cli import main
 from medclf.errors import MedclfError
-from medclf.organize import organize
+from medclf.organize import MANIFEST_NAME, organize
 from medclf.partition import PartitionOptions, partition
 from medclf.splits import read_splits
 
@@ -25,7 +25,8 @@ def _md5s(paths):
 
 
 def _files(root):
-    return sorted(p for p in Path(root).rglob("*") if p.is_file())
+    """Files under `root`, without organize's own manifest."""
+    return sorted(p for p in Path(root).rglob("*") if p.is_file() and p.name != MANIFEST_NAME)
 
 
 def _dataset(root, counts, seed=0):
@@ -138,7 +139,7 @@ def test_collisions_reported_all_and_nothing_touched(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
-def test_existing_different_file_is_a_collision(small, tmp_path):
+def test_a_file_organize_did_not_write_is_refused(small, tmp_path):
     data, part = small
     out = tmp_path / "out"
     frame = pd.read_csv(part / "splits.csv")
@@ -146,10 +147,11 @@ def test_existing_different_file_is_a_collision(small, tmp_path):
     clash = out / first["split"] / first["label"] / Path(first["path"]).name
     clash.parent.mkdir(parents=True)
     clash.write_bytes(b"someone else's file")
-    with pytest.raises(MedclfError, match="already exists and differs"):
-        organize(part / "splits.csv", out, mode="copy", quiet=True)
+    for replace in (False, True):
+        with pytest.raises(MedclfError, match=r"holds 1 file\(s\) that medclf organize did not write there"):
+            organize(part / "splits.csv", out, mode="copy", quiet=True, replace=replace)
     assert clash.read_bytes() == b"someone else's file"
-    assert _files(out) == [clash]
+    assert sorted(Path(out).rglob("*")) == [out / first["split"], clash.parent, clash]
 
 
 def test_missing_source_is_reported(small, tmp_path):
@@ -160,16 +162,121 @@ def test_missing_source_is_reported(small, tmp_path):
         organize(part, tmp_path / "out", mode="copy", quiet=True)
 
 
-def test_interrupted_move_can_be_rerun(small, tmp_path):
+def test_interrupted_move_can_be_rerun(small, tmp_path, monkeypatch):
+    from medclf import organize as organize_mod
+
     data, part = small
     out = tmp_path / "out"
-    frame = pd.read_csv(part / "splits.csv")
-    row = frame.iloc[0]
-    target = out / row["split"] / row["label"] / Path(row["path"]).name
-    target.parent.mkdir(parents=True)
-    os.replace(data / row["path"], target)  # as if the first run stopped after one file
+    real_move, moved = organize_mod._move_no_overwrite, []
+
+    def move_then_die(source, destination):
+        if moved:
+            raise KeyboardInterrupt  # the first run stops after one file
+        real_move(source, destination)
+        moved.append(destination)
+
+    monkeypatch.setattr(organize_mod, "_move_no_overwrite", move_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        organize(part, out, mode="move", quiet=True)
+    assert len(_files(out)) == 1 and len(_files(data)) == 11
+    monkeypatch.setattr(organize_mod, "_move_no_overwrite", real_move)
     organize(part, out, mode="move", quiet=True)
     assert len(_files(out)) == 12 and _files(data) == []
+    organize(part, out, mode="move", quiet=True)  # the repointed splits.csv reruns as the same splits
+    assert len(_files(out)) == 12
+
+
+def _split_of_images(out):
+    """{class/file: split} of an imagefolder layout; fails when an image sits in two splits."""
+    found = {}
+    for split in ("train", "val", "test"):
+        for path in _files(out / split):
+            key = path.relative_to(out / split).as_posix()
+            assert key not in found, f"{key} is in {found.get(key)} and {split}"
+            found[key] = split
+    return found
+
+
+def test_a_second_split_into_the_same_folder_is_refused_and_replace_leaves_no_stale_image(small, tmp_path):
+    data, part = small
+    other = tmp_path / "part_seed1"
+    partition(PartitionOptions(out=other, data_root=data, val=0.2, test=0.2, seed=1, quiet=True))
+    first, second = (dict(zip(pd.read_csv(p / "splits.csv")["path"], pd.read_csv(p / "splits.csv")["split"]))
+                     for p in (part, other))
+    assert first != second  # the two partitions really differ
+    out = tmp_path / "out"
+    organize(part, out, mode="link", quiet=True)
+    (out / "notes.txt").write_text("mine")  # beside the layout folders: never touched
+    before = {p: hashlib.md5(p.read_bytes()).hexdigest() for p in out.rglob("*") if p.is_file()}
+    with pytest.raises(MedclfError, match=r"organized earlier from other splits .*part/splits.csv.*--replace"):
+        organize(other, out, mode="link", quiet=True)
+    assert {p: hashlib.md5(p.read_bytes()).hexdigest() for p in out.rglob("*") if p.is_file()} == before
+    summary = organize(other, out, mode="link", quiet=True, replace=True)
+    assert summary["replaced"] == 12 + 2  # 12 images, splits.csv and partition.json
+    assert _split_of_images(out) == second and len(second) == 12
+    assert (out / "notes.txt").read_text() == "mine"
+    assert read_splits(out / "splits.csv").frame["split"].tolist() == pd.read_csv(other / "splits.csv")["split"].tolist()
+    assert _md5s(_files(data)) == _md5s(_files(out / "train") + _files(out / "val") + _files(out / "test"))
+
+
+def test_another_layout_of_the_same_splits_is_not_taken_for_a_rerun(tmp_path):
+    data = _dataset(tmp_path / "d", {"no": 6, "yes": 6})
+    for path in (data / "yes").iterdir():
+        path.rename(path.with_name("Y" + path.name))  # seed002 flattens the classes: names must differ
+    part = tmp_path / "part"
+    partition(PartitionOptions(out=part, data_root=data, val=0.2, test=0.2, quiet=True))
+    out = tmp_path / "out"
+    organize(part, out, mode="link", layout="seed002", quiet=True)
+    with pytest.raises(MedclfError, match=r"organized earlier from other splits \(.*layout seed002\)"):
+        organize(part, out, mode="link", layout="imagefolder", quiet=True)
+    organize(part, out, mode="link", layout="imagefolder", quiet=True, replace=True)
+    assert not (out / "bin").exists() and not (out / "csv").exists()
+    assert len(_split_of_images(out)) == 12
+
+
+def test_replace_never_deletes_images_moved_there(small, tmp_path):
+    data, part = small
+    shutil.copytree(data, tmp_path / "copy")
+    other = tmp_path / "part_copy"
+    partition(PartitionOptions(out=other, data_root=tmp_path / "copy", val=0.2, test=0.2, seed=1, quiet=True))
+    out = tmp_path / "out"
+    organize(part, out, mode="move", quiet=True)
+    before = _md5s(_files(out))
+    with pytest.raises(MedclfError, match="moved in by an earlier `organize --mode move`.* only copies"):
+        organize(other, out, mode="copy", quiet=True, replace=True)
+    assert _md5s(_files(out)) == before
+
+
+def test_imagefolder_keeps_nested_source_folders(tmp_path):
+    data = tmp_path / "scans"
+    for label in ("no", "yes"):
+        for patient in range(4):
+            for k in range(2):  # every patient has slice_0.png and slice_1.png
+                path = data / label / f"p{patient}" / f"slice_{k}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                seed = (label == "yes") * 100 + patient * 10 + k
+                Image.fromarray(np.random.default_rng(seed).integers(0, 255, (24, 24), dtype=np.uint8)).save(path)
+    part = tmp_path / "part"
+    partition(PartitionOptions(out=part, data_root=data, val=0.25, test=0.25, quiet=True))
+    out = tmp_path / "out"
+    organize(part, out, mode="copy", quiet=True)
+    frame = pd.read_csv(part / "splits.csv")
+    for row in frame.itertuples():
+        label, patient, name = row.path.split("/")
+        target = out / row.split / row.label / patient / name
+        assert target.read_bytes() == (data / row.path).read_bytes()
+    assert len(_files(out / "train") + _files(out / "val") + _files(out / "test")) == 16
+
+
+def test_common_folders_are_dropped_and_the_class_folder_once():
+    from medclf.organize import _below_class_folder, _common_parent
+
+    paths = ["images/ISIC_1.jpg", "images/ISIC_2.jpg"]
+    assert _common_parent(paths) == ("images",)
+    assert _below_class_folder(paths[0], ("images",), {"mel"}) == "ISIC_1.jpg"
+    assert _common_parent(["yes/p1/s.png", "no/p2/s.png"]) == ()
+    assert _below_class_folder("yes/p1/s.png", (), {"yes"}) == "p1/s.png"
+    assert _below_class_folder("mel/x.jpg", (), {"malignant", "mel"}) == "x.jpg"  # label-mapped class
 
 
 # ---------------------------------------------------------------- seed 002 workflow
@@ -203,6 +310,15 @@ def test_seed002_workflow_loses_nothing(seed002_project):
     assert len(images) == 253
     assert _md5s(images) == before  # same md5 multiset: every image exactly once
     assert _files(proj / "no") == [] and _files(proj / "yes") == []
+
+
+def test_organize_sh_rerun_on_a_finished_project_changes_nothing(seed002_project, repo_root):
+    proj, before, _, _, first = seed002_project
+    assert first.returncode == 0, first.stderr
+    again = subprocess.run(["bash", str(repo_root / "organize" / "organize_files.sh"), str(proj)],
+                           capture_output=True, text=True, env=dict(os.environ, MEDCLF_PYTHON=sys.executable))
+    assert again.returncode == 0, again.stderr
+    assert _md5s(_files(proj / "bin")) == before and "0 placed now" in again.stdout
 
 
 def test_seed002_csvs(seed002_project):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from medclf import cli
+from medclf import r_bridge
 from medclf import report as R
 from medclf.errors import MedclfError
 
@@ -45,21 +46,22 @@ def test_report_writes_results_markdown_and_plots(binary_run):
     assert result["threshold_selection"]["sensitivity"] >= 0.9
     cm = result["confusion_matrix"]
     assert cm["tp"] + cm["fn"] == result["n_positive"] and cm["tn"] + cm["fp"] == result["n_negative"]
-    for name in ("roc.png", "pr.png", "pr_zoom.png", "confusion.png", "calibration.png"):
+    for name in ("roc_test.png", "pr_test.png", "pr_zoom_test.png", "confusion_test.png", "calibration_test.png"):
         assert (binary_run / name).stat().st_size > 1000
     md = out["report"].read_text()
     assert "| sensitivity |" in md and "DeLong" in md and "resnet18" in md and "precision_at_recall | 0.999" in md
 
 
-def test_auto_falls_back_to_rscript_then_python(binary_run, monkeypatch):
-    def unavailable(request):
-        raise R.EngineUnavailable("simulated: no embedded R")
+def _unavailable(task, request):
+    raise r_bridge.EngineUnavailable("simulated: no embedded R")
 
-    monkeypatch.setattr(R, "rpy2_report", unavailable)
+
+def test_auto_falls_back_to_rscript_then_python(binary_run, monkeypatch):
+    monkeypatch.setattr(r_bridge, "run_rpy2", _unavailable)
     with pytest.warns(UserWarning, match="rpy2 unavailable"):
         result, notes = R.run_engine(R.build_request(binary_run / "predictions_test.json"))
     assert result["engine"]["name"] == "R" and "rpy2 unavailable" in notes[0]
-    monkeypatch.setattr(R, "rscript_report", unavailable)
+    monkeypatch.setattr(r_bridge, "run_rscript", _unavailable)
     with pytest.warns(UserWarning):
         result, notes = R.run_engine(R.build_request(binary_run / "predictions_test.json"))
     assert result["engine"]["name"] == "python" and len(notes) == 2
@@ -69,7 +71,7 @@ def test_auto_falls_back_to_rscript_then_python(binary_run, monkeypatch):
 
 def test_rscript_missing_falls_back_to_python(binary_run, monkeypatch):
     monkeypatch.setattr(shutil, "which", lambda name: None)
-    monkeypatch.setattr(R, "rpy2_report", lambda request: (_ for _ in ()).throw(R.EngineUnavailable("no rpy2")))
+    monkeypatch.setattr(r_bridge, "run_rpy2", _unavailable)
     with pytest.warns(UserWarning):
         out = R.report_run(binary_run, engine="auto", plots=False)
     assert out["result"]["engine"]["name"] == "python"
@@ -131,9 +133,9 @@ def test_probability_above_one_and_unknown_positive_named(binary_run, capsys):
 
 def test_r_directory_override(monkeypatch, tmp_path):
     monkeypatch.setenv("MEDCLF_R_DIR", str(tmp_path))
-    assert R.r_dir() == tmp_path
+    assert r_bridge.r_dir() == tmp_path
     monkeypatch.delenv("MEDCLF_R_DIR")
-    assert (R.r_dir() / "report.R").is_file()
+    assert (r_bridge.r_dir() / "report.R").is_file()
 
 
 def test_an_r_error_inside_rpy2_is_an_unavailable_engine(binary_run, monkeypatch, tmp_path):
@@ -142,9 +144,102 @@ def test_an_r_error_inside_rpy2_is_an_unavailable_engine(binary_run, monkeypatch
     broken.mkdir()
     (broken / "report.R").write_text('medclf_report_json <- function(request_json) stop("simulated R failure")\n')
     monkeypatch.setenv("MEDCLF_R_DIR", str(broken))
-    monkeypatch.setattr(R, "_RPY2_STATE", {})
-    try:
-        with pytest.raises(R.EngineUnavailable, match="simulated R failure"):
-            R.rpy2_report(R.build_request(binary_run / "predictions_test.json"))
-    finally:
-        R._RPY2_STATE.clear()
+    monkeypatch.setattr(r_bridge, "_RPY2_FUNCTIONS", {})
+    with pytest.raises(r_bridge.EngineUnavailable, match="simulated R failure"):
+        r_bridge.run_rpy2(R.REPORT_TASK, R.build_request(binary_run / "predictions_test.json"))
+
+
+def test_reports_are_named_by_split_and_tag_and_never_overwrite_each_other(ham_run):
+    rng = np.random.default_rng(7)
+    y = rng.choice(7, 60)
+    raw = rng.gamma(1.0, 1.0, (60, 7))
+    raw[np.arange(60), y] += 1.5
+    write_predictions(ham_run / "predictions_val.json", y, normalise_rows(raw), HAM_CLASSES)
+    test = R.report_run(ham_run, split="test", engine="python")
+    test_md = test["report"].read_text()
+    val = R.report_run(ham_run, split="val", engine="python")
+    grouped = R.report_run(ham_run, group="malignant=mel,bcc,akiec", tag="grouped", engine="python")
+    assert (test["report"].name, val["report"].name, grouped["report"].name) == \
+        ("report_test.md", "report_val.md", "report_test_grouped.md")
+    assert (test["results"].name, val["results"].name, grouped["results"].name) == \
+        ("results_test.json", "results_val.json", "results_test_grouped.json")
+    assert [p.name for p in grouped["plots"]] == [f"{k}_test_grouped.png" for k in
+                                                  ("roc", "pr", "pr_zoom", "confusion", "calibration")]
+    assert {p.name for p in val["plots"]} == {"roc_val.png", "pr_val.png", "confusion_val.png", "calibration_val.png"}
+    assert test["report"].read_text() == test_md  # the val and grouped reports left the test report alone
+    assert json.loads(test["results"].read_text())["task"] == "multiclass"
+    assert json.loads(grouped["results"].read_text())["positive_class"] == "malignant"
+    assert "![roc_test_grouped](roc_test_grouped.png)" in grouped["report"].read_text()
+    assert not (ham_run / "report.md").exists()
+    with pytest.raises(MedclfError, match="--tag 'a/b'"):
+        R.report_run(ham_run, tag="a/b", engine="python")
+
+
+@pytest.mark.parametrize("engine", ["python", "rscript"])
+def test_threshold_rule_on_the_scored_split_is_marked_optimistic(binary_run, engine, capsys):
+    val = R.report_run(binary_run, split="val", threshold_rule="youden", engine=engine, plots=False)
+    assert val["result"]["threshold_optimistic"] == R.OPTIMISTIC
+    assert f"**Optimistic estimate:** {R.OPTIMISTIC}." in val["report"].read_text()
+    test = R.report_run(binary_run, split="test", threshold_rule="youden", engine=engine, plots=False)
+    assert test["result"]["threshold_optimistic"] is None and "Optimistic" not in test["report"].read_text()
+    capsys.readouterr()
+    assert cli.main(["report", "--run", str(binary_run), "--split", "val", "--threshold-rule", "youden",
+                     "--engine", engine, "--no-plots"]) == 0
+    assert "warning: the threshold was chosen on the same predictions" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("engine", ["python", "rscript"])
+def test_zero_width_intervals_are_marked_with_their_reason(tmp_path, engine):
+    write_predictions(tmp_path / "predictions_test.json", [0] * 6 + [1] * 4, binary_probs([0.7] * 10), ["no", "yes"],
+                      "yes")
+    out = R.report_run(tmp_path, engine=engine, plots=False)
+    metrics = json.loads(out["results"].read_text())["metrics"]
+    assert metrics["roc_auc"]["note"] == "constant scores: DeLong variance is 0, interval has zero width"
+    assert metrics["cohen_kappa"]["note"] == "a single class in the decisions: kappa variance is 0, interval has zero width"
+    md = out["report"].read_text()
+    assert "| roc_auc | 0.500 | 0.500 to 0.500 (zero width) | DeLong (pROC, direction '<') (constant scores: " in md
+    assert "| cohen_kappa | 0.000 | 0.000 to 0.000 (zero width) |" in md and "a single class in the decisions" in md
+    assert md.count("(zero width)") == 2  # kappa and AUC in the metrics table
+    assert md.count("0.500 (0.500 to 0.500, zero width)") == 2  # AUC of both classes in the per-class table
+    assert "- yes, roc_auc: constant scores: DeLong variance is 0, interval has zero width" in md
+
+
+@pytest.mark.parametrize("engine, route", [("python", "Python"), ("rscript", "Rscript"), ("rpy2", "rpy2")])
+def test_report_names_the_engine_that_ran(binary_run, engine, route):
+    if engine == "rpy2":
+        pytest.importorskip("rpy2.robjects")
+        try:
+            r_bridge.run_rpy2(R.REPORT_TASK, R.build_request(binary_run / "predictions_test.json"))
+        except r_bridge.EngineUnavailable as exc:
+            pytest.skip(f"rpy2 cannot run R here: {exc}")
+    out = R.report_run(binary_run, engine=engine, plots=False)
+    assert json.loads(out["results"].read_text())["engine"]["route"] == route
+    md = out["report"].read_text()
+    assert f"\nEngine: {route} (" in md and f"| engine | {route} (" in md
+
+
+def test_provenance_is_a_readable_table(binary_run):
+    config = json.loads((binary_run / "config.json").read_text())
+    config.update(splits_file=str(binary_run / "splits.csv"), data_root="/data/brain_mri",
+                  counts={"train": 178, "val": 25, "test": 50}, git_commit="abc123", created="2026-11-22T16:00:00+00:00")
+    (binary_run / "config.json").write_text(json.dumps(config))
+    (binary_run / "partition.json").write_text(json.dumps({
+        "schema": "medclf.partition/1", "seed": 0, "ratios": {"train": 0.7, "val": 0.1, "test": 0.2},
+        "group_column": None, "n_groups": 240, "label_map": None,
+        "leakage": {"groups_across_splits": 0, "crossing_groups": [], "exact_duplicates_across_splits": 0}}))
+    md = R.report_run(binary_run, threshold_rule="youden", engine="python", plots=False)["report"].read_text()
+    provenance = md.split("## Provenance")[1]
+    assert "{" not in provenance and "[" not in provenance
+    for row in ("| model | resnet18, weights none; image size 64, at most 2 epochs, seed 3 |",
+                "(train 178, val 25, test 50 images) |", "| data | /data/brain_mri |",
+                "seed 0, ratios train 0.7, val 0.1, test 0.2, grouped by duplicate clusters (240 groups) |",
+                "| leakage check | 0 groups, 0 exact duplicates across splits |",
+                "| threshold | ", "chosen by youden on ", "| engine | Python (python "):
+        assert row in provenance
+
+
+def test_one_group_parser_refuses_malformed_groups():
+    assert R.parse_group(" malignant = mel, bcc ") == {"name": "malignant", "classes": ["mel", "bcc"]}
+    for bad in ("malignant", "=mel", "malignant=", "malignant=mel,,bcc", "a=b=c"):
+        with pytest.raises(MedclfError, match="expected NAME=CLASS,CLASS"):
+            R.parse_group(bad)

@@ -64,7 +64,7 @@ def test_ham10000_7class_study(repo_root, ham_root, tmp_path, monkeypatch):
     _check_interval(results["metrics"]["balanced_accuracy"])
     _check_interval(results["metrics"]["cohen_kappa"])
     assert 0 <= results["metrics"]["macro_auc"]["estimate"] <= 1
-    report = (out / "resnet18" / "report.md").read_text().lower()
+    report = (out / "resnet18" / "report_test.md").read_text().lower()
     assert "balanced" in report and "kappa" in report and "vasc" in report
 
     resolved = _check_study_record(out, plan.runs)
@@ -94,6 +94,6 @@ def test_ham10000_malignant_study(repo_root, ham_root, tmp_path, monkeypatch):
     for name in ("sensitivity", "specificity", "roc_auc", "balanced_accuracy", "cohen_kappa"):
         _check_interval(results["metrics"][name])
     assert "roc_auc" in results["macro"]
-    report = (out / "resnet18" / "report.md").read_text().lower()
+    report = (out / "resnet18" / "report_test.md").read_text().lower()
     assert "malignant" in report and "kappa" in report
     _check_study_record(out, plan.runs)

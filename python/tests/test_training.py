@@ -144,8 +144,12 @@ def test_ctrl_c_still_restores_best_weights_and_writes_curves(small_splits, tmp_
     assert len(read_history(tmp_path / "run")) == 1
 
 
-def _train_cli(splits, out, name, extra=(), env=None):
-    args = [PYTHON, "-m", "medclf", "train", "--splits", str(splits), "--img-size", "32", "--epochs", "3",
+KILL_WRAPPER = Path(__file__).with_name("train_killed_after_batches.py")
+
+
+def _train_cli(splits, out, name, extra=(), env=None, kill_after_batches=None):
+    launcher = ["-m", "medclf"] if kill_after_batches is None else [str(KILL_WRAPPER), str(kill_after_batches)]
+    args = [PYTHON, *launcher, "train", "--splits", str(splits), "--img-size", "32", "--epochs", "3",
             "--batch-size", "8", "--out", str(out), "--run-name", name, "--seed", "5", "--deterministic",
             "--device", "cpu", "--no-progress", "--augment", "lesion", "--scheduler", "warmup-cosine", *extra]
     return subprocess.run(args, env={**os.environ, **ONE_THREAD, **(env or {})}, capture_output=True, text=True,
@@ -158,7 +162,7 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(small_splits, tm
     done = _train_cli(small_splits, tmp_path, "whole")
     assert done.returncode == 0, done.stderr
     # 48 train images / batch 8 = 6 batches per epoch: batch 9 is the middle of epoch 2.
-    killed = _train_cli(small_splits, tmp_path, "killed", env={"MEDCLF_TEST_KILL_AFTER_BATCHES": "9"})
+    killed = _train_cli(small_splits, tmp_path, "killed", kill_after_batches=9)
     assert killed.returncode == -9, killed.stderr
     assert [r["epoch"] for r in read_history(tmp_path / "killed")] == ["1"]
     resumed = subprocess.run([PYTHON, "-m", "medclf", "train", "--resume", "--out", str(tmp_path),
@@ -243,3 +247,90 @@ def test_tensorboard_without_the_package_is_a_clear_error(small_splits, tmp_path
 
     with pytest.raises(MedclfError, match="pip install tensorboard"):
         run_training(base_config(small_splits, tmp_path, epochs=1, tensorboard=True))
+
+
+# ---------------------------------------------------------------- non-finite monitored values, curves
+
+def _evaluate_with_nan_loss_in(epochs_with_nan, monkeypatch):
+    """Make medclf.training's evaluate report val_loss NaN in the given (1-based) epochs."""
+    from medclf import training
+
+    real_evaluate, seen = training.evaluate, {"epoch": 0}
+
+    def evaluate(*args, **kwargs):
+        seen["epoch"] += 1
+        metrics = real_evaluate(*args, **kwargs)
+        return {**metrics, "loss": float("nan")} if seen["epoch"] in epochs_with_nan else metrics
+
+    monkeypatch.setattr(training, "evaluate", evaluate)
+
+
+def test_a_monitored_value_never_finite_is_an_error_not_restored_weights(small_splits, tmp_path, monkeypatch, capsys):
+    from medclf import training
+
+    _evaluate_with_nan_loss_in({1, 2}, monkeypatch)
+    with pytest.raises(MedclfError, match=r"val_loss was not a finite number in any of the 2 epoch\(s\) .*"
+                                          r"no best.pt was written"):
+        training.run_training(base_config(small_splits, tmp_path, epochs=2))
+    run_dir = tmp_path / "run"
+    assert not (run_dir / "best.pt").exists()
+    assert [r["val_loss"] for r in read_history(run_dir)] == ["", ""]  # NaN written as an empty cell
+    assert "best weights restored" not in capsys.readouterr().err
+
+
+def test_a_nan_epoch_after_a_finite_one_keeps_the_finite_best_and_says_so(small_splits, tmp_path, monkeypatch,
+                                                                          capsys):
+    from medclf import training
+
+    _evaluate_with_nan_loss_in({2}, monkeypatch)
+    summary = training.run_training(base_config(small_splits, tmp_path, epochs=2))
+    assert summary["best_epoch"] == 1
+    assert training.load_checkpoint(tmp_path / "run" / "best.pt")["epoch"] == 1
+    err = capsys.readouterr().err
+    assert "best weights restored" in err and "val_loss was NaN in epoch(s) [2]" in err
+
+
+def test_the_run_cli_exits_1_with_one_line_when_nothing_was_finite(small_splits, tmp_path, monkeypatch, capsys):
+    _evaluate_with_nan_loss_in({1}, monkeypatch)
+    status = cli.main(["train", "--splits", str(small_splits), "--img-size", "32", "--epochs", "1", "--threads", "1",
+                       "--weights", "none", "--out", str(tmp_path), "--run-name", "nan", "--no-progress",
+                       "--device", "cpu"])
+    assert status == 1
+    assert "medclf train: error: " in capsys.readouterr().err
+
+
+def test_curves_show_loss_auc_and_balanced_accuracy_from_history_columns(tmp_path):
+    from medclf.training import HISTORY_COLUMNS, curve_panels, plot_curves
+
+    history = [{"epoch": e, **{f"{s}_{m}": v / e for s in ("train", "val")
+                               for m, v in (("loss", 1.0), ("auc", 1 / 2), ("balanced_accuracy", 3 / 4),
+                                            ("accuracy", 2 / 3))}} for e in (1, 2, 3)]
+    for monitor, expected in (("val_loss", ["loss", "auc", "balanced_accuracy"]),
+                              ("val_auc", ["loss", "auc", "balanced_accuracy"]),
+                              ("val_accuracy", ["loss", "auc", "balanced_accuracy", "accuracy"])):
+        assert [m for m, _ in curve_panels(monitor)] == expected
+        assert plot_curves(tmp_path / f"{monitor}.png", history, monitor, best_epoch=2) == expected
+        assert (tmp_path / f"{monitor}.png").stat().st_size > 0
+        assert all(f"{s}_{m}" in HISTORY_COLUMNS for m in expected for s in ("train", "val"))
+    assert dict(curve_panels("val_auc"))["auc"].endswith("(monitored)")
+
+
+def test_run_training_gives_the_caller_its_torch_switches_back(monkeypatch):
+    from medclf import training
+
+    before = (torch.are_deterministic_algorithms_enabled(), torch.get_num_threads())
+
+    def flips_everything_then_fails(config):
+        torch.use_deterministic_algorithms(True)
+        torch.set_num_threads(1 if before[1] != 1 else 2)
+        raise MedclfError("stage failed")
+
+    monkeypatch.setattr(training, "_run_training", flips_everything_then_fails)
+    with pytest.raises(MedclfError):
+        training.run_training({})
+    assert (torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()) == before
+
+
+def test_the_production_code_has_no_test_hooks(repo_root):
+    sources = "\n".join(p.read_text() for p in (repo_root / "python" / "medclf").rglob("*.py"))
+    assert "MEDCLF_TEST" not in sources and "SIGKILL" not in sources

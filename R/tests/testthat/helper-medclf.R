@@ -4,6 +4,7 @@ if (!nzchar(Sys.getenv("TZ"))) Sys.setenv(TZ = "UTC")
 medclf_r_dir <- normalizePath(file.path("..", ".."))
 source(file.path(medclf_r_dir, "report.R"))
 source(file.path(medclf_r_dir, "calc_model_performance.R"))  # main() is guarded by sys.nframe()
+source(file.path(medclf_r_dir, "compare_models.R"))       # likewise guarded
 fixture <- function(name) file.path(medclf_r_dir, "tests", "testthat", "fixtures", name)
 
 # Run an R script with Rscript; returns list(status, stdout, stderr).

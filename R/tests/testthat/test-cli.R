@@ -85,3 +85,51 @@ test_that("a bad option value stops with one message instead of falling back to 
   expect_one_message(c(fixture("readme_medclf.json"), "--threshold", "1.5"), "threshold: 1.5 is not a probability")
   expect_one_message(c(fixture("readme_medclf.json"), "--threshold-rule", "youden"), "needs --threshold-from")
 })
+
+four_key_json <- function(labels, rows) {
+  as.character(jsonlite::toJSON(list(labels = labels, predictions = max.col(do.call(rbind, rows)) - 1L,
+                                     `predictive probabilities` = rows,
+                                     `label probabilities` = lapply(labels, function(y) as.numeric(0:1 == y))),
+                                auto_unbox = TRUE, digits = NA))
+}
+
+test_that("four-key files: probability rows are used as given, logit rows get softmax (decided by content)", {
+  # What python/test_torchvision.py writes: probabilities. P(1) = 0.3, 0.6, 0.45, 0.8.
+  probs <- list(c(0.7, 0.3), c(0.4, 0.6), c(0.55, 0.45), c(0.2, 0.8))
+  r <- run_rscript("calc_model_performance.R", c(write_text_file(four_key_json(c(0, 1, 0, 1), probs)), "--threshold", "0.5"))
+  expect_equal(r$status, 0)
+  x <- jsonlite::fromJSON(paste(r$stdout, collapse = "\n"), simplifyVector = FALSE)
+  expect_equal(x$input_format, "original four-key (probabilities, used as given)")
+  thresholds <- vapply(x$operating_points, function(op) if (is.null(op$threshold)) NA_real_ else op$threshold, 0)
+  expect_true(all(thresholds[!is.na(thresholds)] %in% c(0.3, 0.6, 0.45, 0.8)))
+  # Seed 002's original script: logits 0 and log(4) -> P(1) = 4/5 after softmax.
+  logits <- list(c(0, log(4)), c(log(4), 0), c(0, 0.5), c(1, 0))
+  r <- run_rscript("calc_model_performance.R", c(write_text_file(four_key_json(c(1, 0, 1, 0), logits))))
+  x <- jsonlite::fromJSON(paste(r$stdout, collapse = "\n"), simplifyVector = FALSE)
+  expect_equal(x$input_format, "original four-key (logits -> softmax)")
+  expect_equal(x$operating_points[[5]]$threshold, 1 / (1 + exp(-0.5)), tolerance = 1e-15)
+  d <- mc_validate_predictions(jsonlite::fromJSON(four_key_json(c(1, 0, 1, 0), logits)), "x")
+  expect_equal(d$probabilities[1, ], c(1 / 5, 4 / 5), tolerance = 1e-15)
+})
+
+test_that("a threshold rule chosen on the very predictions it scores is marked optimistic", {
+  val <- write_text_file(predictions_json(c(0, 0, 0, 0, 1, 1, 1, 1), c(0.1, 0.2, 0.3, 0.6, 0.4, 0.7, 0.8, 0.9)))
+  r <- run_rscript("calc_model_performance.R", c(val, "--threshold-from", val, "--threshold-rule", "youden"))
+  x <- jsonlite::fromJSON(paste(r$stdout, collapse = "\n"), simplifyVector = FALSE)
+  expect_equal(x$threshold_optimistic, MC_OPTIMISTIC)
+  expect_match(x$threshold_optimistic, "optimistic")
+  test <- write_text_file(predictions_json(c(0, 0, 1, 1), c(0.65, 0.2, 0.69, 0.75)))
+  r <- run_rscript("calc_model_performance.R", c(test, "--threshold-from", val, "--threshold-rule", "youden"))
+  x <- jsonlite::fromJSON(paste(r$stdout, collapse = "\n"), simplifyVector = FALSE)
+  expect_null(x$threshold_optimistic)
+})
+
+test_that("constant scores: zero-width AUC and kappa intervals carry their reason", {
+  f <- write_text_file(predictions_json(c(0, 0, 0, 1, 1), rep(0.3, 5)))
+  r <- run_rscript("calc_model_performance.R", f)
+  x <- jsonlite::fromJSON(paste(r$stdout, collapse = "\n"), simplifyVector = FALSE)
+  expect_equal(c(x$metrics$roc_auc$lower, x$metrics$roc_auc$upper), c(1 / 2, 1 / 2))
+  expect_equal(x$metrics$roc_auc$note, "constant scores: DeLong variance is 0, interval has zero width")
+  expect_equal(c(x$metrics$cohen_kappa$lower, x$metrics$cohen_kappa$upper), c(0, 0))
+  expect_equal(x$metrics$cohen_kappa$note, "a single class in the decisions: kappa variance is 0, interval has zero width")
+})

@@ -50,3 +50,35 @@ test_that("runs on different images or labels are refused with one message", {
   expect_equal(r$status, 1)
   expect_match(r$stderr, "labels differ .* for 1 image")
 })
+
+test_that("a run compared with itself is refused, however the path is spelled", {
+  y <- c(0, 0, 1, 1)
+  fa <- write_run(y, c(.1, .2, .8, .9), paste0("i", 1:4))
+  other <- file.path(dirname(fa), ".", basename(fa))
+  r <- run_rscript("compare_models.R", c(fa, other))
+  expect_equal(r$status, 1)
+  expect_length(r$stderr, 1)
+  expect_match(r$stderr, "is the same predictions file as .*not with itself")
+})
+
+test_that("runs are named by the shortest path suffixes that tell them apart", {
+  root <- tempfile()
+  for (s in c("A", "B")) dir.create(file.path(root, s, "resnet18"), recursive = TRUE)
+  fa <- file.path(root, "A", "resnet18", "predictions_test.json")
+  fb <- file.path(root, "B", "resnet18", "predictions_test.json")
+  file.copy(write_run(c(0, 0, 1, 1), c(.1, .2, .8, .9), paste0("i", 1:4)), fa)
+  file.copy(write_run(c(0, 0, 1, 1), c(.1, .6, .3, .9), paste0("i", 1:4)), fb)
+  r <- run_rscript("compare_models.R", c(fa, fb))
+  x <- jsonlite::fromJSON(paste(r$stdout, collapse = "\n"), simplifyVector = FALSE)
+  expect_equal(vapply(x$runs, function(run) run$name, ""), c("A/resnet18/predictions_test", "B/resnet18/predictions_test"))
+  expect_equal(mc_path_labels(c("/x/a/p.json", "/x/b/p.json", "/y/c.json")), c("a/p", "b/p", "y/c"))
+})
+
+test_that("--group is parsed by the one shared parser (empty member refused)", {
+  fa <- write_run(c(0, 0, 1, 1), c(.1, .2, .8, .9), paste0("i", 1:4))
+  fb <- write_run(c(0, 0, 1, 1), c(.1, .6, .3, .9), paste0("i", 1:4))
+  r <- run_rscript("compare_models.R", c(fa, fb, "--group", "malignant=yes,,no"))
+  expect_equal(r$status, 1)
+  expect_length(r$stderr, 1)
+  expect_match(r$stderr, "--group 'malignant=yes,,no': expected NAME=CLASS,CLASS")
+})

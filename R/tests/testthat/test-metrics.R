@@ -146,3 +146,19 @@ test_that("operating points: highest precision with recall >= 0.999 and its thre
   sp <- Filter(function(o) o$kind == "specificity_at_sensitivity" && o$target == 0.95, ops)[[1]]
   expect_equal(c(sp$sensitivity, sp$specificity), c(16 / 16, 9 / 10))
 })
+
+test_that("every zero-width interval says why: constant scores, a single class, perfect agreement", {
+  a <- mc_auc(c(TRUE, TRUE, FALSE, FALSE, FALSE), rep(0.4, 5))
+  expect_equal(c(a$estimate, a$lower, a$upper), c(1 / 2, 1 / 2, 1 / 2))
+  expect_match(a$note, "^constant scores: .*zero width")
+  k <- mc_kappa(matrix(c(0, 0, 3, 4), 2))      # truth 3 no / 4 yes, every case called yes
+  expect_equal(c(k$estimate, k$lower, k$upper), c(0, 0, 0))
+  expect_match(k$note, "^a single class in the decisions")
+  k <- mc_kappa(matrix(c(0, 2, 0, 5), 2))      # every case truly yes, decisions mixed
+  expect_match(k$note, "^a single class in the truth")
+  k <- mc_kappa(matrix(c(3, 0, 0, 4), 2))
+  expect_equal(c(k$estimate, k$lower, k$upper), c(1, 1, 1))
+  expect_match(k$note, "^perfect agreement")
+  expect_equal(mc_value(0.3, 0.3, 0.3, "m")$note, "interval has zero width")   # the safety net
+  expect_null(mc_value(0.3, 0.2, 0.4, "m")$note)
+})

@@ -1,21 +1,28 @@
 """medclf report: metrics with intervals, operating points and plots of a run (logic in medclf.report)."""
 
-HELP = "score a run's predictions (R: pROC, exact intervals); writes results_<split>.json, report.md and plots"
+HELP = ("score a run's predictions (R: pROC, exact intervals); writes results_<split>.json, report_<split>.md "
+        "and plots named by split")
 DESCRIPTION = (
     "Read results/NAME/predictions_<split>.json and report sensitivity, specificity, PPV, NPV, accuracy, F1, "
     "balanced accuracy (Clopper-Pearson), ROC-AUC (DeLong), average precision and Cohen's kappa; per-class and "
-    "macro metrics for multi-class runs; operating points. The numbers come from R/report.R through rpy2, else "
-    "Rscript, else the pure-Python fallback (engine 'python'). See docs/report.md."
+    "macro metrics for multi-class runs; operating points. Outputs are named by split (and --tag): "
+    "results_<split>[_<tag>].json, report_<split>[_<tag>].md, roc_<split>[_<tag>].png, ... The numbers come from "
+    "R/report.R through rpy2, else Rscript, else the pure-Python fallback; the report names the engine that ran. "
+    "See docs/report.md."
 )
 
 
 def add_arguments(parser):
     parser.add_argument("--run", required=True, help="run folder with predictions_<split>.json (results/NAME)")
-    parser.add_argument("--split", default="test", choices=["train", "val", "test"])
+    parser.add_argument("--split", default="test", choices=["train", "val", "test"],
+                        help="which predictions to score; also names the outputs (default: test)")
+    parser.add_argument("--tag", help="extra name for the outputs, so reports of one split live side by side "
+                                      "(e.g. --group ... --tag grouped writes report_test_grouped.md)")
     parser.add_argument("--positive", help="positive class (default: the run's positive_class)")
     parser.add_argument("--threshold", type=float, help="fixed threshold on P(positive) (default 0.5)")
     parser.add_argument("--threshold-rule", dest="threshold_rule",
-                        help="choose the threshold on predictions_val.json: youden | sensitivity:0.95 | specificity:0.9")
+                        help="choose the threshold on predictions_val.json: youden | sensitivity:0.95 | specificity:0.9 "
+                             "(used on --split val, the estimates are marked optimistic)")
     parser.add_argument("--group", help="clinical grouping of a multi-class run, e.g. malignant=mel,bcc,akiec")
     parser.add_argument("--engine", default="auto", choices=["auto", "rpy2", "rscript", "python"],
                         help="auto tries rpy2, then Rscript, then Python")
@@ -25,21 +32,18 @@ def add_arguments(parser):
 
 
 def run(args):
+    from medclf.formatting import estimate_with_interval
     from medclf.report import report_run
 
     out = report_run(args.run, args.split, args.positive, args.threshold, args.threshold_rule, args.group,
-                     args.engine, args.boot, args.seed, args.plots)
+                     args.engine, args.boot, args.seed, args.plots, args.tag)
     result = out["result"]
-    m = result["metrics"]
     headline = ["roc_auc", "sensitivity", "specificity"] if result["task"] == "binary" else \
         ["macro_auc", "balanced_accuracy", "cohen_kappa"]
-    parts = []
-    for name in headline:
-        v = m[name]
-        est = "NA" if v["estimate"] is None else f"{v['estimate']:.3f}"
-        ci = "" if v.get("lower") is None else f" ({v['lower']:.3f}-{v['upper']:.3f})"
-        parts.append(f"{name} {est}{ci}")
-    print(f"engine {result['engine']['name']}: " + ", ".join(parts))
+    summary = ", ".join(f"{name} {estimate_with_interval(result['metrics'][name])}" for name in headline)
+    print(f"engine {result['engine']['route']}: {summary}")
+    if result.get("threshold_optimistic"):
+        print(f"warning: {result['threshold_optimistic']}")
     print(out["results"])
     print(out["report"])
     return 0

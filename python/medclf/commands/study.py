@@ -6,7 +6,7 @@ DESCRIPTION = (
     "partition/, one folder per run, compare/, study.yaml (the file as given), "
     "study_resolved.json (every stage's argv, expanded paths, versions, git commit) and summary.md. "
     "Stages whose outputs exist are skipped, so rerunning the same command resumes an interrupted "
-    "study. Relative paths in the study file are relative to the current directory. "
+    "study; everything is checked before the first stage, and a refused invocation changes no file. Relative paths in the study file are relative to the current directory. "
     "See docs/studies.md."
 )
 
@@ -26,7 +26,8 @@ def add_arguments(parser):
     parser.add_argument("--force", action="store_true",
                         help="rerun the selected stages even when their outputs exist")
     parser.add_argument("--dry-run", action="store_true",
-                        help="print every stage's command line and exit without running anything")
+                        help="check every value (options, architecture and weights names, class names) and print "
+                             "every stage's command line, marked when it would be skipped; run and write nothing")
 
 
 def run(args):

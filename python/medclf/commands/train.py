@@ -85,6 +85,14 @@ def config_from_args(args):
     return config
 
 
+def validate(args):
+    """Check every value that needs no data or training (architecture, weights, workers, numbers);
+    `medclf study` calls this for each run before the first stage, --dry-run included."""
+    from medclf.training import resolve_config
+
+    resolve_config(config_from_args(args))
+
+
 def run(args):
     from medclf.errors import MedclfError
     from medclf.training import run_training

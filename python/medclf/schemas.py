@@ -1,0 +1,15 @@
+"""Every `medclf.<kind>/<version>` schema string, defined once. A file medclf writes names its
+schema in a "schema" field; readers compare against these constants (R/io.R, R/report.R and
+R/compare_models.R hold the R copies of the ones R reads or writes)."""
+
+PREDICTIONS = "medclf.predictions/1"   # predictions_<split>.json (medclf test)
+RESULTS = "medclf.results/1"           # results_<split>[_<tag>].json (medclf report)
+COMPARISON = "medclf.comparison/1"     # compare.json (medclf compare)
+ERROR = "medclf.error/1"               # a user-fixable error returned by the R entry points
+PARTITION = "medclf.partition/1"       # partition.json (medclf partition, organize)
+SPLITS = "medclf.splits/1"             # splits.csv (documented format name; CSV has no schema field)
+RUN_CONFIG = "medclf.run-config/1"     # config.json of a run (medclf train)
+CHECKPOINT = "medclf.checkpoint/1"     # best.pt / last.pt (medclf train)
+CACHE = "medclf.cache/1"               # decoded-image cache metadata (medclf.data)
+ORGANIZE_MANIFEST = "medclf.organize-manifest/1"  # .medclf-organize.json (medclf organize)
+STUDY = "medclf.study/1"               # study_resolved.json (medclf study)
