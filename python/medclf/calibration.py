@@ -21,10 +21,11 @@ from pathlib import Path
 import numpy as np
 
 from medclf import metrics as M
+from medclf import schemas
 from medclf.errors import MedclfError
 from medclf.fileio import read_json, sha256_file, write_json
 
-CALIBRATION_SCHEMA = "medclf.calibration/1"
+CALIBRATION_SCHEMA = schemas.CALIBRATION
 METHODS = ("temperature", "isotonic", "platt")
 PROB_CLIP = 1e-12
 

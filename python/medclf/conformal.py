@@ -20,10 +20,11 @@ from pathlib import Path
 import numpy as np
 
 from medclf import metrics as M
+from medclf import schemas
 from medclf.errors import MedclfError
 from medclf.fileio import sha256_file, write_json
 
-CONFORMAL_SCHEMA = "medclf.conformal/1"
+CONFORMAL_SCHEMA = schemas.CONFORMAL
 METHODS = ("lac", "aps", "raps")
 RAPS_LAMBDA = 0.01
 RAPS_K_REG = 1
