@@ -77,9 +77,9 @@ def test_every_refusal_states_why_and_files_without_pixels_are_refused(outcomes)
         elif kind == "refused":
             assert CORRUPT in detail or INVALID in detail, f"{name}: {detail}"
             assert "no decoder" not in detail  # every decoder is installed
-    reasons = Counter(d.split("(")[1].split(")")[0] if k == "refused" and NO_PIXELS in d else k
-                      for k, d in outcomes.values())
-    assert reasons["read"] >= 56 and reasons["read"] + sum(v for k, v in reasons.items() if k != "read") == len(outcomes)
+    kinds = Counter("read" if k == "read" else "no pixels" if NO_PIXELS in d else "broken" for k, d in outcomes.values())
+    # pydicom 3.0.2 (pinned) bundles 79 .dcm files: 58 images read, 15 objects without pixels, 6 broken.
+    assert kinds == Counter({"read": 58, "no pixels": 15, "broken": 6})
 
 
 def test_rt_plans_reports_and_waveforms_name_their_kind(outcomes):
