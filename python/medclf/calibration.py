@@ -132,11 +132,16 @@ def load_contract(path):
 
 
 def calibrated_record(obj, probabilities, provenance):
-    """The input record with calibrated probabilities (and decisions, log-probability logits)."""
+    """The input record with calibrated probabilities (and decisions, log-probability logits).
+    The uncertainty block is recomputed from them: MC-dropout or ensemble samples were not
+    calibrated, so only the entropy of the calibrated probabilities is kept."""
+    from medclf.uncertainty import uncertainty_record
+
     probs = probabilities.tolist()
     return dict(obj, probabilities=probs, **{"predictive probabilities": probs},
                 predictions=[int(k) for k in probabilities.argmax(axis=1)],
-                logits=np.log(np.clip(probabilities, PROB_CLIP, 1.0)).tolist(), calibration=provenance)
+                logits=np.log(np.clip(probabilities, PROB_CLIP, 1.0)).tolist(), calibration=provenance,
+                uncertainty=uncertainty_record("softmax", probabilities=probabilities))
 
 
 def run_calibrate(run_dir, method, out_dir=None):

@@ -64,6 +64,8 @@ def test_calibration_lowers_test_ece_and_writes_the_contract(tmp_path, method, c
     before = M.multiclass_metrics(yt, pt, classes)["metrics"]["ece"]["estimate"]
     after = M.multiclass_metrics(yt, data["probabilities"], classes)["metrics"]["ece"]["estimate"]
     assert after < before / 2
+    entropy = -(data["probabilities"] * np.log(np.clip(data["probabilities"], 1e-300, 1))).sum(axis=1)
+    assert record["uncertainty"]["predictive_entropy"] == pytest.approx(entropy.tolist())  # of the new probabilities
     summary = json.loads((out / "calibration.json").read_text())
     assert summary["schema"] == "medclf.calibration/1" and len(summary["fitted_on_sha256"]) == 64
 
