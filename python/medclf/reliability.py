@@ -45,6 +45,23 @@ def threshold_variability(val_view, test_view, rule, boot_n=THRESHOLD_BOOT_N, se
     return out
 
 
+def macro_auc_stratified_bootstrap(labels, probabilities, boot_n, seed):
+    """Percentile interval of the macro one-vs-rest AUC, images resampled within each true class
+    (class counts fixed, so every class keeps its AUC defined); Park-Miller draws per class."""
+    labels = np.asarray(labels)
+    p = np.asarray(probabilities, dtype=np.float64)
+    groups = [np.flatnonzero(labels == k) for k in np.unique(labels)]
+    draws = [M.bootstrap_indices(len(g), boot_n, seed + j) for j, g in enumerate(groups)]
+    values = np.array([M.roc_auc_ovr_macro(labels[idx], p[idx]) for idx in
+                       (np.concatenate([g[d[b]] for g, d in zip(groups, draws)]) for b in range(boot_n))])
+    values = values[~np.isnan(values)]
+    out = {"n_resamples": boot_n, "seed": seed,
+           "method": "percentile bootstrap, images resampled within each true class (stratified)"}
+    if not len(values):
+        return dict(out, lower=None, upper=None)
+    return dict(out, lower=float(np.quantile(values, 0.025)), upper=float(np.quantile(values, 0.975)))
+
+
 def conformal_section(obj, data):
     """Coverage and set sizes of a predictions file that carries `prediction_sets`."""
     from medclf.conformal import coverage_summary
@@ -75,8 +92,11 @@ def uncertainty_section(obj, data):
     return out if out["by"] else None
 
 
-def reliability_sections(obj, data, threshold=None):
-    return {"threshold_variability": threshold, "conformal": conformal_section(obj, data),
+def reliability_sections(obj, data, threshold=None, boot_n=0, seed=1):
+    stratified = (macro_auc_stratified_bootstrap(data["labels"], data["probabilities"], boot_n, seed)
+                  if boot_n and len(data["classes"]) > 2 else None)
+    return {"threshold_variability": threshold, "macro_auc_stratified_bootstrap": stratified,
+            "conformal": conformal_section(obj, data),
             "uncertainty": uncertainty_section(obj, data),
             "calibration_applied": obj.get("calibration") if isinstance(obj, dict) else None}
 
@@ -139,6 +159,10 @@ def _uncertainty_lines(unc):
 def markdown_lines(result):
     rel = result.get("reliability") or {}
     lines = _calibration_lines(result) + _threshold_lines(rel.get("threshold_variability"))
+    strat = rel.get("macro_auc_stratified_bootstrap")
+    if strat and strat.get("lower") is not None:
+        lines += ["", f"Macro AUC, stratified bootstrap ({strat['n_resamples']} resamples, seed {strat['seed']}, "
+                      f"{strat['method']}): {number(strat['lower'])} to {number(strat['upper'])}."]
     lines += _conformal_lines(rel.get("conformal")) + _uncertainty_lines(rel.get("uncertainty"))
     applied = rel.get("calibration_applied")
     if applied:

@@ -707,7 +707,7 @@ def report_run(run_dir, split="test", positive=None, threshold=None, threshold_r
     if threshold_rule is not None and frame is not None:
         val = validate_predictions(read_predictions_file(val_path), val_path)
         variability = reliability.threshold_variability(binary_view(val, frame), binary_view(data, frame), threshold_rule)
-    result["reliability"] = reliability.reliability_sections(raw, data, variability)
+    result["reliability"] = reliability.reliability_sections(raw, data, variability, boot_n, seed)
     results_path = run_dir / names["results"]
     write_json(results_path, result)
     plot_paths = write_plots(result, data, run_dir, names) if plots else []

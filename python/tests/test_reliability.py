@@ -68,3 +68,18 @@ def test_report_shows_calibration_conformal_uncertainty_and_threshold_variabilit
                     "## Uncertainty and selective prediction"):
         assert heading in text
     assert "calibration_slope" in result["metrics"] and "ece" in result["per_class"]["yes"]["metrics"]
+
+
+def test_macro_auc_stratified_bootstrap_agrees_with_the_delong_interval():
+    from medclf import metrics as M
+
+    rng = np.random.default_rng(5)
+    y = rng.choice(4, 600, p=[0.5, 0.3, 0.15, 0.05])
+    logits = rng.normal(0, 1, (600, 4))
+    logits[np.arange(600), y] += 1.0
+    p = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    boot = Rel.macro_auc_stratified_bootstrap(y, p, 400, 3)
+    delong = M.macro_auc_delong(y, p)
+    assert boot["lower"] < delong["estimate"] < boot["upper"]
+    assert (boot["upper"] - boot["lower"]) == pytest.approx(delong["upper"] - delong["lower"], rel=0.25)
+    assert "stratified" in boot["method"]
