@@ -8,7 +8,7 @@ Methods (references and a worked example in docs/report.md):
   (N+ + 1)/(N+ + 2) and 1/(N- + 2); multi-class: one-vs-rest, rows renormalised.
 - isotonic (Zadrozny & Elkan 2002): isotonic regression of 1(y = k) on p_k per class, clipped
   outside the validation range; multi-class rows renormalised (a row that maps to all zeros
-  keeps its uncalibrated probabilities, counted in calibration.json).
+  keeps its uncalibrated probabilities).
 
 Writes <run>/calibrated_<method>/predictions_val.json and predictions_test.json
 (medclf.predictions/1 with a "calibration" provenance block) and calibration.json
@@ -103,7 +103,7 @@ def apply_isotonic(params, p):
 
 
 def _renormalise(q, fallback):
-    """Rows of one-vs-rest probabilities scaled to sum 1; all-zero rows keep `fallback`."""
+    """(rows of one-vs-rest probabilities scaled to sum 1, number of all-zero rows, which keep `fallback`)."""
     if q.shape[1] == 2:  # binary: the positive column is the calibrated one
         q = np.column_stack([1 - q[:, 1], q[:, 1]])
     total = q.sum(axis=1, keepdims=True)
