@@ -23,7 +23,7 @@ import numpy as np
 from medclf import metrics as M
 from medclf import schemas
 from medclf.errors import MedclfError
-from medclf.fileio import read_json, sha256_file, write_json
+from medclf.fileio import sha256_file, write_json
 
 CALIBRATION_SCHEMA = schemas.CALIBRATION
 METHODS = ("temperature", "isotonic", "platt")
