@@ -78,7 +78,7 @@ def compare(a, b, where):
 
 
 def test_r_and_python_agree_on_intervals_and_calibration(tmp_path):
-    from medclf.report import r_dir
+    from medclf.r_bridge import r_dir
 
     cases = make_cases()
     (tmp_path / "cases.json").write_text(json.dumps(cases))
