@@ -19,9 +19,13 @@ mc_fail <- function(source, message) stop(mc_error(sprintf("%s: %s", source, mes
 
 mc_read_json_text <- function(path) {
   if (!file.exists(path)) mc_fail(path, "file not found")
+  if (dir.exists(path)) mc_fail(path, "is a folder, not a predictions file; give the file's path")
   size <- file.info(path)$size
   if (is.na(size) || size == 0) mc_fail(path, "file is empty; re-create it with `medclf test`")
-  readChar(path, size, useBytes = TRUE)
+  text <- readChar(path, size, useBytes = TRUE)
+  # JSON is UTF-8; Python's reader refuses other encodings, so R does too (same numbers, same refusals).
+  if (!validUTF8(text)) mc_fail(path, "not UTF-8 text; save it as UTF-8")
+  text
 }
 
 # Parse JSON text. Python's json module writes NaN/Infinity, which JSON (and jsonlite) reject;

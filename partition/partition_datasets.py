@@ -36,6 +36,8 @@ def main(argv=None):
         from medclf.splits import read_splits
 
         proj = args.proj_dir
+        if not proj.is_dir():
+            raise MedclfError(f"{proj}: folder not found; pass -proj_dir, the folder with one folder per class")
         class_dirs = sorted(d.name for d in proj.iterdir() if d.is_dir() and d.name not in
                             ("bin", "csv", "models", "results") and not d.name.startswith(".")) if proj.is_dir() else []
         classes = ["no", "yes"] if args.num_classes == 2 and set(class_dirs) >= {"no", "yes"} else None

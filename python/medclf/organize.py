@@ -323,11 +323,10 @@ def organize(splits, out, mode="link", layout="imagefolder", data_root=None, qui
     removed = files_to_replace(out, present, manifest, splits_sha, layout, replace)
     problems = find_collisions(planned, mode, removed={out / r for r in removed})
     if problems:
-        listing = "\n  ".join(problems)
         raise MedclfError(
-            f"{len(problems)} problem(s) found, nothing was changed:\n  {listing}\n"
-            "fix: rename or remove the clashing files, use --layout imagefolder (keeps classes apart), "
-            "or choose an empty --out folder"
+            f"{len(problems)} problem(s) found, nothing was changed: {'; '.join(problems)}; "
+            "fix: restore missing images, rename or remove the clashing files, use --layout imagefolder "
+            "(keeps classes apart), or choose an empty --out folder"
         )
     _delete_earlier_outputs(out, removed)
     shas = sorted(set(manifest["splits_sha256"])) if _same_organize(manifest, splits_sha, layout) else [splits_sha]

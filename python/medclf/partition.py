@@ -27,7 +27,7 @@ import numpy as np
 
 from medclf import dedup as dedup_lib
 from medclf.errors import MedclfError, UnreadableImageError
-from medclf.fileio import read_json, sha256_file, write_json, write_text
+from medclf.fileio import read_csv, read_json, sha256_file, write_json, write_text
 from medclf.imageio import IMAGE_EXTENSIONS, is_image_name, read_image
 from medclf.splits import REQUIRED_COLUMNS, SPLITS, splits_csv_text
 
@@ -135,13 +135,10 @@ class _FolderListing:
 
 
 def _metadata_frame(csv_path, image_dir, image_col, label_col, group_col):
-    import pandas as pd
-
-    if not csv_path.is_file():
-        raise MedclfError(f"{csv_path}: metadata CSV not found; check --metadata")
     if not image_dir.is_dir():
         raise MedclfError(f"{image_dir}: image folder not found; check --image-dir")
-    frame = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    frame = read_csv(csv_path, "check --metadata: give a CSV with a header row and one image per row",
+                     dtype=str, keep_default_na=False)
     for option, column in (("--image-col", image_col), ("--label-col", label_col), ("--group-col", group_col)):
         if column and column not in frame.columns:
             raise MedclfError(
@@ -225,9 +222,7 @@ def parse_label_map(spec):
             raise MedclfError(f"{path}: label map file not found; check --label-map")
         suffix = path.suffix.lower()
         if suffix == ".json":
-            import json
-
-            mapping = json.loads(path.read_text(encoding="utf-8"))
+            mapping = read_json(path)
         elif suffix in (".yaml", ".yml"):
             import yaml
 

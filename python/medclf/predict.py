@@ -18,7 +18,8 @@ from medclf import data as data_mod
 from medclf import models, transforms, uncertainty
 from medclf.engine import predict, probabilities_from_logits
 from medclf.errors import MedclfError
-from medclf.fileio import read_json, write_json
+from medclf.fileio import write_json
+from medclf.run_config import read_run_config
 from medclf.splits import load_run_splits, read_splits, refuse_images_seen_by_run
 from medclf.training import load_checkpoint, select_device
 
@@ -31,7 +32,7 @@ def load_run(run_dir, device="cpu"):
     config_path = run_dir / "config.json"
     if not config_path.is_file():
         raise MedclfError(f"{run_dir}: no config.json here; pass the folder `medclf train` wrote (results/NAME)")
-    config = read_json(config_path)
+    config = read_run_config(config_path)
     checkpoint = load_checkpoint(run_dir / "best.pt")
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
         raise MedclfError(f"{run_dir / 'best.pt'}: not a medclf checkpoint (no state_dict); re-run `medclf train`")
@@ -135,7 +136,7 @@ def run_test(run_dir, split="test", splits=None, data_root=None, device="auto", 
     norm = config["normalisation"]
     transform = transforms.eval_transform(args["augment"], args["img_size"], norm["mean"], norm["std"])
     side = config.get("cache_side", transforms.cache_side(args["augment"], args["img_size"]))
-    written = []
+    records = {}
     for name in names:
         files, labels, rel = data_mod.split_paths(table, name)
         if not files:
@@ -146,8 +147,9 @@ def run_test(run_dir, split="test", splits=None, data_root=None, device="auto", 
         logits, _ = predict(model, loader, device, amp=bool(config.get("amp")))
         samples = (mc_dropout_samples(model, loader, device, mc_dropout, int(config.get("seed") or 0), bool(config.get("amp")))
                    if mc_dropout else None)
-        record = predictions_record(name, config, checkpoint, "best.pt", rel, labels, logits, samples)
-        path = Path(out_dir or run_dir) / f"predictions_{name}.json"
+        records[Path(out_dir or run_dir) / f"predictions_{name}.json"] = \
+            predictions_record(name, config, checkpoint, "best.pt", rel, labels, logits, samples)
+    # Written only once every split has been predicted: a refusal on val leaves test's file as it was.
+    for path, record in records.items():
         write_json(path, record)
-        written.append(path)
-    return written
+    return list(records)

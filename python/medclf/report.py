@@ -24,6 +24,7 @@ from medclf import r_bridge, reliability, schemas
 from medclf.errors import MedclfError
 from medclf.fileio import read_json, write_json, write_text
 from medclf.formatting import estimate_with_interval, interval, number
+from medclf.run_config import read_run_config
 from medclf.splits import named_positive
 
 LEGACY_KEYS = ("labels", "predictions", "predictive probabilities", "label probabilities")
@@ -459,7 +460,7 @@ def provenance_rows(result, run_dir=None):
     """(what, value) rows: model, checkpoint, splits, data, partition, threshold, engine."""
     model = result.get("model") or {}
     config_path = Path(run_dir) / "config.json" if run_dir else None
-    config = read_json(config_path) if config_path and config_path.is_file() else {}
+    config = read_run_config(config_path, required={}) if config_path and config_path.is_file() else {}
     args = config.get("arguments") or {}
     rows = []
     if config or model:
@@ -690,6 +691,8 @@ def report_run(run_dir, split="test", positive=None, threshold=None, threshold_r
     predictions = run_dir / f"predictions_{split}.json"
     if not predictions.is_file():
         raise MedclfError(f"{predictions}: not found; run `medclf test --run {run_dir}` first")
+    if (run_dir / "config.json").is_file():  # refuse a broken config.json before anything is written
+        read_run_config(run_dir / "config.json", required={})
     val_path = None
     if threshold_rule is not None:
         val_path = run_dir / "predictions_val.json"

@@ -139,6 +139,7 @@ def four_key_predictions(record):
 def test_main(argv=None):
     from medclf.fileio import read_json
     from medclf.predict import run_test
+    from medclf.run_config import read_run_config
 
     args = test_parser().parse_args(argv)
     project = _layout(args.project_directory)
@@ -147,7 +148,7 @@ def test_main(argv=None):
     if not (run_dir / "config.json").is_file():
         raise MedclfError(f"{run_dir}: no medclf run for {args.model_load_name}; train it with "
                           "python/train_torchvision.py (which writes this folder beside models/)")
-    config = read_json(run_dir / "config.json")
+    config = read_run_config(run_dir / "config.json")
     if config["architecture"] != {"vgg": "vgg11_bn", "densenet": "densenet121"}.get(args.architecture,
                                                                                    args.architecture):
         raise MedclfError(f"-architecture {args.architecture}: the model was trained as {config['architecture']}")

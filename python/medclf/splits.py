@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from medclf.errors import MedclfError
-from medclf.fileio import atomic_path, read_json, sha256_file, write_text
+from medclf.fileio import atomic_path, not_utf8_error, read_csv, read_json, sha256_file, write_text
 
 SPLITS = ("train", "val", "test")
 REQUIRED_COLUMNS = ("path", "label", "label_index", "split", "group")
@@ -176,7 +176,15 @@ def _read_seed002(paths, classes):
     frames = []
     for p in paths:
         split = _normalise_split(Path(p).stem, p)
-        df = pd.read_csv(p, header=None, names=["path", "label_index"], dtype={"path": str})
+        df = read_csv(p, "write one `filename,class_idx` row per image", header=None,
+                      names=["path", "label_index"], dtype={"path": str})
+        if df.empty:
+            raise MedclfError(f"{p}: no rows; write one `filename,class_idx` line per image")
+        bad = ~df["label_index"].astype(str).str.strip().str.fullmatch(r"\d+")
+        if bad.any():
+            row = int(bad.idxmax())
+            raise MedclfError(f"{p}: line {row + 1}: class_idx {df['label_index'][row]!r} is not a class index "
+                              "(0, 1, ...); each line is `filename,class_idx`")
         df["split"] = split
         frames.append(df)
     df = pd.concat(frames, ignore_index=True)
@@ -189,14 +197,15 @@ def _read_seed002(paths, classes):
 
 
 def _read_medclf(path, classes, data_root):
-    df = pd.read_csv(path, dtype={"path": str, "label": str, "group": str}, keep_default_na=False)
+    df = read_csv(path, "re-run `medclf partition`", dtype={"path": str, "label": str, "group": str},
+                  keep_default_na=False)
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
         raise MedclfError(f"{path}: missing column(s) {', '.join(missing)}; re-run `medclf partition`")
     df["split"] = [_normalise_split(v, path) for v in df["split"]]
     df["label_index"] = _integer_indices(df, path)
     meta_path = path.parent / "partition.json"
-    info = read_json(meta_path) if meta_path.is_file() else {}
+    info = _read_partition_info(meta_path) if meta_path.is_file() else {}
     if classes is not None:
         where = "the given classes"
     elif info.get("classes"):
@@ -207,6 +216,28 @@ def _read_medclf(path, classes, data_root):
     positive = info.get("positive_class") or conventional_positive(classes)
     files = [path] + ([meta_path] if info else [])
     return df, classes, positive, data_root or info.get("data_root"), info, files
+
+
+def _read_partition_info(path):
+    """partition.json as a dict whose classes, if given, are distinct names."""
+    info = read_json(path)
+    classes = info.get("classes") if isinstance(info, dict) else None
+    if not isinstance(info, dict) or (classes is not None and (
+            not isinstance(classes, list) or not all(isinstance(c, str) for c in classes)
+            or len(set(classes)) != len(classes))):
+        raise MedclfError(f"{path}: not a partition record (expected an object whose classes are distinct names); "
+                          "re-run `medclf partition`, which writes it beside splits.csv")
+    return info
+
+
+def _check_rows(df, path):
+    """Refuse a table without rows, or with one image listed twice (it could sit in two splits)."""
+    if df.empty:
+        raise MedclfError(f"{path}: no image rows; re-run `medclf partition` (or list one image per row)")
+    twice = df["path"][df["path"].duplicated()]
+    if len(twice):
+        raise MedclfError(f"{path}: {len(set(twice))} image(s) listed more than once (e.g. {twice.iloc[0]}); "
+                          "keep one row per image, or re-run `medclf partition`")
 
 
 def read_splits(path, data_root=None, classes=None):
@@ -225,8 +256,11 @@ def read_splits(path, data_root=None, classes=None):
                               Path(data_root) if data_root else path, seed[0], files=seed, dialect="seed002")
     if not path.is_file():
         raise MedclfError(f"{path}: splits file not found; run `medclf partition` first")
-    with open(path, encoding="utf-8-sig", newline="") as fh:
-        first = next(csv.reader(fh), None)
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as fh:
+            first = next(csv.reader(fh), None)
+    except UnicodeDecodeError as exc:
+        raise not_utf8_error(path, exc) from exc
     if not first:
         raise MedclfError(f"{path}: empty splits file")
     info, files, dialect = {}, [path], "seed000" if "filename" in first else "seed002"
@@ -234,7 +268,7 @@ def read_splits(path, data_root=None, classes=None):
         dialect = "medclf"
         df, classes, positive, root, info, files = _read_medclf(path, classes, data_root)
     elif "filename" in first:
-        df = pd.read_csv(path, dtype={"filename": str})
+        df = read_csv(path, "re-create the split file", dtype={"filename": str})
         df = df.drop(columns=[c for c in df.columns if c.startswith("Unnamed")])
         df = df.rename(columns={"filename": "path"})
         df["label_index"] = _integer_indices(df.assign(label_index=df["label"]), path)
@@ -257,6 +291,7 @@ def read_splits(path, data_root=None, classes=None):
         df, classes = _read_seed002([path], classes)
         positive = conventional_positive(classes)
         root = data_root
+    _check_rows(df, path)
     df["label_index"] = df["label_index"].astype(int)
     return SplitTable(df, list(classes), positive, Path(root) if root else path.parent, path, info, files, dialect)
 

@@ -56,7 +56,7 @@ import yaml
 
 from medclf import __version__
 from medclf.errors import MedclfError
-from medclf.fileio import read_json, sha256_file, write_json, write_text
+from medclf.fileio import not_utf8_error, read_json, sha256_file, write_json, write_text
 from medclf.formatting import estimate_with_interval as format_interval, p_value
 from medclf.report import output_names
 
@@ -102,15 +102,24 @@ def parse_yaml(text, source):
     try:
         return yaml.load(text, Loader=_StudyLoader)
     except yaml.YAMLError as exc:
-        raise MedclfError(f"{source}: not valid YAML ({exc}); fix the file") from exc
+        # PyYAML's message spans lines (context, caret); one line keeps the problem and its position.
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        reason = getattr(exc, "problem", None) or " ".join(str(exc).split())
+        raise MedclfError(f"{source}: not valid YAML ({reason}{where}); fix the file") from exc
 
 
 def load_study(study_file):
     """Return (text as given, parsed mapping)."""
     path = Path(study_file)
+    if path.is_dir():
+        raise MedclfError(f"{path}: is a folder; give the study file, e.g. studies/brain_mri.yaml")
     if not path.is_file():
         raise MedclfError(f"{path}: study file not found; give a path such as studies/brain_mri.yaml")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise not_utf8_error(path, exc) from exc
     study = parse_yaml(text, path)
     if not isinstance(study, dict):
         raise MedclfError(f"{path}: a study file must be a YAML mapping with name, data, partition, train, ...")

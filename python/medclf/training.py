@@ -36,6 +36,7 @@ from medclf.early_stopping import MONITOR_MODES, EarlyStopping
 from medclf.engine import evaluate, train_one_epoch
 from medclf.errors import MedclfError
 from medclf.fileio import atomic_path, read_json, write_json, write_text
+from medclf.run_config import read_run_config
 from medclf.splits import bind_splits_to_run, read_splits
 
 CONFIG_SCHEMA = schemas.RUN_CONFIG
@@ -313,7 +314,7 @@ def _prepare_config(config):
     if cfg["resume"]:
         if not config_path.is_file():
             raise MedclfError(f"{run_dir}: no config.json to resume from; start the run without --resume")
-        saved = read_json(config_path)["arguments"]
+        saved = read_run_config(config_path)["arguments"]
         changed = {k: (saved.get(k), v) for k, v in cfg.items()
                    if k not in _RESUME_FREE and k in config and config[k] is not None and k in saved
                    and saved.get(k) != v and config[k] != DEFAULTS.get(k)}
@@ -526,12 +527,13 @@ def _run_training(config):
     cfg, run_dir, resuming = _prepare_config(config)
     device, amp = setup_torch(cfg)
     table = read_run_splits(cfg)
-    split_binding = bind_splits_to_run(table, run_dir)  # the run carries its own split (config.json)
     single_logit = cfg["head"] == "single-logit"
     model, model_info = models.build_model(cfg["arch"], 1 if single_logit else len(table.classes), cfg["weights"])
     run_dir.mkdir(parents=True, exist_ok=True)
     data = load_data(cfg, table, run_dir, model_info, resuming)
     trainer = build_trainer(cfg, run_dir, device, amp, data, model, model_info)
+    # After the images and the loss were accepted: a refused run leaves no copy behind.
+    split_binding = bind_splits_to_run(table, run_dir)  # the run carries its own split (config.json)
     start_epoch = restore_from_last(trainer) if resuming else 1
     write_run_config(trainer, resuming, split_binding)
     if cfg["tensorboard"]:
