@@ -9,14 +9,14 @@
 #   lower and upper NA and a note saying which denominator is empty. It never errors.
 # - Proportions (sensitivity, specificity, PPV, NPV, accuracy) get exact Clopper-Pearson
 #   intervals (stats::binom.test). F1 gets the Clopper-Pearson interval of the Jaccard index
-#   J = TP / (TP + FP + FN) mapped through the monotone F1 = 2J / (1 + J). Balanced accuracy's
-#   interval is the mean of the per-class Clopper-Pearson bounds (approximate; use --boot for a
-#   bootstrap interval).
+#   J = TP / (TP + FP + FN) mapped through the monotone F1 = 2J / (1 + J). Balanced accuracy:
+#   MOVER-Wilson interval of a mean of independent binomial proportions (second half of the file).
 # - ROC-AUC: pROC with levels = c(negative, positive), direction = "<" (higher score = more
 #   positive; ties count 1/2); DeLong interval (pROC::ci.auc). One class present: NA + note.
 #   Fewer than two cases in a class: estimate kept, interval NA (pROC's DeLong needs two).
 # - Average precision: step-wise sum over distinct thresholds, AP = sum_k (R_k - R_{k-1}) P_k,
-#   exactly sklearn.metrics.average_precision_score. No positive cases: NA + note.
+#   exactly sklearn.metrics.average_precision_score, logit interval. No positive cases: NA + note.
+# - Macro AUC: DeLong covariance of the one-vs-rest AUCs; calibration: Brier, ECE, slope, intercept.
 # - Cohen's kappa: (p_o - p_e) / (1 - p_e) with the large-sample variance of Fleiss, Cohen &
 #   Everitt (1969); interval kappa +/- z * SE, clipped to [-1, 1]. p_e = 1: NA + note.
 
@@ -64,19 +64,9 @@ mc_count_metrics <- function(cm) {
   to_f1 <- function(j) 2 * j / (1 + j)
   f1 <- jac
   f1$estimate <- to_f1(jac$estimate); f1$lower <- to_f1(jac$lower); f1$upper <- to_f1(jac$upper)
-  bal <- mc_mean_of_values(list(sens, spec),
-                           "mean of per-class recalls; interval = mean of their Clopper-Pearson bounds (approximate)",
-                           "undefined unless both classes are present")
+  bal <- mc_balanced_accuracy(c(tp, tn), c(tp + fn, tn + fp), "undefined unless both classes are present")
   list(sensitivity = sens, specificity = spec, ppv = ppv, npv = npv, accuracy = acc, f1 = f1,
        balanced_accuracy = bal)
-}
-
-# Mean of estimates and bounds of several values; any NA estimate -> NA (note given).
-mc_mean_of_values <- function(values, method, na_note) {
-  est <- vapply(values, function(v) v$estimate, 0)
-  if (any(is.na(est))) return(mc_value(NA, NA, NA, method, note = na_note))
-  mc_value(mean(est), mean(vapply(values, function(v) v$lower, 0)),
-           mean(vapply(values, function(v) v$upper, 0)), method)
 }
 
 # Mean over the values that are defined (NA ones left out); all NA -> NA. Estimate only.
@@ -229,14 +219,16 @@ mc_binary_metrics <- function(is_positive, scores, threshold) {
   cm <- mc_confusion(is_positive, called)
   m <- mc_count_metrics(cm)
   m$roc_auc <- mc_auc(is_positive, scores)
-  m$average_precision <- mc_average_precision(is_positive, scores)
+  m$average_precision <- mc_average_precision_logit(is_positive, scores)
   m$cohen_kappa <- mc_kappa(matrix(c(cm$tn, cm$fn, cm$fp, cm$tp), 2))
+  m <- c(m, mc_calibration_metrics(is_positive, scores))
   list(confusion_matrix = cm, metrics = m)
 }
 
 # One-vs-rest metrics of each class for decided classes `decided` (0-based indices).
 mc_per_class <- function(labels, decided, probabilities, classes) {
   out <- list()
+  indices <- if (length(labels)) mc_bootstrap_indices(length(labels)) else NULL
   for (k in seq_along(classes)) {
     is_k <- labels == (k - 1L)
     cm <- mc_confusion(is_k, decided == (k - 1L))
@@ -244,7 +236,8 @@ mc_per_class <- function(labels, decided, probabilities, classes) {
     m$balanced_accuracy <- NULL
     m$accuracy <- NULL
     m$roc_auc <- mc_auc(is_k, probabilities[, k])
-    m$average_precision <- mc_average_precision(is_k, probabilities[, k])
+    m$average_precision <- mc_average_precision_logit(is_k, probabilities[, k])
+    m <- c(m, mc_calibration_metrics(is_k, probabilities[, k], indices))
     out[[classes[k]]] <- list(n = sum(is_k), confusion_matrix = cm, metrics = m)
   }
   out
@@ -271,15 +264,16 @@ mc_multiclass_metrics <- function(labels, probabilities, classes) {
   per_class <- mc_per_class(labels, decided, probabilities, classes)
   macro <- mc_macro(per_class)
   n <- length(labels)
-  recalls <- lapply(per_class, function(pc) pc$metrics$sensitivity)
-  present <- Filter(function(v) !is.na(v$estimate), recalls)
-  bal <- if (length(present)) mc_mean_of_values(present,
-    "mean recall over classes present; interval = mean of their Clopper-Pearson bounds (approximate)", "")
-    else mc_value(NA, NA, NA, "mean recall over classes present", note = "no cases")
-  auc <- macro$roc_auc
-  auc$method <- "macro mean of one-vs-rest AUCs over classes where defined (not Hand & Till)"
+  rows <- rowSums(counts)
+  present <- which(rows > 0)
+  bal <- mc_balanced_accuracy(diag(counts)[present], rows[present], "no cases")
+  onehot <- outer(labels, seq_along(classes) - 1L, "==") * 1
+  top <- mc_ece(decided == labels, apply(probabilities, 1, max))
+  top$method <- MC_METHOD_ECE_TOP
   metrics <- list(accuracy = mc_proportion(sum(diag(counts)), n, "0/0: no cases"),
-                  balanced_accuracy = bal, cohen_kappa = mc_kappa(counts), macro_auc = auc)
+                  balanced_accuracy = bal, cohen_kappa = mc_kappa(counts),
+                  macro_auc = mc_macro_auc_delong(labels, probabilities),
+                  brier_score = mc_brier(onehot, probabilities), ece = top)
   dimnames(counts) <- NULL
   list(confusion_matrix = list(classes = classes, rows = "truth", columns = "decision",
                                matrix = counts),
@@ -289,4 +283,198 @@ mc_multiclass_metrics <- function(labels, probabilities, classes) {
 # A condition the caller shows to the user as one message (exit status 1).
 mc_error <- function(message) {
   structure(class = c("medclf_error", "error", "condition"), list(message = message, call = NULL))
+}
+
+# ---------------------------------------------------------------------------------------------
+# Intervals for the summaries (issue 16) and calibration measures; the Python mirror is the
+# second half of python/medclf/metrics.py (parity to 1e-9: python/tests/test_intervals_parity.py).
+# ---------------------------------------------------------------------------------------------
+MC_METHOD_BALANCED <- paste("mean of per-class recalls; MOVER-Wilson interval (Zou & Donner 2008) for a mean of",
+                            "independent binomial proportions")
+MC_METHOD_MACRO_AUC <- paste("macro mean of one-vs-rest AUCs over classes where defined (not Hand & Till);",
+                             "DeLong covariance of the AUCs on the same images -> variance of their mean")
+MC_METHOD_AP <- "step-wise sum over distinct thresholds (sklearn average_precision_score); logit interval (Boyd et al. 2013)"
+MC_METHOD_BRIER <- "mean squared error of the probability; normal interval of a mean"
+MC_METHOD_ECE <- "expected calibration error, 15 equal-width bins; percentile bootstrap (portable generator)"
+MC_METHOD_ECE_TOP <- paste("top-label expected calibration error (confidence of the decided class vs correct), 15 equal-width",
+                           "bins; percentile bootstrap (portable generator)")
+MC_METHOD_SLOPE <- "logistic recalibration logit(P) = a + b logit(p): slope b, Wald interval"
+MC_METHOD_INTERCEPT <- "calibration-in-the-large: logit(P) = a + logit(p) (offset): a, Wald interval"
+MC_ECE_BINS <- 15
+MC_ECE_BOOT_N <- 500
+MC_ECE_BOOT_SEED <- 20240617
+MC_LOGIT_CLIP <- 1e-12
+MC_PM_MODULUS <- 2147483647
+MC_PM_MULTIPLIER <- 16807
+
+mc_z <- function() stats::qnorm(1 - (1 - MC_CONF_LEVEL) / 2)
+
+mc_wilson <- function(x, n) {
+  z <- mc_z(); p <- x / n
+  center <- (x + z * z / 2) / (n + z * z)
+  half <- z * sqrt(n) / (n + z * z) * sqrt(p * (1 - p) + z * z / (4 * n))
+  c(max(0, center - half), min(1, center + half))
+}
+
+# Mean of independent proportions x_c / n_c with the MOVER-Wilson interval.
+mc_balanced_accuracy <- function(successes, totals, na_note) {
+  if (length(totals) == 0 || any(totals == 0)) return(mc_value(NA, NA, NA, MC_METHOD_BALANCED, note = na_note))
+  k <- length(totals)
+  p <- successes / totals
+  b <- vapply(seq_len(k), function(i) mc_wilson(successes[i], totals[i]), c(0, 0))
+  est <- mean(p)
+  lower <- est - sqrt(sum((p - b[1, ])^2)) / k
+  upper <- est + sqrt(sum((b[2, ] - p)^2)) / k
+  mc_value(est, max(0, lower), min(1, upper), MC_METHOD_BALANCED)
+}
+
+# DeLong placements by mid-ranks (Sun & Xu 2014), per image, scaled so that sums of products
+# over images are DeLong (co)variances.
+mc_delong_influence <- function(is_positive, scores) {
+  m <- sum(is_positive); n <- sum(!is_positive)
+  combined <- rank(scores)
+  v10 <- (combined[is_positive] - rank(scores[is_positive])) / n
+  v01 <- 1 - (combined[!is_positive] - rank(scores[!is_positive])) / m
+  theta <- mean(v10)
+  psi <- numeric(length(scores))
+  psi[is_positive] <- (v10 - theta) / sqrt(m * (m - 1))
+  psi[!is_positive] <- (v01 - theta) / sqrt(n * (n - 1))
+  psi
+}
+
+mc_macro_auc_delong <- function(labels, probabilities) {
+  k_all <- seq_len(ncol(probabilities)) - 1L
+  defined <- k_all[vapply(k_all, function(k) sum(labels == k) > 0 && sum(labels != k) > 0, TRUE)]
+  if (length(defined) == 0) return(mc_value(NA, NA, NA, MC_METHOD_MACRO_AUC, note = "undefined for every class"))
+  aucs <- vapply(defined, function(k) mc_auc(labels == k, probabilities[, k + 1])$estimate, 0)
+  est <- mean(aucs)
+  if (any(vapply(defined, function(k) min(sum(labels == k), sum(labels != k)) < 2, TRUE)))
+    return(mc_value(est, NA, NA, MC_METHOD_MACRO_AUC, note = "a class has fewer than 2 cases; DeLong interval undefined"))
+  total <- numeric(length(labels))
+  for (k in defined) total <- total + mc_delong_influence(labels == k, probabilities[, k + 1])
+  sd <- sqrt(sum(total * total)) / length(defined)
+  z <- mc_z()
+  mc_value(est, min(1, max(0, est - z * sd)), min(1, max(0, est + z * sd)), MC_METHOD_MACRO_AUC)
+}
+
+mc_average_precision_logit <- function(is_positive, scores) {
+  ap <- mc_average_precision(is_positive, scores)
+  ap$method <- MC_METHOD_AP
+  est <- ap$estimate
+  if (is.na(est)) return(ap)
+  if (est <= 0 || est >= 1) { ap$note <- "AP is 0 or 1: logit interval undefined"; return(ap) }
+  eta <- log(est / (1 - est))
+  half <- mc_z() / sqrt(sum(is_positive) * est * (1 - est))
+  mc_value(est, 1 / (1 + exp(-(eta - half))), 1 / (1 + exp(-(eta + half))), MC_METHOD_AP)
+}
+
+# Mean of (p - y)^2 per image (a matrix's rows are summed: multi-class Brier), normal interval.
+mc_brier <- function(outcome, probability) {
+  err <- (probability - outcome)^2
+  per_image <- if (is.matrix(err)) rowSums(err) else err
+  n <- length(per_image)
+  if (n == 0) return(mc_value(NA, NA, NA, MC_METHOD_BRIER, note = "0/0: no cases"))
+  est <- mean(per_image)
+  if (n < 2) return(mc_value(est, NA, NA, MC_METHOD_BRIER, note = "one case: interval undefined"))
+  half <- mc_z() * sqrt(sum((per_image - est)^2) / (n - 1)) / sqrt(n)
+  mc_value(est, max(0, est - half), est + half, MC_METHOD_BRIER)
+}
+
+mc_ece_estimate <- function(outcome, probability, bins = MC_ECE_BINS) {
+  idx <- pmin(pmax(ceiling(probability * bins), 1), bins)
+  gaps <- vapply(seq_len(bins), function(b) sum(outcome[idx == b] - probability[idx == b]), 0)
+  sum(abs(gaps)) / length(outcome)
+}
+
+# (a * b) mod m exactly in doubles for a, b < 2^31 (split b into 16-bit halves).
+mc_mulmod <- function(a, b, m = MC_PM_MODULUS) {
+  hi <- b %/% 65536; lo <- b %% 65536
+  ((((a * hi) %% m) * 65536) %% m + (a * lo) %% m) %% m
+}
+
+mc_powmod <- function(base, exponent, m = MC_PM_MODULUS) {
+  result <- 1; base <- base %% m
+  while (exponent > 0) {
+    if (exponent %% 2 == 1) result <- mc_mulmod(result, base, m)
+    base <- mc_mulmod(base, base, m); exponent <- exponent %/% 2
+  }
+  result
+}
+
+# The Park-Miller draws of python's bootstrap_indices, 1-based: one row per resample.
+mc_bootstrap_indices <- function(n, boot_n = MC_ECE_BOOT_N, seed = MC_ECE_BOOT_SEED) {
+  jump <- mc_powmod(MC_PM_MULTIPLIER, n)
+  x <- seed %% MC_PM_MODULUS
+  if (x == 0) x <- 1
+  starts <- numeric(boot_n)
+  for (b in seq_len(boot_n)) { starts[b] <- x; x <- mc_mulmod(x, jump) }
+  out <- matrix(0L, boot_n, n)
+  state <- starts
+  for (j in seq_len(n)) {
+    state <- (state * MC_PM_MULTIPLIER) %% MC_PM_MODULUS
+    out[, j] <- as.integer(floor(state / MC_PM_MODULUS * n)) + 1L
+  }
+  out
+}
+
+mc_ece <- function(outcome, probability, indices = NULL) {
+  outcome <- as.numeric(outcome)
+  if (length(outcome) == 0) return(mc_value(NA, NA, NA, MC_METHOD_ECE, note = "0/0: no cases"))
+  est <- mc_ece_estimate(outcome, probability)
+  if (is.null(indices)) indices <- mc_bootstrap_indices(length(outcome))
+  draws <- apply(indices, 1, function(i) mc_ece_estimate(outcome[i], probability[i]))
+  alpha <- (1 - MC_CONF_LEVEL) / 2
+  q <- stats::quantile(draws, c(alpha, 1 - alpha), names = FALSE, type = 7)
+  mc_value(est, q[1], q[2], MC_METHOD_ECE)
+}
+
+# Newton-Raphson for logit(P) = a + b x (slope) or a + x (offset), from 0, as
+# python's _logistic_fit; NULL when it does not converge.
+mc_logistic_fit <- function(y, x, slope) {
+  design <- if (slope) cbind(1, x) else matrix(1, length(y), 1)
+  offset <- if (slope) 0 else x
+  beta <- rep(0, ncol(design))
+  info_of <- function(beta) {
+    mu <- 1 / (1 + exp(-(as.vector(design %*% beta) + offset)))
+    list(mu = mu, info = crossprod(design, design * (mu * (1 - mu))))
+  }
+  for (it in 1:100) {
+    f <- info_of(beta)
+    step <- tryCatch(solve(f$info, crossprod(design, y - f$mu)), error = function(e) NULL)
+    if (is.null(step)) return(NULL)
+    beta <- beta + as.vector(step)
+    if (max(abs(step)) < 1e-10) return(list(beta = beta, cov = solve(info_of(beta)$info)))
+  }
+  NULL
+}
+
+mc_calibration_slope_intercept <- function(outcome, probability) {
+  y <- as.numeric(outcome)
+  p <- pmin(pmax(probability, MC_LOGIT_CLIP), 1 - MC_LOGIT_CLIP)
+  x <- log(p / (1 - p))
+  if (sum(y) == 0 || sum(y) == length(y)) {
+    note <- "only one class present; calibration slope and intercept undefined"
+    return(list(mc_value(NA, NA, NA, MC_METHOD_SLOPE, note = note), mc_value(NA, NA, NA, MC_METHOD_INTERCEPT, note = note)))
+  }
+  z <- mc_z()
+  out <- list()
+  for (slope in c(TRUE, FALSE)) {
+    method <- if (slope) MC_METHOD_SLOPE else MC_METHOD_INTERCEPT
+    separated <- slope && (min(x[y == 1]) > max(x[y == 0]) || max(x[y == 1]) < min(x[y == 0]))
+    fit <- if (separated) NULL else mc_logistic_fit(y, x, slope)
+    if (is.null(fit)) {
+      out[[length(out) + 1]] <- mc_value(NA, NA, NA, method, note = "perfect separation or no convergence; undefined")
+      next
+    }
+    i <- if (slope) 2 else 1
+    se <- sqrt(fit$cov[i, i])
+    out[[length(out) + 1]] <- mc_value(fit$beta[i], fit$beta[i] - z * se, fit$beta[i] + z * se, method)
+  }
+  out
+}
+
+mc_calibration_metrics <- function(outcome, probability, indices = NULL) {
+  si <- mc_calibration_slope_intercept(outcome, probability)
+  list(brier_score = mc_brier(as.numeric(outcome), probability), ece = mc_ece(outcome, probability, indices),
+       calibration_slope = si[[1]], calibration_intercept = si[[2]])
 }

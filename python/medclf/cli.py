@@ -12,7 +12,8 @@ import sys
 from medclf import __version__
 from medclf.errors import MedclfError
 
-COMMANDS = ["partition", "organize", "train", "test", "report", "compare", "study", "demo", "explain", "quality"]
+COMMANDS = ["partition", "organize", "train", "test", "report", "compare", "study", "demo", "explain", "quality",
+            "calibrate", "conformal"]
 
 
 def _available_commands():

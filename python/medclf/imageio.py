@@ -50,25 +50,50 @@ def _first(value):
         return None
 
 
+PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+DECODERS_HINT = "pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg pylibjpeg-rle (pinned in requirements.txt)"
+
+
+def _dicom_kind(ds):
+    """'RT Plan Storage (modality RTPLAN)'-like words for a refusal message."""
+    sop = getattr(ds, "SOPClassUID", None)
+    name = getattr(sop, "name", None) or str(sop or "unknown SOP class")
+    return f"{name}, modality {getattr(ds, 'Modality', '?')}"
+
+
 def _read_dicom(path):
+    """Decode a DICOM file's pixels. Files without the 128-byte preamble and 'DICM' (older
+    ACR-NEMA style, or stripped by tools) are read with force=True; files without pixel data
+    (structured reports, RT plans, waveforms, ...) are refused with their kind."""
     try:
         import pydicom
     except ImportError as exc:  # pragma: no cover - pydicom is a pinned requirement
         raise UnreadableImageError(path, "DICOM needs pydicom: pip install pydicom") from exc
     try:
-        ds = pydicom.dcmread(str(path))
-        pixels = ds.pixel_array
+        ds = pydicom.dcmread(str(path), force=True)
     except Exception as exc:  # pydicom raises many types for corrupt files
         raise UnreadableImageError(path, f"invalid DICOM: {exc}") from exc
+    if not any(tag in ds for tag in PIXEL_TAGS):
+        raise UnreadableImageError(path, f"DICOM without pixel data ({_dicom_kind(ds)}): not an image; "
+                                         "leave it out of the image folder")
+    try:
+        pixels = ds.pixel_array
+    except Exception as exc:
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        syntax = getattr(syntax, "name", syntax)
+        message = str(exc)
+        if "exceptions were raised by all available plugins" in message:
+            first = message.splitlines()[1].strip() if len(message.splitlines()) > 1 else message
+            raise UnreadableImageError(path, f"corrupt or non-conformant {syntax} pixel data (every decoder failed; "
+                                             f"{first})") from exc
+        if "plugin" in message:  # pydicom: "... not supported by any of the available decoding plugins"
+            raise UnreadableImageError(path, f"no decoder for transfer syntax {syntax}; {DECODERS_HINT}") from exc
+        raise UnreadableImageError(path, f"invalid DICOM pixel data: {message}") from exc
     photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2"))
     frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
     if frames > 1:
         pixels = pixels[frames // 2]  # the middle frame is the most representative slice
-    if photometric in ("RGB", "YBR_FULL", "YBR_FULL_422") and pixels.ndim == 3:
-        if photometric != "RGB":
-            from pydicom.pixels import convert_color_space
-
-            pixels = convert_color_space(pixels, photometric, "RGB")
+    if pixels.ndim == 3:  # three samples per pixel: pydicom >= 3 already returns YBR_* converted to RGB
         return Image.fromarray(_to_uint8(pixels, 0, 255) if pixels.dtype != np.uint8 else pixels, "RGB")
     values = pixels.astype(np.float64) * float(getattr(ds, "RescaleSlope", 1) or 1) + float(
         getattr(ds, "RescaleIntercept", 0) or 0

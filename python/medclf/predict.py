@@ -3,7 +3,11 @@
 Format (medclf.predictions/1, see docs/training.md): split, classes, positive_class, model
 {architecture, checkpoint, epoch}, paths (as in splits.csv), labels, predictions, probabilities
 (softmax, or [1 - sigmoid, sigmoid] for a single-logit head), logits, and seed 002's keys
-"predictive probabilities" (= probabilities) and "label probabilities" (one-hot labels).
+"predictive probabilities" (= probabilities) and "label probabilities" (one-hot labels), and
+"uncertainty" {method, samples, members, predictive_entropy, expected_entropy, mutual_information}
+(medclf.uncertainty): method "softmax" (one pass: entropy only) or "mc_dropout" (--mc-dropout K:
+probabilities = the mean of K passes with dropout on, logits = its log); an ensemble will fill the
+same block with method "ensemble" and its members.
 """
 
 from pathlib import Path
@@ -11,7 +15,7 @@ from pathlib import Path
 import torch
 
 from medclf import data as data_mod
-from medclf import models, transforms
+from medclf import models, transforms, uncertainty
 from medclf.engine import predict, probabilities_from_logits
 from medclf.errors import MedclfError
 from medclf.fileio import write_json
@@ -41,8 +45,40 @@ def load_run(run_dir, device="cpu"):
     return model, config, checkpoint
 
 
-def predictions_record(split, config, checkpoint, checkpoint_name, paths, labels, logits):
+def dropout_layers(model):
+    """Dropout modules with p > 0 (the ones MC dropout can switch on)."""
+    kinds = (torch.nn.Dropout, torch.nn.Dropout1d, torch.nn.Dropout2d, torch.nn.Dropout3d, torch.nn.AlphaDropout)
+    return [m for m in model.modules() if isinstance(m, kinds) and m.p > 0]
+
+
+@torch.inference_mode()
+def mc_dropout_samples(model, loader, device, passes, seed=0, amp=False):
+    """(passes, N, K) probabilities with dropout active and everything else (batch norm) in eval mode."""
+    from medclf.engine import _autocast
+
+    model.eval()
+    for layer in dropout_layers(model):
+        layer.train()
+    torch.manual_seed(seed)
+    batches = []
+    for images, _ in loader:
+        images = images.to(device, non_blocking=True)
+        with _autocast(device, amp):
+            batches.append(torch.stack([probabilities_from_logits(model(images).float()).cpu() for _ in range(passes)]))
+    model.eval()
+    return torch.cat(batches, dim=1).double().numpy()
+
+
+def predictions_record(split, config, checkpoint, checkpoint_name, paths, labels, logits, samples=None):
+    """The predictions file; with MC samples, probabilities are their mean and logits its log."""
     probabilities = probabilities_from_logits(logits)
+    if samples is None:
+        unc = uncertainty.uncertainty_record("softmax", probabilities=probabilities.double().numpy())
+    else:
+        mean, measures = uncertainty.sample_uncertainty(samples)
+        probabilities = torch.as_tensor(mean)
+        logits = torch.log(torch.clamp(probabilities, min=1e-12))
+        unc = uncertainty.uncertainty_record("mc_dropout", samples=int(samples.shape[0]), measures=measures)
     n_classes = len(config["classes"])
     labels = [int(x) for x in labels]
     probs = probabilities.tolist()
@@ -60,6 +96,7 @@ def predictions_record(split, config, checkpoint, checkpoint_name, paths, labels
         "logits": torch.as_tensor(logits, dtype=torch.float64).tolist(),
         "predictive probabilities": probs,
         "label probabilities": [[1.0 if k == y else 0.0 for k in range(n_classes)] for y in labels],
+        "uncertainty": unc,
     }
 
 
@@ -76,11 +113,20 @@ def split_table_for_test(run_dir, config, splits=None, data_root=None, names=("t
 
 
 def run_test(run_dir, split="test", splits=None, data_root=None, device="auto", batch_size=None, workers=0,
-             progress=True, out_dir=None):
-    """Write predictions_<split>.json (and predictions_val.json when split is test). Returns the paths."""
+             progress=True, out_dir=None, mc_dropout=0):
+    """Write predictions_<split>.json (and predictions_val.json when split is test). Returns the paths.
+    mc_dropout=K > 0: K passes with dropout on, written to <run>/mc_dropout_K/ unless out_dir."""
     run_dir = Path(run_dir)
     device = select_device(device)
     model, config, checkpoint = load_run(run_dir, device)
+    if mc_dropout:
+        if mc_dropout < 2:
+            raise MedclfError(f"--mc-dropout {mc_dropout}: needs at least 2 passes (e.g. 20)")
+        if not dropout_layers(model):
+            raise MedclfError(f"{run_dir}: --mc-dropout needs dropout layers, and {config['architecture']} has none "
+                              "with p > 0; train an architecture with dropout (mobilenet_v3_small, efficientnet_b0, "
+                              "vgg11_bn, squeezenet1_1, ...)")
+        out_dir = out_dir or run_dir / f"mc_dropout_{mc_dropout}"
     args = config["arguments"]
     names = [split] + (["val"] if split == "test" else [])
     table = split_table_for_test(run_dir, config, splits, data_root, names)
@@ -99,8 +145,10 @@ def run_test(run_dir, split="test", splits=None, data_root=None, device="auto", 
         loader = data_mod.make_loader(data_mod.CachedImageDataset(cache, labels, transform),
                                       batch_size or args["batch_size"], workers=workers)
         logits, _ = predict(model, loader, device, amp=bool(config.get("amp")))
+        samples = (mc_dropout_samples(model, loader, device, mc_dropout, int(config.get("seed") or 0), bool(config.get("amp")))
+                   if mc_dropout else None)
         records[Path(out_dir or run_dir) / f"predictions_{name}.json"] = \
-            predictions_record(name, config, checkpoint, "best.pt", rel, labels, logits)
+            predictions_record(name, config, checkpoint, "best.pt", rel, labels, logits, samples)
     # Written only once every split has been predicted: a refusal on val leaves test's file as it was.
     for path, record in records.items():
         write_json(path, record)

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from medclf import metrics as M
-from medclf import r_bridge, schemas
+from medclf import r_bridge, reliability, schemas
 from medclf.errors import MedclfError
 from medclf.fileio import read_json, write_json, write_text
 from medclf.formatting import estimate_with_interval, interval, number
@@ -534,7 +534,7 @@ def _metric_lines(result):
 
 
 def markdown_report(result, run_dir=None, plots=()):
-    lines = _header_lines(result) + _metric_lines(result)
+    lines = _header_lines(result) + _metric_lines(result) + reliability.markdown_lines(result)
     if result.get("operating_points"):
         lines += ["", "## Operating points (on this split; step function, no interpolation)", "",
                   "| kind | target | threshold | sensitivity | specificity | precision |", "|---|---|---|---|---|---|"]
@@ -730,11 +730,17 @@ def report_run(run_dir, split="test", positive=None, threshold=None, threshold_r
             raise MedclfError(f"{val_path}: not found; a threshold rule is chosen on validation predictions "
                               f"(`medclf test --run {run_dir}` writes them)")
     request = build_request(predictions, val_path, positive, threshold, threshold_rule, group, boot_n, seed)
-    framing(load_predictions(request, "predictions"), positive, request["group"])  # refuses before any engine
+    frame = framing(load_predictions(request, "predictions"), positive, request["group"])  # refuses before any engine
     result, notes = run_engine(request, engine)
     if notes:
         result["engine_notes"] = notes
-    data = validate_predictions(read_predictions_file(predictions), predictions)
+    raw = read_predictions_file(predictions)
+    data = validate_predictions(raw, predictions)
+    variability = None
+    if threshold_rule is not None and frame is not None:
+        val = validate_predictions(read_predictions_file(val_path), val_path)
+        variability = reliability.threshold_variability(binary_view(val, frame), binary_view(data, frame), threshold_rule)
+    result["reliability"] = reliability.reliability_sections(raw, data, variability, boot_n, seed)
     gate_markdown = quality_gate_section(result, request, engine)
     results_path = run_dir / names["results"]
     write_json(results_path, result)

@@ -22,6 +22,10 @@ def add_arguments(parser):
     parser.add_argument("--quality-gate", dest="quality_gate", metavar="QUALITY_JSON",
                         help="quality.json from `medclf quality`: mark each prediction 'passed' or "
                              "'rejected: reason' (field `quality`; no row is dropped)")
+    parser.add_argument("--mc-dropout", dest="mc_dropout", type=int, default=0, metavar="K",
+                        help="K stochastic passes with dropout on (architectures with dropout only): probabilities "
+                             "= their mean, plus per-image predictive entropy and mutual information; written to "
+                             "<run>/mc_dropout_K/")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
 
 
@@ -29,7 +33,8 @@ def run(args):
     from medclf.predict import run_test
 
     written = run_test(args.run, args.split, args.splits, args.data_root,
-                       "cuda" if args.use_gpu else args.device, args.batch_size, args.workers, args.progress)
+                       "cuda" if args.use_gpu else args.device, args.batch_size, args.workers, args.progress,
+                       mc_dropout=args.mc_dropout)
     if args.quality_gate:
         from medclf.quality import gate_predictions
 
