@@ -70,7 +70,14 @@ mc_framing <- function(data, positive, group) {
   if (!is.null(positive) && !(positive %in% classes))
     mc_fail("positive class", sprintf("'%s' is not one of the classes (%s)", positive, paste(classes, collapse = ", ")))
   if (is.null(positive)) positive <- data$positive_class
-  if (is.null(positive) && length(classes) == 2) positive <- classes[2]
+  if (is.null(positive) && length(classes) == 2) {
+    # The one convention that names a positive (no/yes -> yes), as in Python's splits.named_positive;
+    # "the second class" would silently swap sensitivity and specificity (melanoma < other).
+    if (!setequal(classes, c("no", "yes")))
+      mc_fail("positive class", sprintf(paste0("binary study (%s vs %s) without a named positive class; ",
+                                               "name it with --positive CLASS"), classes[1], classes[2]))
+    positive <- "yes"
+  }
   if (is.null(positive)) return(NULL)
   negative <- if (length(classes) == 2) setdiff(classes, positive) else paste("not", positive)
   list(positive = positive, negative = negative, members = positive, group = NULL)

@@ -133,3 +133,15 @@ test_that("constant scores: zero-width AUC and kappa intervals carry their reaso
   expect_equal(c(x$metrics$cohen_kappa$lower, x$metrics$cohen_kappa$upper), c(0, 0))
   expect_equal(x$metrics$cohen_kappa$note, "a single class in the decisions: kappa variance is 0, interval has zero width")
 })
+
+test_that("a binary file without a named positive class is refused unless it is no/yes", {
+  text <- paste0('{"schema": "medclf.predictions/1", "split": "test", "classes": ["melanoma", "other"], ',
+                 '"positive_class": null, "labels": [0, 1, 1], "predictions": [0, 1, 0], ',
+                 '"probabilities": [[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]]}')
+  data <- mc_validate_predictions(mc_parse_json(text, "unnamed.json"), "unnamed.json")
+  expect_error(mc_framing(data, NULL, NULL), "without a named positive class; name it with --positive")
+  expect_identical(mc_framing(data, "melanoma", NULL)$positive, "melanoma")
+  yes_no <- sub('"melanoma", "other"', '"yes", "no"', text)
+  expect_identical(mc_framing(mc_validate_predictions(mc_parse_json(yes_no, "y.json"), "y.json"), NULL, NULL)$positive,
+                   "yes")
+})
