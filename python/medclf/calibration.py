@@ -144,6 +144,17 @@ def calibrated_record(obj, probabilities, provenance):
                 uncertainty=uncertainty_record("softmax", probabilities=probabilities))
 
 
+def load_val_and_test(run_dir):
+    """((path, raw, data) of predictions_val.json, the same of predictions_test.json): what is
+    fitted on val and applied to test; their classes must agree."""
+    val_path, test_path = Path(run_dir) / "predictions_val.json", Path(run_dir) / "predictions_test.json"
+    val_obj, val = load_contract(val_path)
+    test_obj, test = load_contract(test_path)
+    if val["classes"] != test["classes"]:
+        raise MedclfError(f"{val_path}: classes {val['classes']} differ from {test_path}'s {test['classes']}")
+    return (val_path, val_obj, val), (test_path, test_obj, test)
+
+
 def run_calibrate(run_dir, method, out_dir=None):
     """Fit `method` on <run>/predictions_val.json, apply it to val and test; returns written paths."""
     from medclf.training import git_commit, library_versions
@@ -151,11 +162,7 @@ def run_calibrate(run_dir, method, out_dir=None):
     if method not in FITTERS:
         raise MedclfError(f"--method {method}: use one of {', '.join(METHODS)}")
     run_dir = Path(run_dir)
-    val_path, test_path = run_dir / "predictions_val.json", run_dir / "predictions_test.json"
-    val_obj, val = load_contract(val_path)
-    test_obj, test = load_contract(test_path)
-    if val["classes"] != test["classes"]:
-        raise MedclfError(f"{val_path}: classes {val['classes']} differ from {test_path}'s {test['classes']}")
+    (val_path, val_obj, val), (test_path, test_obj, test) = load_val_and_test(run_dir)
     fit, apply, on_logits = FITTERS[method]
     val_in = _log_inputs(val_obj, val["probabilities"]) if on_logits else val["probabilities"]
     params = fit(val_in, val["labels"])

@@ -96,7 +96,7 @@ def coverage_summary(member, labels, classes):
 
 def run_conformal(run_dir, alpha=0.1, method="lac", mondrian=None, allow_empty=False, out_dir=None):
     """Calibrate on <run>/predictions_val.json, write sets for predictions_test.json; returns paths."""
-    from medclf.calibration import load_contract
+    from medclf.calibration import load_val_and_test
     from medclf.training import git_commit, library_versions
 
     if not 0 < alpha < 1:
@@ -106,11 +106,7 @@ def run_conformal(run_dir, alpha=0.1, method="lac", mondrian=None, allow_empty=F
     if mondrian not in (None, "class"):
         raise MedclfError(f"--mondrian {mondrian}: only 'class' (coverage per true class) is supported")
     run_dir = Path(run_dir)
-    val_path, test_path = run_dir / "predictions_val.json", run_dir / "predictions_test.json"
-    val_obj, val = load_contract(val_path)
-    test_obj, test = load_contract(test_path)
-    if val["classes"] != test["classes"]:
-        raise MedclfError(f"{val_path}: classes {val['classes']} differ from {test_path}'s {test['classes']}")
+    (val_path, val_obj, val), (test_path, test_obj, test) = load_val_and_test(run_dir)
     classes = test["classes"]
     thresholds = calibrate_thresholds(val["probabilities"], val["labels"], alpha, method, mondrian == "class")
     member, n_empty = prediction_sets(test["probabilities"], thresholds, method, allow_empty)
