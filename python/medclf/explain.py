@@ -116,7 +116,8 @@ def load_images(config, rel_paths):
     return torch.stack(tensors), shown
 
 
-def _overlay(image, heat):
+def overlay(image, heat):
+    """The image (uint8) at 55% under the jet-coloured map at 45%, as float RGB in [0, 1]."""
     import matplotlib
 
     colours = matplotlib.colormaps["jet"](heat)[..., :3]
@@ -153,7 +154,7 @@ def write_overlay(path, image, heat, caption):
     from matplotlib import pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(6.0, 2.4), dpi=100)
-    for ax, (title, shown) in zip(axes, [("image", image), ("heat map", heat), ("overlay", _overlay(image, heat))]):
+    for ax, (title, shown) in zip(axes, [("image", image), ("heat map", heat), ("overlay", overlay(image, heat))]):
         ax.imshow(shown, cmap="jet" if shown is heat else None, vmin=0, vmax=1 if shown is heat else None)
         ax.set_title(title, fontsize=8)
         ax.axis("off")
@@ -179,7 +180,7 @@ def write_contact_sheet(path, images, maps, groups, captions, title):
             ax = axes[row][col]
             ax.axis("off")
             if col < len(members):
-                ax.imshow(_overlay(images[members[col]], maps[members[col]]))
+                ax.imshow(overlay(images[members[col]], maps[members[col]]))
                 ax.set_title(captions[members[col]].split("\n")[0], fontsize=6)
         axes[row][0].text(-0.08, 0.5, name, transform=axes[row][0].transAxes, ha="right", va="center", fontsize=9)
     fig.suptitle(title, fontsize=8)

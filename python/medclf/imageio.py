@@ -18,6 +18,9 @@ from medclf.errors import UnreadableImageError
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".dcm", ".dicom"})
 
 _DICOM_MAGIC_OFFSET = 128
+# The only Pillow decoders medclf lets read a file (found from the content): no other plugin
+# (EPS through Ghostscript, PSD, ...) ever parses an input.
+PIL_FORMATS = ("JPEG", "PNG", "BMP", "TIFF", "GIF", "WEBP")
 
 
 def is_image_name(path):
@@ -139,7 +142,7 @@ def read_image(path, draft_size=None):
             raise UnreadableImageError(path, "empty file")
         if _is_dicom(path) or path.suffix.lower() in (".dcm", ".dicom"):
             return _read_dicom(path)
-        with Image.open(path) as img:
+        with Image.open(path, formats=PIL_FORMATS) as img:
             if draft_size and img.format == "JPEG":
                 img.draft(img.mode, (draft_size, draft_size))
             img.load()  # decode now: truncated files fail here, not later in a worker

@@ -155,3 +155,10 @@ def test_oversized_image_is_unreadable_not_a_crash(tmp_path, monkeypatch):
     with pytest.raises(UnreadableImageError) as info:
         read_image(tmp_path / "big.png")
     assert "big.png" in str(info.value)
+
+
+def test_only_medclfs_formats_are_decoded_whatever_pillow_could_open(tmp_path):
+    # Pillow reads PPM (and EPS, PSD, ...); medclf's reader refuses every format it does not list.
+    Image.new("RGB", (4, 4), (10, 20, 30)).save(tmp_path / "x.png", "PPM")
+    with pytest.raises(UnreadableImageError, match="not an image file"):
+        read_image(tmp_path / "x.png")

@@ -1,0 +1,104 @@
+"""Classifiers that `medclf serve` can serve: one interface, a PyTorch run and (medclf.onnx_model) ONNX.
+
+A `Classifier` takes decoded images (8-bit RGB `PIL.Image`, as `medclf.imageio.read_image`
+returns them) and applies the run's own preprocessing exactly as `medclf test` does: the
+aspect-preserving resize and centre crop of `medclf.data.resize_and_crop` to the run's cache side,
+then the evaluation transform (centre crop to `img_size` for cropping presets, scaling to [0, 1],
+the run's mean and std). `predict_proba` returns an (N, C) float array whose rows sum to 1, columns
+in `class_names` order.
+
+A `HeatmapClassifier` can also explain its decisions (Grad-CAM through `medclf.heatmap`); only
+the PyTorch model can, so `medclf serve --onnx` shows no heat maps.
+"""
+
+import threading
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+
+@runtime_checkable
+class Classifier(Protocol):
+    class_names: list
+    img_size: int
+
+    def predict_proba(self, images) -> np.ndarray:
+        """(N, C) probabilities of N PIL images; rows sum to 1."""
+
+
+@runtime_checkable
+class HeatmapClassifier(Classifier, Protocol):
+    def heatmaps(self, images, targets):
+        """(views, maps): the (N, S, S, 3) uint8 crops the model saw and (N, S, S) maps in [0, 1]
+        of the class index `targets[i]` for image i."""
+
+
+class TorchClassifier:
+    """A run folder's best.pt, loaded once (weights_only=True, eval mode). One lock serialises the
+    forward passes, so concurrent requests never hold more than one batch of activations."""
+
+    def __init__(self, run_dir, device="cpu", heatmap_method="gradcam"):
+        import torch
+
+        from medclf import heatmap, transforms
+        from medclf.predict import load_run
+
+        self.run_dir = Path(run_dir)
+        self.device = torch.device(device)
+        self.model, self.config, self.checkpoint = load_run(self.run_dir, self.device)
+        args, norm = self.config["arguments"], self.config["normalisation"]
+        self.class_names = [str(c) for c in self.config["classes"]]
+        self.img_size = int(args["img_size"])
+        self.architecture = self.config["architecture"]
+        self.side = int(self.config.get("cache_side", transforms.cache_side(args["augment"], self.img_size)))
+        self._transform = transforms.eval_transform(args["augment"], self.img_size, norm["mean"], norm["std"])
+        self._view = transforms.eval_transform(args["augment"], self.img_size, [0, 0, 0], [1, 1, 1])
+        self.heatmap_method = heatmap_method
+        self.target_layer = heatmap.find_target_layer(self.model, self.architecture)
+        self._lock = threading.Lock()
+
+    def describe(self):
+        return {"backend": "torch", "run": str(self.run_dir), "architecture": self.architecture,
+                "checkpoint": "best.pt", "epoch": int(self.checkpoint.get("epoch", 0)) or None,
+                "img_size": self.img_size, "classes": self.class_names}
+
+    def _pixels(self, img):
+        """The uint8 (3, side, side) tensor `medclf test` caches for this image."""
+        import torch
+
+        from medclf.data import resize_and_crop
+
+        array = np.asarray(resize_and_crop(img.convert("RGB"), self.side), dtype=np.uint8)
+        return torch.from_numpy(array.transpose(2, 0, 1).copy())
+
+    def _batch(self, images):
+        import torch
+
+        return torch.stack([self._transform(self._pixels(img)) for img in images]).to(self.device)
+
+    def predict_proba(self, images):
+        import torch
+
+        from medclf.engine import probabilities_from_logits
+
+        if not images:
+            return np.zeros((0, len(self.class_names)))
+        batch = self._batch(images)
+        with self._lock, torch.inference_mode():
+            logits = self.model(batch).float().cpu()
+        return probabilities_from_logits(logits).numpy()
+
+    def heatmaps(self, images, targets):
+        import torch
+
+        from medclf import heatmap
+
+        if not images:
+            return np.zeros((0, self.img_size, self.img_size, 3), np.uint8), np.zeros((0, self.img_size, self.img_size))
+        pixels = [self._pixels(img) for img in images]
+        views = torch.stack([self._view(p) for p in pixels]).permute(0, 2, 3, 1).numpy()
+        batch = torch.stack([self._transform(p) for p in pixels]).to(self.device)
+        with self._lock:
+            maps = heatmap.heatmaps(self.model, batch, list(targets), self.heatmap_method, self.target_layer)
+        return (views * 255).round().astype(np.uint8), maps

@@ -1,0 +1,192 @@
+"""`medclf serve`: a research web page and JSON API for one trained run, on 127.0.0.1 by default.
+
+POST /api/predict takes one or several images (multipart field `files`) and answers, per image:
+the quality gate's verdict (a rejected image says why and gets no probabilities), every class
+probability, the run's binary operating point when its report has one (e.g. malignant = mel + bcc
++ akiec against the threshold chosen on validation, with that threshold's sensitivity and
+specificity from results_<split>[_<tag>].json) and a Grad-CAM overlay (PyTorch model only).
+GET / is the page (web/index.html, app.js, style.css: nothing loaded from outside), GET /api/model
+describes the model, /docs is Swagger UI served from local files (the fastapi-offline package's
+copy), /openapi.json the schema. Uploads are checked by medclf.uploads. See docs/serve.md.
+"""
+
+import base64
+import io
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+from medclf import schemas
+from medclf.errors import MedclfError
+from medclf.fileio import read_json
+from medclf.inference import HeatmapClassifier
+
+WEB_DIR = Path(__file__).parent / "web"
+NOTICE = ("Research tool, not a medical device: these outputs are model estimates for research use and are not "
+          "a diagnosis. They must not be used to make or change clinical decisions.")
+NO_HEATMAP_NOTE = "heat maps need the PyTorch model; this server runs an ONNX export, so it shows none"
+DEFAULT_MAX_UPLOAD_MB = 20
+DEFAULT_MAX_PIXELS = 25_000_000
+DEFAULT_MAX_FILES = 16
+log = logging.getLogger("medclf.serve")
+
+
+def _log(message):
+    print(f"medclf serve: {message}", file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------- what the run provides
+
+def load_gate(run_dir, gate):
+    """The quality gate: a quality.json path, 'seed003', or (None) RUN/quality.json."""
+    from medclf import quality
+
+    if gate == "seed003":
+        return quality.seed003_gate(), "seed003 preset"
+    path = Path(gate) if gate else (Path(run_dir) / "quality.json" if run_dir else None)
+    if path is None or not path.is_file():
+        where = path or "--quality-gate"
+        raise MedclfError(f"{where}: no quality gate; create one with `medclf quality --run RUN` (thresholds from the "
+                          "train split) or pass --quality-gate FILE or --quality-gate seed003")
+    return quality.read_gate(path), str(path)
+
+
+def _operating_point_source(path, classes):
+    """The binary framing of one results file, or None when it has none or names other classes."""
+    try:
+        result = read_json(path)
+    except MedclfError as exc:
+        _log(f"warning: skipping {exc}")
+        return None
+    if not isinstance(result, dict) or result.get("schema") != schemas.RESULTS or result.get("task") != "binary":
+        return None
+    members = (result.get("grouping") or {}).get("classes") or [result.get("positive_class")]
+    if result.get("threshold") is None or not all(m in classes for m in members):
+        return None
+    metrics = result.get("metrics") or {}
+    return {"name": str(result.get("positive_class")), "classes": [str(m) for m in members],
+            "threshold": float(result["threshold"]), "threshold_source": str(result.get("threshold_source")),
+            "split": str(result.get("split")), "n": result.get("n"),
+            "sensitivity": metrics.get("sensitivity"), "specificity": metrics.get("specificity"),
+            "report": Path(path).name}
+
+
+def load_operating_point(run_dir, classes, results=None):
+    """The operating point shown beside the probabilities: the named results file, else the run's
+    binary report, preferring the test split and a threshold chosen on validation. None when the
+    run has no binary report (then the page shows the class probabilities alone)."""
+    if results is not None:
+        source = _operating_point_source(results, classes)
+        if source is None:
+            raise MedclfError(f"{results}: not a binary medclf.results/1 file of this run's classes; pass a "
+                              "results_<split>[_<tag>].json written by `medclf report --group ...` or `--positive ...`")
+        return source
+    if run_dir is None:
+        return None
+    found = [s for s in (_operating_point_source(p, classes) for p in sorted(Path(run_dir).glob("results_*.json"))) if s]
+    found.sort(key=lambda s: (s["split"] != "test", not s["threshold_source"].startswith("validation:")))
+    return found[0] if found else None
+
+
+# ------------------------------------------------------------------------------------ one request
+
+def _png_data_url(rgb01):
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray((np.clip(rgb01, 0, 1) * 255).round().astype(np.uint8), "RGB").save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _operating_point(source, probabilities, classes):
+    if source is None:
+        return None
+    p = float(sum(probabilities[classes.index(m)] for m in source["classes"]))
+    return dict(source, probability=p, at_or_above_threshold=bool(p >= source["threshold"]))
+
+
+def _heatmaps(classifier, images, predicted, classes):
+    from medclf.explain import overlay
+
+    views, maps = classifier.heatmaps(images, predicted)
+    return [{"method": classifier.heatmap_method, "target_class": classes[t], "overlay_png": _png_data_url(overlay(v, m))}
+            for v, m, t in zip(views, maps, predicted)]
+
+
+def analyse(classifier, gate, operating_point, uploads):
+    """One entry per (name, PIL image): gate verdict, then probabilities, operating point and heat map
+    for the images that passed (one batch)."""
+    from medclf import quality
+
+    classes = list(classifier.class_names)
+    entries = []
+    for name, img in uploads:
+        verdict = quality.gate_verdict(quality.measure_image(img), gate["rules"])
+        reasons = [] if verdict == "passed" else verdict.removeprefix("rejected: ").split("; ")
+        entries.append({"name": name, "width": img.width, "height": img.height,
+                        "quality": {"verdict": "passed" if not reasons else "rejected", "reasons": reasons},
+                        "probabilities": None, "predicted_class": None, "operating_point": None, "heatmap": None})
+    passed = [i for i, e in enumerate(entries) if not e["quality"]["reasons"]]
+    if not passed:
+        return entries
+    images = [uploads[i][1] for i in passed]
+    probabilities = np.asarray(classifier.predict_proba(images), dtype=np.float64)
+    predicted = [int(k) for k in probabilities.argmax(axis=1)]
+    maps = (_heatmaps(classifier, images, predicted, classes) if isinstance(classifier, HeatmapClassifier)
+            else [None] * len(passed))
+    for i, p, k, heat in zip(passed, probabilities, predicted, maps):
+        entries[i].update(probabilities=[float(x) for x in p], predicted_class=classes[k],
+                          operating_point=_operating_point(operating_point, p, classes), heatmap=heat)
+    return entries
+
+
+# ---------------------------------------------------------------------------------------- server
+
+def load_classifier(run_dir=None, onnx=None, device="cpu"):
+    """The PyTorch run (weights_only, eval), or with `onnx` the exported model through onnxruntime;
+    with both, the run must have the same classes (it then provides the gate and the report)."""
+    if onnx is None:
+        if run_dir is None:
+            raise MedclfError("medclf serve needs --run RUN (a folder written by `medclf train`) or --onnx FILE")
+        from medclf.inference import TorchClassifier
+
+        return TorchClassifier(run_dir, device)
+    from medclf.onnx_model import OnnxClassifier
+
+    classifier = OnnxClassifier(onnx)
+    if run_dir is not None:
+        from medclf.run_config import read_run_config
+
+        classes = [str(c) for c in read_run_config(Path(run_dir) / "config.json")["classes"]]
+        if list(classifier.class_names) != classes:
+            raise MedclfError(f"{onnx}: classes {list(classifier.class_names)} differ from {run_dir}'s {classes}; "
+                              "serve the ONNX file with the run it was exported from")
+    return classifier
+
+
+def build_app(run_dir=None, onnx=None, gate=None, results=None, device="cpu", limits=None):
+    """Everything `medclf serve` loads once, before the first request: model, gate, operating point."""
+    from medclf.webapp import Limits, create_app
+
+    classifier = load_classifier(run_dir, onnx, device)
+    gate_content, gate_source = load_gate(run_dir, gate)
+    point = load_operating_point(run_dir, list(classifier.class_names), results)
+    if point is None:
+        _log("no binary report in the run folder: the page shows class probabilities without an operating point")
+    else:
+        _log(f"operating point {point['name']} >= {point['threshold']:.4g} ({point['threshold_source']}) from "
+             f"{point['report']}")
+    return create_app(classifier, gate_content, gate_source, point, limits or Limits())
+
+
+def run_server(app, host="127.0.0.1", port=8000, max_connections=64):
+    """uvicorn, one process, never a debug or reload server; more than `max_connections` open
+    connections are answered 503 instead of queued without bound."""
+    import uvicorn
+
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        _log(f"warning: listening on {host}: anyone who can reach this address can upload images; "
+             "there is no authentication")
+    uvicorn.run(app, host=host, port=port, reload=False, workers=1, log_level="info",
+                limit_concurrency=max_connections, server_header=False, date_header=False)
