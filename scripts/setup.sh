@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up everything medclf needs, idempotently:
 #   1. R and its Debian packages (pROC, jsonlite, optparse, testthat), unless --no-r
-#   2. a Python environment with the pinned requirements and medclf itself (editable)
+#   2. Debian's chromium, which the browser test of `medclf serve` drives (Playwright, /usr/bin/chromium)
+#   3. a Python environment with the pinned requirements and medclf itself (editable)
 # Python target: the active virtualenv/conda env if there is one, else ./.venv
 # (created here; Debian/Ubuntu system Pythons refuse pip installs, PEP 668).
 # Usage: bash scripts/setup.sh [--no-r]     Prints the Python to use on its last line.
@@ -38,6 +39,17 @@ if [ "$want_r" = 1 ] && ! r_packages_present; then
     log "R with pROC, jsonlite, optparse and testthat is needed for the R report and its tests."
     log "No apt-get here: install R (https://cran.r-project.org) and those packages, or run with --no-r."
     exit 1
+  fi
+fi
+
+if [ ! -x /usr/bin/chromium ]; then
+  if command -v apt-get >/dev/null 2>&1 && { [ "$(id -u)" = 0 ] || command -v sudo >/dev/null 2>&1; }; then
+    sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+    log "installing Debian's chromium (the browser test of medclf serve drives it)"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
+  else
+    log "chromium is missing (apt-get install chromium): the browser test of medclf serve is skipped outside CI"
   fi
 fi
 

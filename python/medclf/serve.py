@@ -167,7 +167,11 @@ def load_classifier(run_dir=None, onnx=None, device="cpu"):
 
 def build_app(run_dir=None, onnx=None, gate=None, results=None, device="cpu", limits=None):
     """Everything `medclf serve` loads once, before the first request: model, gate, operating point."""
-    from medclf.webapp import Limits, create_app
+    try:
+        from medclf.webapp import Limits, create_app
+    except ImportError as exc:
+        raise MedclfError(f"medclf serve needs {exc.name}: pip install 'medclf[serve]' (versions pinned in "
+                          "requirements.txt)") from exc
 
     classifier = load_classifier(run_dir, onnx, device)
     gate_content, gate_source = load_gate(run_dir, gate)
