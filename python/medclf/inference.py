@@ -29,6 +29,8 @@ class Classifier(Protocol):
 
 @runtime_checkable
 class HeatmapClassifier(Classifier, Protocol):
+    heatmap_method: str
+
     def heatmaps(self, images, targets):
         """(views, maps): the (N, S, S, 3) uint8 crops the model saw and (N, S, S) maps in [0, 1]
         of the class index `targets[i]` for image i."""

@@ -14,6 +14,7 @@ import base64
 import io
 import logging
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,9 @@ DEFAULT_MAX_UPLOAD_MB = 20
 DEFAULT_MAX_PIXELS = 25_000_000
 DEFAULT_MAX_FILES = 16
 log = logging.getLogger("medclf.serve")
+# One uploaded image in work at a time, from decoding to heat map: memory stays that of one
+# full-resolution image (plus its quality measures) however many requests arrive together.
+IMAGE_SLOT = threading.Lock()
 
 
 def _log(message):
@@ -139,6 +143,14 @@ def analyse(classifier, gate, operating_point, uploads):
         entries[i].update(probabilities=[float(x) for x in p], predicted_class=classes[k],
                           operating_point=_operating_point(operating_point, p, classes), heatmap=heat)
     return entries
+
+
+def analyse_upload(classifier, gate, operating_point, name, data, max_pixels):
+    """`analyse` of one uploaded file's bytes (checked by medclf.uploads.read_upload), in IMAGE_SLOT."""
+    from medclf.uploads import read_upload
+
+    with IMAGE_SLOT:
+        return analyse(classifier, gate, operating_point, [(name, read_upload(data, name, max_pixels))])[0]
 
 
 # ---------------------------------------------------------------------------------------- server

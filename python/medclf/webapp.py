@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 from medclf import schemas, serve
 from medclf.errors import MedclfError
 from medclf.inference import HeatmapClassifier
-from medclf.uploads import BodySizeLimit, SecurityHeaders, UploadError, clean_name, read_upload
+from medclf.uploads import BodySizeLimit, SecurityHeaders, UploadError, clean_name
 
 log = logging.getLogger("medclf.serve")
 FILES_FIELD = "files"
@@ -187,11 +187,10 @@ def create_app(classifier, gate, gate_source, operating_point=None, limits=Limit
         if len(files) > limits.max_files:
             raise UploadError(422, f"{len(files)} files in one request; this server takes at most {limits.max_files} "
                                    "(medclf serve --max-files)")
-        uploads = [(clean_name(f.filename), f) for f in files]
-        images = [(name, read_upload(f.file.read(), name, limits.max_pixels)) for name, f in uploads]
+        images = [serve.analyse_upload(classifier, gate, operating_point, clean_name(f.filename), f.file.read(),
+                                       limits.max_pixels) for f in files]
         return {"schema": schemas.SERVE_RESPONSE, "notice": serve.NOTICE, "classes": list(classifier.class_names),
-                "heatmap_note": info["heatmap_note"],
-                "images": serve.analyse(classifier, gate, operating_point, images)}
+                "heatmap_note": info["heatmap_note"], "images": images}
 
     app.add_middleware(BodySizeLimit, max_bytes=limits.max_upload_bytes)
     app.add_middleware(SecurityHeaders)

@@ -26,6 +26,7 @@ and ADDED below; the failure message shows the original and the rewritten comman
 | --set train.epochs=N (and the keys above)   | the shrunk value                                   |
 | medclf demo / bash scripts/demo.sh          | + --n-per-class 8 --epochs 1 --img-size 32 where absent |
 | benchmarks/duplicates.py                    | + --max-per-dataset 40 --n-speed 200 where absent; --n-speed N -> 200 |
+| benchmarks/serve_load.py                    | + --seconds 3 where absent; --seconds N -> 3       |
 | bash scripts/test.sh ...                    | bash scripts/setup.sh (the test suite cannot run itself from inside itself) |
 
 The environment: OMP/MKL threads 1, no bytecode, no progress bars, and VIRTUAL_ENV = TMP, so
@@ -59,7 +60,7 @@ COMMAND_TIMEOUT_S = 600
 REWRITES = {
     "--img-size": ["32"], "--epochs": ["1"], "--patience": ["1"], "--n-per-class": ["8"], "--boot": ["200"],
     "-num_epochs": ["1"], "-img_shape": ["3", "32", "32"], "-img_size": ["3", "32", "32"],
-    "--n-speed": ["200"],
+    "--n-speed": ["200"], "--seconds": ["3"],
 }
 # `medclf study --set KEY=V`: the shrunk value of each key (added where the command lacks it)
 SET_SHRINK = {"train.epochs": "1", "train.img-size": "32", "train.patience": "1", "train.threads": "1"}
@@ -68,6 +69,7 @@ ADDED = {
     "train": [["--threads", "1"], ["--no-progress"]],
     "demo": [["--n-per-class", "8"], ["--epochs", "1"], ["--img-size", "32"]],
     "benchmarks/duplicates.py": [["--max-per-dataset", "40"], ["--n-speed", "200"]],
+    "benchmarks/serve_load.py": [["--seconds", "3"]],
 }
 # scripts whose extra arguments go to a medclf subcommand (so they get that subcommand's rewrites)
 SCRIPT_SUBCOMMAND = {"scripts/demo.sh": "demo"}
