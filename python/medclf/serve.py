@@ -12,12 +12,12 @@ copy), /openapi.json the schema. Uploads are checked by medclf.uploads. See docs
 
 import base64
 import io
-import logging
 import sys
 import threading
 from pathlib import Path
 
 import numpy as np
+
 from medclf import schemas
 from medclf.errors import MedclfError
 from medclf.fileio import read_json
@@ -30,7 +30,6 @@ NO_HEATMAP_NOTE = "heat maps need the PyTorch model; this server runs an ONNX ex
 DEFAULT_MAX_UPLOAD_MB = 20
 DEFAULT_MAX_PIXELS = 25_000_000
 DEFAULT_MAX_FILES = 16
-log = logging.getLogger("medclf.serve")
 # One uploaded image in work at a time, from decoding to heat map: memory stays that of one
 # full-resolution image (plus its quality measures) however many requests arrive together.
 IMAGE_SLOT = threading.Lock()

@@ -1,5 +1,5 @@
 """The FastAPI application of `medclf serve` (the logic per image is in medclf.serve, upload checks in
-medclf.uploads). `create_app(classifier, gate, operating_point, limits)` builds it around an already
+medclf.uploads). `create_app(classifier, gate, gate_source, operating_point, limits)` builds it around an already
 loaded classifier, so tests can hand it any `medclf.inference.Classifier`."""
 
 import logging
