@@ -359,3 +359,21 @@ def test_the_page_in_chromium_shows_probabilities_and_heat_map_then_an_error(ser
         browser.close()
     assert (tmp_path / "page.png").stat().st_size > 10_000
     assert requested and all(u.startswith(server) or u.startswith("data:") for u in requested)
+
+
+def test_dicom_is_read_from_its_content_and_its_header_pixel_count_is_checked_first(client, tmp_path):
+    import pydicom
+    from test_imageio import _write_dicom
+
+    pixels = (np.add.outer(np.arange(64), np.arange(80)) * 50).astype(np.uint16)
+    _write_dicom(tmp_path / "slice", pixels)
+    response = post(client, ("slice", (tmp_path / "slice").read_bytes(), "application/octet-stream"))
+    assert response.status_code == 200, response.text
+    entry = response.json()["images"][0]
+    assert (entry["width"], entry["height"]) == (80, 64)
+    ds = pydicom.dcmread(tmp_path / "slice")
+    ds.Rows, ds.Columns = 60000, 60000  # a header claiming 3.6 Gpx over 10 KB of pixel data
+    ds.save_as(tmp_path / "huge.dcm")
+    response = post(client, ("huge.dcm", (tmp_path / "huge.dcm").read_bytes(), "application/dicom"))
+    assert response.status_code == 422
+    assert "huge.dcm: 60000 x 60000 pixels is above this server's limit" in response.json()["detail"]
