@@ -356,6 +356,8 @@ def test_the_page_in_chromium_shows_probabilities_and_heat_map_then_an_error(ser
         page.wait_for_selector("#error:not([hidden])")
         assert "Error 415: notes.jpg: not an image" in page.locator("#error").inner_text()
         assert page.locator("table.probabilities").count() == 0
+        page.goto(server + "/docs")  # Swagger UI from local files, under the content security policy
+        page.wait_for_selector(".swagger-ui .opblock-summary-path[data-path='/api/predict']", timeout=60_000)
         browser.close()
     assert (tmp_path / "page.png").stat().st_size > 10_000
     assert requested and all(u.startswith(server) or u.startswith("data:") for u in requested)
