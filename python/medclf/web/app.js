@@ -33,11 +33,12 @@ function probabilityTable(classes, probabilities, predicted) {
 function operatingPointText(op) {
   const side = op.at_or_above_threshold ? "at or above" : "below";
   const source = op.threshold_source.startsWith("validation:")
-    ? "chosen on the validation split (" + op.threshold_source.slice(11) + ")" : op.threshold_source;
-  return "P(" + op.name + ") = " + op.classes.join(" + ") + " = " + fixed(op.probability, 4) + ", " + side +
-    " the threshold " + fixed(op.threshold, 4) + " (" + source + "). At this threshold on the " + op.split +
-    " split (n = " + op.n + "): " + metricText("sensitivity", op.sensitivity) + ", " +
-    metricText("specificity", op.specificity) + " [" + op.report + "].";
+    ? "chosen on the validation split by the rule " + op.threshold_source.slice(11) : op.threshold_source;
+  const members = op.classes.length > 1 || op.classes[0] !== op.name ? " = " + op.classes.join(" + ") : "";
+  return "P(" + op.name + ")" + members + " = " + fixed(op.probability, 4) + ", " + side + " the threshold " +
+    fixed(op.threshold, 4) + " (" + source + "). At this threshold on the " + op.split + " split (n = " + op.n +
+    "): " + metricText("sensitivity", op.sensitivity) + ", " + metricText("specificity", op.specificity) +
+    " [" + op.report + "].";
 }
 
 function imageCard(entry, classes, heatmapNote) {
