@@ -382,6 +382,8 @@ def test_rewrite_table_shrinks_documented_settings():
     assert demo == "bash scripts/demo.sh --epochs 1 --n-per-class 8 --img-size 32 && echo ok"
     test_sh, notes = rewrite("bash scripts/test.sh -k x", "x")
     assert test_sh == "bash scripts/setup.sh" and "replaced" in notes[0]
+    load, _ = rewrite("python benchmarks/serve_load.py --run r --seconds 60", "x")
+    assert load == "python benchmarks/serve_load.py --run r --seconds 3"
     quoted, _ = rewrite("medclf partition --label-map 'mel=m,*=b' --out \"$OUT/a b\"", "x")
     assert quoted == "medclf partition --label-map 'mel=m,*=b' --out \"$OUT/a b\""
 
