@@ -15,3 +15,5 @@ ORGANIZE_MANIFEST = "medclf.organize-manifest/1"  # .medclf-organize.json (medcl
 STUDY = "medclf.study/1"               # study_resolved.json (medclf study)
 CALIBRATION = "medclf.calibration/1"   # calibration.json (medclf calibrate)
 CONFORMAL = "medclf.conformal/1"       # conformal.json (medclf conformal)
+ENSEMBLE = "medclf.ensemble/1"     # ensemble.json (medclf ensemble)
+SWEEP = "medclf.sweep/1"           # sweep.json (medclf sweep)
