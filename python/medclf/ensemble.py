@@ -232,7 +232,7 @@ def ensemble_record(split, method, members, files, weights):
 
 def run_ensemble(members, method="mean", weights=None, split="test", out_dir=None):
     """Write OUT/predictions_<split>.json (and predictions_val.json, ensemble.json). Returns the paths."""
-    from medclf.training import git_commit, library_versions
+    from medclf.training import git_commit
 
     if method not in METHODS:
         raise MedclfError(f"--method {method}: use one of {', '.join(METHODS)}")
@@ -253,12 +253,23 @@ def run_ensemble(members, method="mean", weights=None, split="test", out_dir=Non
                   "members": [{"predictions": str(f), "sha256": sha256_file(f), "weight": float(x)}
                               for f, x in zip(files, w)],
                   "weights": chosen, "calibrated": method != "rank", "n": len(data[0]["labels"]),
-                  "versions": library_versions(), "git_commit": git_commit(),
+                  "versions": _versions(), "git_commit": git_commit(),
                   "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     for path, record in records.items():
         write_json(path, record)
     write_json(Path(out_dir) / "ensemble.json", provenance)
     return list(records) + [Path(out_dir) / "ensemble.json"]
+
+
+def _versions():
+    import platform
+
+    import scipy
+
+    import medclf
+
+    return {"python": platform.python_version(), "numpy": np.__version__, "scipy": scipy.__version__,
+            "medclf": medclf.__version__}
 
 
 def refuse_uncalibrated(raw, source, allowed):
