@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
 # Set up everything medclf needs, idempotently:
 #   1. R and its Debian packages (pROC, jsonlite, optparse, testthat), unless --no-r
-#   2. a Python environment with the pinned requirements and medclf itself (editable)
+#   2. Debian's PostgreSQL server, for the test of `medclf sweep --storage postgresql://`, unless
+#      --no-postgres (where it cannot be installed, that one test is skipped and says why)
+#   3. a Python environment with the pinned requirements and medclf itself (editable)
 # Python target: the active virtualenv/conda env if there is one, else ./.venv
 # (created here; Debian/Ubuntu system Pythons refuse pip installs, PEP 668).
-# Usage: bash scripts/setup.sh [--no-r]     Prints the Python to use on its last line.
+# Usage: bash scripts/setup.sh [--no-r] [--no-postgres]     Prints the Python to use on its last line.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 want_r=1
+want_postgres=1
 for arg in "$@"; do
   case "$arg" in
     --no-r) want_r=0 ;;
-    -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
+    --no-postgres) want_postgres=0 ;;
+    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
     *) echo "setup.sh: unknown option $arg (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -38,6 +42,20 @@ if [ "$want_r" = 1 ] && ! r_packages_present; then
     log "R with pROC, jsonlite, optparse and testthat is needed for the R report and its tests."
     log "No apt-get here: install R (https://cran.r-project.org) and those packages, or run with --no-r."
     exit 1
+  fi
+fi
+
+postgres_present() { compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || command -v initdb >/dev/null 2>&1; }
+
+if [ "$want_postgres" = 1 ] && ! postgres_present; then
+  if command -v apt-get >/dev/null 2>&1 && { [ "$(id -u)" = 0 ] || command -v sudo >/dev/null 2>&1; }; then
+    sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+    log "installing Debian's postgresql (a throw-away server for the sweep storage test)"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq postgresql >/dev/null
+  else
+    log "PostgreSQL is not installed and cannot be installed here (no apt-get, or not root): the test of"
+    log "medclf sweep --storage postgresql:// will be skipped. Install the postgresql server to run it."
   fi
 fi
 

@@ -34,6 +34,7 @@ import math
 import os
 import re
 import sys
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -277,17 +278,18 @@ def open_storage(spec, sweep_dir):
     except Exception as exc:  # sqlalchemy.exc.ArgumentError
         raise MedclfError(f"--storage {spec}: not a database URL ({exc}); e.g. postgresql://user@host:5432/db "
                           "or a journal file path") from None
-    if spec.startswith("postgresql"):
+    if spec.startswith("postgresql://"):  # SQLAlchemy 2.1's default PostgreSQL driver is psycopg 3
         try:
-            import psycopg2  # noqa: F401
+            import psycopg  # noqa: F401
         except ImportError:
-            raise MedclfError("--storage postgresql://... needs psycopg2: pip install psycopg2-binary") from None
-    try:
-        return optuna.storages.RDBStorage(spec), shown
-    except Exception as exc:  # sqlalchemy OperationalError: no server, no database, refused login
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise MedclfError(f"--storage {shown}: cannot open the database ({first}); check the URL and that "
-                          "the server runs") from None
+            raise MedclfError("--storage postgresql://... needs psycopg: pip install 'psycopg[binary]'") from None
+    for attempt in range(3):
+        try:
+            return optuna.storages.RDBStorage(spec), shown
+        except Exception as exc:  # no server, no database, refused login; or tables created by another worker now
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            time.sleep(1 + attempt)
+    raise MedclfError(f"--storage {shown}: cannot open the database ({first}); check the URL and that the server runs")
 
 
 def open_study(plan, storage):
@@ -669,21 +671,28 @@ def write_outputs(study, plan, storage_text):
 
 # ------------------------------------------------------------------------------------ the stage
 
-def ensure_partition(plan, data_root, out_root, overrides):
-    """The study's partition (made once, under a lock, so workers started together agree)."""
-    from medclf.study import run_study
-
+@contextlib.contextmanager
+def one_worker_at_a_time(plan):
+    """Workers started together on one machine take turns to make the partition and the storage's
+    tables (creating them at once fails)."""
     plan.study_dir.mkdir(parents=True, exist_ok=True)
-    with open(plan.study_dir / ".sweep-partition.lock", "a") as handle:
+    with open(plan.study_dir / ".sweep-start.lock", "a") as handle:
         try:
             import fcntl
 
             fcntl.flock(handle, fcntl.LOCK_EX)
         except ImportError:
             pass
-        # The study runner prints its summary table on stdout, where medclf prints paths.
-        with contextlib.redirect_stdout(sys.stderr):
-            run_study(plan.study_file, data_root=data_root, out_root=out_root, stages="partition", overrides=overrides)
+        yield
+
+
+def ensure_partition(plan, data_root, out_root, overrides):
+    """The study's partition, made by `medclf study` when absent (skipped when it exists)."""
+    from medclf.study import run_study
+
+    # The study runner prints its summary table on stdout, where medclf prints paths.
+    with contextlib.redirect_stdout(sys.stderr):
+        run_study(plan.study_file, data_root=data_root, out_root=out_root, stages="partition", overrides=overrides)
 
 
 def run_sweep(study_file, trials=None, space=None, storage=None, data_root=None, out_root="results", overrides=(),
@@ -691,9 +700,10 @@ def run_sweep(study_file, trials=None, space=None, storage=None, data_root=None,
     """Run (or resume, or join as one more worker) a sweep; returns the paths of its outputs."""
     plan = build_sweep(study_file, trials, space, storage, data_root, out_root, overrides, sweep_name, seed, prune,
                        progress)
-    ensure_partition(plan, data_root, out_root, overrides)
-    storage_obj, storage_text = open_storage(plan.storage, plan.sweep_dir)
-    study = open_study(plan, storage_obj)
+    with one_worker_at_a_time(plan):
+        ensure_partition(plan, data_root, out_root, overrides)
+        storage_obj, storage_text = open_storage(plan.storage, plan.sweep_dir)
+        study = open_study(plan, storage_obj)
     _log(f"{plan.name}: {plan.trials} trials of {plan.run} over {' '.join(p.text() for p in plan.space)}; "
          f"objective: best validation {plan.monitor}; storage: {storage_text}")
     run_trials(study, storage_obj, plan)
