@@ -46,6 +46,9 @@ from medclf.fileio import atomic_path, write_json, write_text
 KINDS = ("loguniform", "uniform", "int", "logint", "choice")
 NOT_SWEPT = {"monitor": "the objective is the monitored value; sweeping it would compare different metrics",
              "resume": "the sweep resumes trials itself", "progress": "use medclf sweep --no-progress"}
+# train options that say where or how a trial runs, not what it computes: workers may differ in them
+WHERE_AND_HOW = ("splits", "out", "run_name", "data_root", "resume", "progress", "tensorboard", "cache", "device",
+                 "use_gpu", "threads", "workers")
 SECTION_KEYS = ("trials", "space", "run", "storage", "seed", "prune")
 LOCK_NAME = ".sweep-trial.lock"
 _ITEM = re.compile(r"\s*([A-Za-z][A-Za-z0-9_-]*)\s*=\s*([a-z]+)\s*\(([^()]*)\)\s*")
@@ -178,7 +181,7 @@ class SweepPlan:
     def settings(self):
         """What the stored trials mean; workers and resumed sweeps must agree on it."""
         options = {k: v for k, v in sorted(vars(self.train_call.args).items())
-                   if k not in ("splits", "out", "run_name", "progress", "data_root") and not k.startswith("_")}
+                   if k not in WHERE_AND_HOW and not k.startswith("_")}
         return {"space": " ".join(p.text() for p in self.space), "monitor": self.monitor,
                 "direction": self.direction, "run": self.run, "train_options": options}
 
