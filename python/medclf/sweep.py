@@ -544,6 +544,7 @@ def _save(fig, path):
 def plot_history(rows, plan, path):
     """Validation value per trial (pruned: its last report, grey x) and the best so far."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     done = [r for r in rows if r["value"] is not None]
     pruned = [r for r in rows if r["state"] == "pruned" and r["best_value_reported"] is not None]
@@ -558,6 +559,7 @@ def plot_history(rows, plan, path):
         best = r["value"] if best is None else pick(best, r["value"])
         line.append(best)
     ax.step([r["number"] for r in done], line, where="post", color="C1", label="best so far")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("trial")
     ax.set_ylabel(f"best validation {plan.monitor}")
     ax.set_title(f"{plan.name}: optimisation history")

@@ -127,6 +127,13 @@ def test_every_swept_value_is_checked_before_training(tmp_path, images, space, m
     assert not (tmp_path / "results").exists()
 
 
+@pytest.mark.parametrize("space, warmup", [("lr=loguniform(1e-4,1e-2)", 2), ("patience=int(1,6)", 6)])
+def test_pruning_waits_at_least_the_patience(tmp_path, images, space, warmup):
+    plan = sweep.build_sweep(study_file(tmp_path, images), space=space, out_root=tmp_path / "results")
+    assert plan.warmup == warmup and sweep.build_pruner(plan)._n_warmup_steps == warmup  # study patience: 2
+    assert plan.direction == "minimize" and plan.trials == 3
+
+
 # ------------------------------------------------------------------------------ resume, failures
 
 def test_a_sweep_killed_mid_trial_resumes_and_finishes_n_trials(tmp_path, images):
