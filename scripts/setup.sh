@@ -1,18 +1,22 @@
 #!/usr/bin/env bash
 # Set up everything medclf needs, idempotently:
 #   1. R and its Debian packages (pROC, jsonlite, optparse, testthat), unless --no-r
-#   2. Debian's chromium, which the browser test of `medclf serve` drives (Playwright, /usr/bin/chromium)
+#   2. Debian's chromium (the browser test of `medclf serve`, driven by Playwright) and Debian's
+#      PostgreSQL server (the test of `medclf sweep --storage postgresql://`; skip with --no-postgres).
+#      Where they cannot be installed, those tests say why.
 #   3. a Python environment with the pinned requirements and medclf itself (editable)
 # Python target: the active virtualenv/conda env if there is one, else ./.venv
 # (created here; Debian/Ubuntu system Pythons refuse pip installs, PEP 668).
-# Usage: bash scripts/setup.sh [--no-r]     Prints the Python to use on its last line.
+# Usage: bash scripts/setup.sh [--no-r] [--no-postgres]     Prints the Python to use on its last line.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 want_r=1
+want_postgres=1
 for arg in "$@"; do
   case "$arg" in
     --no-r) want_r=0 ;;
-    -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
+    --no-postgres) want_postgres=0 ;;
+    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
     *) echo "setup.sh: unknown option $arg (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -42,14 +46,20 @@ if [ "$want_r" = 1 ] && ! r_packages_present; then
   fi
 fi
 
-if [ ! -x /usr/bin/chromium ]; then
+postgres_present() { compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || command -v initdb >/dev/null 2>&1; }
+
+test_pkgs=""
+[ -x /usr/bin/chromium ] || test_pkgs="chromium"
+if [ "$want_postgres" = 1 ] && ! postgres_present; then test_pkgs="$test_pkgs postgresql"; fi
+if [ -n "$test_pkgs" ]; then
   if command -v apt-get >/dev/null 2>&1 && { [ "$(id -u)" = 0 ] || command -v sudo >/dev/null 2>&1; }; then
     sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
-    log "installing Debian's chromium (the browser test of medclf serve drives it)"
+    log "installing Debian packages that tests drive (serve's browser test, sweep's PostgreSQL storage):$test_pkgs"
     $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq $test_pkgs >/dev/null
   else
-    log "chromium is missing (apt-get install chromium): the browser test of medclf serve is skipped outside CI"
+    log "missing and not installable here (no apt-get, or not root):$test_pkgs;"
+    log "the tests that need them are skipped outside CI, with the reason"
   fi
 fi
 

@@ -713,14 +713,18 @@ def quality_gate_section(result, request, engine):
 
 
 def report_run(run_dir, split="test", positive=None, threshold=None, threshold_rule=None, group=None,
-               engine="auto", boot_n=0, seed=1, plots=True, tag=None):
+               engine="auto", boot_n=0, seed=1, plots=True, tag=None, allow_uncalibrated=False):
     """Score results/NAME/predictions_<split>.json; write results_<split>[_<tag>].json,
-    report_<split>[_<tag>].md and the plots named likewise (output_names)."""
+    report_<split>[_<tag>].md and the plots named likewise (output_names). Rank scores (a rank
+    ensemble) are refused unless allow_uncalibrated (medclf.ensemble.refuse_uncalibrated)."""
+    from medclf.ensemble import refuse_uncalibrated
+
     run_dir = Path(run_dir)
     names = output_names(split, tag)
     predictions = run_dir / f"predictions_{split}.json"
     if not predictions.is_file():
         raise MedclfError(f"{predictions}: not found; run `medclf test --run {run_dir}` first")
+    uncalibrated = refuse_uncalibrated(read_predictions_file(predictions), predictions, allow_uncalibrated)
     if (run_dir / "config.json").is_file():  # refuse a broken config.json before anything is written
         read_run_config(run_dir / "config.json", required={})
     val_path = None
@@ -741,7 +745,12 @@ def report_run(run_dir, split="test", positive=None, threshold=None, threshold_r
         val = validate_predictions(read_predictions_file(val_path), val_path)
         variability = reliability.threshold_variability(binary_view(val, frame), binary_view(data, frame), threshold_rule)
     result["reliability"] = reliability.reliability_sections(raw, data, variability, boot_n, seed)
-    gate_markdown = quality_gate_section(result, request, engine)
+    if uncalibrated:
+        result["uncalibrated_scores"] = uncalibrated
+        gate_markdown = f"\n**Not calibrated:** {uncalibrated}.\n"
+    else:
+        gate_markdown = ""
+    gate_markdown += quality_gate_section(result, request, engine)
     results_path = run_dir / names["results"]
     write_json(results_path, result)
     plot_paths = write_plots(result, data, run_dir, names) if plots else []

@@ -62,7 +62,8 @@ from medclf.report import output_names
 
 from medclf.schemas import STUDY as SCHEMA
 STAGES = ("partition", "train", "test", "report", "compare")
-TOP_LEVEL_KEYS = ("name", "description", "data", "partition", "train", "runs", "test", "report", "compare")
+TOP_LEVEL_KEYS = ("name", "description", "data", "partition", "train", "runs", "test", "report", "compare",
+                  "sweep")  # sweep: read by `medclf sweep` (medclf.sweep), not run by `medclf study`
 DATA_KEYS = ("root", "metadata", "image-dir")
 # Options the runner sets itself (by argparse dest), so every output lands under <out>/<name>/.
 MANAGED_DESTS = {

@@ -516,14 +516,16 @@ def write_run_config(trainer, resuming, split_binding):
     write_json(trainer.run_dir / "config.json", record)
 
 
-def run_training(config):
+def run_training(config, on_epoch=None):
     """Train per `config` (keys of DEFAULTS). Returns a summary dict (run folder, epochs, best
-    epoch and value, why it stopped, and the model holding the best weights)."""
+    epoch and value, why it stopped, and the model holding the best weights).
+    on_epoch(row, best): called after each epoch is saved with its history row and the best
+    monitored value so far (a sweep reports it to its pruner, which may stop the run by raising)."""
     with preserved_torch_state():
-        return _run_training(config)
+        return _run_training(config, on_epoch)
 
 
-def _run_training(config):
+def _run_training(config, on_epoch=None):
     cfg, run_dir, resuming = _prepare_config(config)
     device, amp = setup_torch(cfg)
     table = read_run_splits(cfg)
@@ -539,7 +541,7 @@ def _run_training(config):
     if cfg["tensorboard"]:
         trainer.writer = _tensorboard_writer_class()(log_dir=str(run_dir / "tensorboard"))
     try:
-        stop_reason = train_epochs(trainer, start_epoch)
+        stop_reason = train_epochs(trainer, start_epoch, on_epoch)
     except KeyboardInterrupt:
         _finish(trainer, "interrupted")
         raise
@@ -548,7 +550,7 @@ def _run_training(config):
 
 # ---------------------------------------------------------------- epochs
 
-def train_epochs(trainer, start_epoch):
+def train_epochs(trainer, start_epoch, on_epoch=None):
     """Epochs `start_epoch`..epochs until early stopping; returns why training stopped."""
     cfg = trainer.cfg
     for epoch in range(start_epoch, cfg["epochs"] + 1):
@@ -557,6 +559,8 @@ def train_epochs(trainer, start_epoch):
         row = run_epoch(trainer, epoch)
         trainer.history.append(row)
         save_epoch(trainer, row)
+        if on_epoch is not None:
+            on_epoch(row, trainer.stopper.best)
     return "patience" if trainer.stopper.should_stop else "max epochs"
 
 

@@ -22,7 +22,8 @@ and ADDED below; the failure message shows the original and the rewritten comman
 | --n-per-class N, --boot N                   | --n-per-class 8, --boot 200                        |
 | -num_epochs N, -img_shape/-img_size 3 H W   | -num_epochs 1, -img_shape/-img_size 3 32 32 (seed-002 scripts) |
 | medclf train (without --threads)            | + --threads 1 --no-progress                        |
-| medclf study FILE                           | + --set train.epochs=1 train.img-size=32 train.patience=1 train.threads=1 |
+| medclf study FILE, medclf sweep FILE         | + --set train.epochs=1 train.img-size=32 train.patience=1 train.threads=1 |
+| --trials N (medclf sweep)                   | --trials 2                                         |
 | --set train.epochs=N (and the keys above)   | the shrunk value                                   |
 | medclf demo / bash scripts/demo.sh          | + --n-per-class 8 --epochs 1 --img-size 32 where absent |
 | benchmarks/duplicates.py                    | + --max-per-dataset 40 --n-speed 200 where absent; --n-speed N -> 200 |
@@ -60,9 +61,9 @@ COMMAND_TIMEOUT_S = 600
 REWRITES = {
     "--img-size": ["32"], "--epochs": ["1"], "--patience": ["1"], "--n-per-class": ["8"], "--boot": ["200"],
     "-num_epochs": ["1"], "-img_shape": ["3", "32", "32"], "-img_size": ["3", "32", "32"],
-    "--n-speed": ["200"], "--seconds": ["3"],
+    "--n-speed": ["200"], "--seconds": ["3"], "--trials": ["2"],
 }
-# `medclf study --set KEY=V`: the shrunk value of each key (added where the command lacks it)
+# `medclf study|sweep --set KEY=V`: the shrunk value of each key (added where the command lacks it)
 SET_SHRINK = {"train.epochs": "1", "train.img-size": "32", "train.patience": "1", "train.threads": "1"}
 # medclf subcommand or Python script -> options added where absent
 ADDED = {
@@ -183,7 +184,7 @@ def add_missing(words, subcommand):
     for option in ADDED.get(subcommand, []):
         if option[0] not in words and not any(w.startswith(option[0] + "=") for w in words):
             words += option
-    if subcommand == "study":
+    if subcommand in ("study", "sweep"):
         present = {words[i + 1].partition("=")[0] for i, w in enumerate(words[:-1]) if w == "--set"}
         for key, value in SET_SHRINK.items():
             if key not in present:
@@ -375,6 +376,9 @@ def test_rewrite_table_shrinks_documented_settings():
     assert notes == []
     study, _ = rewrite("medclf study studies/a.yaml --set train.epochs=2 --set train.img-size=64", "x")
     assert study == ("medclf study studies/a.yaml --set train.epochs=1 --set train.img-size=32 "
+                     "--set train.patience=1 --set train.threads=1")
+    swept, _ = rewrite("medclf sweep studies/a.yaml --trials 12", "x")
+    assert swept == ("medclf sweep studies/a.yaml --trials 2 --set train.epochs=1 --set train.img-size=32 "
                      "--set train.patience=1 --set train.threads=1")
     seed, _ = rewrite("python python/train_torchvision.py -num_epochs 256 -img_shape 3 224 224 --use_GPU", "x")
     assert seed == "python python/train_torchvision.py -num_epochs 1 -img_shape 3 32 32 --use_GPU"

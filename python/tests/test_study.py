@@ -511,9 +511,9 @@ def test_study_command_dry_run_through_the_cli(study_file, capsys):
 SHIPPED = sorted((REPO / "studies").glob("*.yaml"))
 
 
-def test_the_four_studies_are_shipped():
-    assert [p.name for p in SHIPPED] == ["brain_mri.yaml", "ham10000_7class.yaml", "ham10000_malignant.yaml",
-                                        "ham10000_melanoma.yaml"]
+def test_the_shipped_studies_are_these():
+    assert [p.name for p in SHIPPED] == ["brain_mri.yaml", "brain_mri_sweep.yaml", "ham10000_7class.yaml",
+                                        "ham10000_malignant.yaml", "ham10000_melanoma.yaml"]
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])

@@ -29,6 +29,9 @@ def add_arguments(parser):
     parser.add_argument("--boot", type=int, default=0, help="bootstrap resamples for percentile intervals (0 = none)")
     parser.add_argument("--seed", type=int, default=1, help="bootstrap seed")
     parser.add_argument("--no-plots", dest="plots", action="store_false", help="skip the PNG plots")
+    parser.add_argument("--allow-uncalibrated", action="store_true",
+                        help="report threshold metrics on scores that are not calibrated probabilities (a rank "
+                             "ensemble, `medclf ensemble --method rank`); refused without it")
 
 
 def run(args):
@@ -36,12 +39,14 @@ def run(args):
     from medclf.report import report_run
 
     out = report_run(args.run, args.split, args.positive, args.threshold, args.threshold_rule, args.group,
-                     args.engine, args.boot, args.seed, args.plots, args.tag)
+                     args.engine, args.boot, args.seed, args.plots, args.tag, args.allow_uncalibrated)
     result = out["result"]
     headline = ["roc_auc", "sensitivity", "specificity"] if result["task"] == "binary" else \
         ["macro_auc", "balanced_accuracy", "cohen_kappa"]
     summary = ", ".join(f"{name} {estimate_with_interval(result['metrics'][name])}" for name in headline)
     print(f"engine {result['engine']['route']}: {summary}")
+    if result.get("uncalibrated_scores"):
+        print(f"warning: {result['uncalibrated_scores']}")
     if result.get("threshold_optimistic"):
         print(f"warning: {result['threshold_optimistic']}")
     print(out["results"])
