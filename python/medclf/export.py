@@ -76,6 +76,16 @@ def check_batch(run_dir, config, prep, n, data_root=None):
     return preprocess.model_input(images, prep["resize_side"], prep["img_size"], prep["mean"], prep["std"]), "val split"
 
 
+def require_onnx_libraries():
+    """onnx, onnxscript (the dynamo exporter's translator) and onnxruntime, or one line naming the install."""
+    import importlib.util
+
+    missing = [name for name in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise MedclfError(f"medclf export --format onnx needs {', '.join(missing)}: pip install 'medclf[onnx]' "
+                          "(versions pinned in requirements.txt)")
+
+
 def export_program(model, img_size, opset=None):
     """torch.onnx.export (dynamo) of `model` with a free batch dimension; the exporter's output
     goes to stderr, so stdout keeps only the paths medclf prints."""
@@ -113,12 +123,25 @@ def compare_with_torch(path, model, inputs, rule):
     with torch.inference_mode():
         expected = onnx_model.probabilities_from_logits(model(torch.from_numpy(inputs)).float().numpy(), rule)
     one_by_one = np.concatenate([session.logits(inputs[i:i + 1]) for i in range(len(inputs))])
-    differences = [np.abs(onnx_model.probabilities_from_logits(logits, rule) - expected).max()
-                   for logits in (one_by_one, session.logits(inputs))]
-    agree = all((onnx_model.probabilities_from_logits(logits, rule).argmax(1) == expected.argmax(1)).all()
-                for logits in (one_by_one, session.logits(inputs)))
+    runs = [onnx_model.probabilities_from_logits(logits, rule) for logits in (one_by_one, session.logits(inputs))]
     return {"images": int(len(inputs)), "batch_sizes": [1, int(len(inputs))], "tolerance": TOLERANCE,
-            "max_probability_difference": float(max(differences)), "argmax_agrees": bool(agree)}
+            "max_probability_difference": float(max(np.abs(p - expected).max() for p in runs)),
+            "argmax_agrees": bool(all((p.argmax(1) == expected.argmax(1)).all() for p in runs))}
+
+
+def write_checked_model(program, model, inputs, source, rule, out, progress):
+    """Save the exported program to `out` once it passes onnx.checker and agrees with torch
+    (TOLERANCE, same argmax); returns the comparison. A refused model leaves `out` as it was."""
+    with atomic_path(out) as tmp:
+        program.save(str(tmp))
+        check_model_file(tmp)
+        _log(f"checking onnxruntime against torch on {len(inputs)} {source} inputs", progress)
+        parity = dict(compare_with_torch(tmp, model, inputs, rule), source=source)
+        if parity["max_probability_difference"] > TOLERANCE or not parity["argmax_agrees"]:
+            raise MedclfError(f"{out}: onnxruntime and torch disagree on the {source} check inputs (largest probability "
+                              f"difference {parity['max_probability_difference']:.2e}, tolerance {TOLERANCE:g}, argmax "
+                              f"{'agrees' if parity['argmax_agrees'] else 'differs'}); the export is not written")
+    return parity
 
 
 def library_versions():
@@ -145,6 +168,7 @@ def run_export(run_dir, fmt="onnx", out=None, check=16, data_root=None, opset=No
 
     if fmt not in FORMATS:
         raise MedclfError(f"--format {fmt}: unknown export format; use --format {' or '.join(FORMATS)}")
+    require_onnx_libraries()
     run_dir = Path(run_dir)
     out = Path(out) if out else run_dir / "model.onnx"
     if out.is_dir():
@@ -154,24 +178,15 @@ def run_export(run_dir, fmt="onnx", out=None, check=16, data_root=None, opset=No
     inputs, source = check_batch(run_dir, config, prep, check, data_root)
     metadata = onnx_model.export_metadata(config["classes"], config.get("positive_class"), config["n_outputs"],
                                           prep, provenance_of(run_dir, config, checkpoint))
-    rule = onnx_model.read_metadata(metadata, out)["probabilities"]
+    meta = onnx_model.read_metadata(metadata, out)
     _log(f"exporting {config['architecture']} with torch.onnx.export (dynamo)", progress)
     program = export_program(model, prep["img_size"], opset)
     program.model.metadata_props.update(metadata)
-    with atomic_path(out) as tmp:  # checked before it replaces anything: a refused export leaves no file
-        program.save(str(tmp))
-        check_model_file(tmp)
-        _log(f"checking onnxruntime against torch on {len(inputs)} {source} inputs", progress)
-        parity = dict(compare_with_torch(tmp, model, inputs, rule), source=source)
-        if parity["max_probability_difference"] > TOLERANCE or not parity["argmax_agrees"]:
-            raise MedclfError(f"{out}: onnxruntime and torch disagree on the {source} check inputs (largest probability "
-                              f"difference {parity['max_probability_difference']:.2e}, tolerance {TOLERANCE:g}, argmax "
-                              f"{'agrees' if parity['argmax_agrees'] else 'differs'}); the export is not written")
-        opset = next((v for domain, v in program.model.opset_imports.items() if domain == ""), None)
+    parity = write_checked_model(program, model, inputs, source, meta["probabilities"], out, progress)
     record = {"schema": ONNX_EXPORT, "format": fmt, "model": str(out), "model_sha256": sha256_file(out),
-              "opset": opset, "input": {"name": onnx_model.INPUT_NAME, "shape": ["N", 3, prep["img_size"], prep["img_size"]]},
+              "opset": program.model.opset_imports.get(""),
+              "input": {"name": onnx_model.INPUT_NAME, "shape": ["N", 3, prep["img_size"], prep["img_size"]]},
               "output": {"name": onnx_model.OUTPUT_NAME, "shape": ["N", int(config["n_outputs"])]},
-              "metadata": onnx_model.read_metadata(metadata, out), "check": parity,
-              "library_versions": library_versions(), "git_commit": git_commit()}
+              "metadata": meta, "check": parity, "library_versions": library_versions(), "git_commit": git_commit()}
     write_json(record_path(out), record)
     return out, record_path(out)

@@ -1,0 +1,289 @@
+"""medclf export --format onnx and medclf.onnx_model: onnxruntime against `medclf test`.
+
+Three runs on the real brain MRI images at 64 px: resnet18 trained, exported and tested through
+the CLI; densenet121 trained with a single-logit head; vgg11_bn with seeded random weights (its
+batch-norm statistics taken from the train images; training it would write 2 GB of checkpoints).
+The last two are exported through the same function the CLI calls.
+"""
+
+import json
+import math
+import re
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from medclf import cli, data, export, onnx_model, preprocess, transforms
+from medclf.engine import probabilities_from_logits
+from medclf.errors import MedclfError
+from medclf.export import record_path, run_export
+from medclf.fileio import read_json, write_json
+from medclf.imageio import read_image
+from medclf.metrics import roc_auc
+from medclf.predict import run_test
+from medclf.splits import read_splits
+
+from conftest import REPO
+
+IMG_SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    return tmp_path_factory.mktemp("export")
+
+
+@pytest.fixture(scope="module")
+def splits(brain_mri_root, base):
+    """Eight train and four val images per class (training is not the point), the whole test split."""
+    from test_training import tiny_splits
+
+    full = base / "full"
+    assert cli.main(["partition", "--data-root", str(brain_mri_root), "--out", str(full), "--quiet", "--seed", "0",
+                     "--no-dedup"]) == 0
+    return tiny_splits(full / "splits.csv", base / "tiny", {"train": 8, "val": 4, "test": 1000})
+
+
+@pytest.fixture(scope="module")
+def resnet18_run(splits, base):
+    """Trained, exported and tested with the commands a user types."""
+    run = base / "resnet18"
+    assert cli.main(["train", "--splits", str(splits), "--arch", "resnet18", "--img-size", str(IMG_SIZE),
+                     "--epochs", "1", "--batch-size", "8", "--threads", "1", "--no-progress", "--out", str(base),
+                     "--run-name", "resnet18"]) == 0
+    assert cli.main(["export", "--run", str(run), "--format", "onnx", "--no-progress"]) == 0
+    assert cli.main(["test", "--run", str(run), "--no-progress"]) == 0
+    return run
+
+
+def densenet121_run(splits, base):
+    from medclf.training import run_training
+
+    run_training({"splits": str(splits), "arch": "densenet121", "head": "single-logit", "img_size": IMG_SIZE,
+                  "epochs": 1, "batch_size": 8, "out": str(base), "run_name": "densenet121", "progress": False,
+                  "device": "cpu", "threads": 1})
+    return base / "densenet121"
+
+
+def vgg11_bn_run(splits, base, like):
+    """A run folder holding a seeded random vgg11_bn, tested and exported like a trained one."""
+    from medclf.models import build_model
+
+    run = base / "vgg11_bn"
+    run.mkdir()
+    for name in ("splits.csv", "partition.json"):
+        shutil.copy(like / name, run / name)
+    config = dict(read_json(like / "config.json"), architecture="vgg11_bn")
+    write_json(run / "config.json", config)
+    torch.manual_seed(0)
+    model, _ = build_model("vgg11_bn", config["n_outputs"])
+    _fit_batchnorm(model, config, splits)
+    torch.save({"schema": "medclf.checkpoint/1", "state_dict": model.state_dict(), "epoch": 0}, run / "best.pt")
+    return run
+
+
+def _fit_batchnorm(model, config, splits):
+    """Running statistics of every batch-norm layer from the train images (cumulative mean)."""
+    table = read_splits(splits)
+    files, _, _ = data.split_paths(table, "train")
+    norm = config["normalisation"]
+    batch = torch.from_numpy(preprocess.model_input([read_image(f) for f in files], IMG_SIZE, IMG_SIZE,
+                                                    norm["mean"], norm["std"]))
+    for layer in model.modules():
+        if isinstance(layer, torch.nn.BatchNorm2d):
+            layer.momentum = None
+    model.train()
+    with torch.no_grad():
+        model(batch)
+    model.eval()
+
+
+@pytest.fixture(scope="module")
+def runs(resnet18_run, splits, base):
+    """{architecture: run folder}, each exported to model.onnx and tested (predictions_test.json)."""
+    others = {"densenet121": densenet121_run(splits, base), "vgg11_bn": vgg11_bn_run(splits, base, resnet18_run)}
+    for run in others.values():
+        run_export(run, progress=False)
+        run_test(run, progress=False)
+    return {"resnet18": resnet18_run, **others}
+
+
+def _test_images(run):
+    predictions = read_json(run / "predictions_test.json")
+    table = read_splits(run / "splits.csv", data_root=read_json(run / "config.json")["data_root"])
+    return predictions, [read_image(table.resolve(p)) for p in predictions["paths"]]
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "vgg11_bn", "densenet121"])
+def test_onnxruntime_matches_medclf_test(runs, arch):
+    run = runs[arch]
+    predictions, images = _test_images(run)
+    expected = np.asarray(predictions["probabilities"])
+    classifier = onnx_model.OnnxClassifier(run / "model.onnx")
+    assert classifier.class_names == ["no", "yes"] and classifier.img_size == IMG_SIZE
+    positive = np.asarray(predictions["labels"]) == 1
+    n_test = len(read_splits(run / "splits.csv").rows("test"))
+    assert len(images) == n_test > 40 and 0 < positive.sum() < n_test  # the whole test split, both classes
+    for batch_size in (1, 8):
+        got = np.concatenate([classifier.predict_proba(images[i:i + batch_size])
+                              for i in range(0, len(images), batch_size)])
+        assert got.shape == expected.shape
+        assert np.abs(got - expected).max() <= 1e-4
+        np.testing.assert_allclose(got.sum(axis=1), 1.0, atol=1e-12)
+        assert (got.argmax(axis=1) == np.asarray(predictions["predictions"])).all()
+        assert roc_auc(positive, got[:, 1]) == roc_auc(positive, expected[:, 1])
+    assert len(np.unique(expected[:, 1].round(6))) > 10  # outputs vary: the comparison is not of constants
+
+
+def test_single_logit_head_becomes_two_sigmoid_columns(runs):
+    config = read_json(runs["densenet121"] / "config.json")
+    classifier = onnx_model.OnnxClassifier(runs["densenet121"] / "model.onnx")
+    assert config["n_outputs"] == 1 and classifier.rule == "sigmoid"
+    logits = np.asarray(read_json(runs["densenet121"] / "predictions_test.json")["logits"])
+    assert logits.shape[1] == 1
+    np.testing.assert_allclose(onnx_model.probabilities_from_logits(logits, "sigmoid")[:, 1],
+                               1 / (1 + np.exp(-logits[:, 0])), rtol=1e-12)
+
+
+def test_model_file_metadata_and_record(runs):
+    import onnx
+
+    run = runs["resnet18"]
+    model = onnx.load(str(run / "model.onnx"))
+    onnx.checker.check_model(model, full_check=True)
+    props = {p.key: p.value for p in model.metadata_props}
+    meta = onnx_model.read_metadata(props, "model.onnx")
+    config = read_json(run / "config.json")
+    assert meta["classes"] == ["no", "yes"] and meta["positive_class"] == "yes" and meta["probabilities"] == "softmax"
+    prep = meta["preprocessing"]
+    assert (prep["img_size"], prep["resize_side"]) == (IMG_SIZE, IMG_SIZE)
+    assert (prep["mean"], prep["std"]) == (config["normalisation"]["mean"], config["normalisation"]["std"])
+    from medclf.fileio import sha256_file
+
+    assert meta["provenance"]["checkpoint_sha256"] == sha256_file(run / "best.pt")
+    assert meta["provenance"]["architecture"] == "resnet18" and meta["provenance"]["epoch"] == 1
+    batch_dim = model.graph.input[0].type.tensor_type.shape.dim[0]
+    assert batch_dim.dim_param and not batch_dim.HasField("dim_value")  # a named, free batch size
+    record = read_json(record_path(run / "model.onnx"))
+    assert record["schema"] == "medclf.onnx-export/1" and record["model_sha256"] == sha256_file(run / "model.onnx")
+    assert record["check"]["source"] == "val split" and record["check"]["images"] == 8
+    assert record["check"]["max_probability_difference"] <= 1e-4 and record["check"]["argmax_agrees"]
+
+
+def test_request_path_imports_no_torch(runs):
+    run = runs["resnet18"]
+    image = read_splits(run / "splits.csv").resolve(read_json(run / "predictions_test.json")["paths"][0])
+    code = ("import sys, json\nfrom medclf.imageio import read_image\nfrom medclf.onnx_model import OnnxClassifier\n"
+            f"p = OnnxClassifier({str(run / 'model.onnx')!r}).predict_proba([read_image({str(image)!r})])\n"
+            "print(json.dumps({'torch': 'torch' in sys.modules, 'p': p.tolist()}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={"PYTHONPATH": str(REPO / "python"), "PATH": "/usr/bin:/bin"})
+    result = json.loads(out.stdout)
+    assert result["torch"] is False
+    expected = read_json(run / "predictions_test.json")["probabilities"][0]
+    assert np.abs(np.asarray(result["p"][0]) - expected).max() <= 1e-4
+
+
+@pytest.mark.parametrize("preset, img_size", [("none", 64), ("standard", 48)])
+def test_numpy_preprocessing_equals_medclf_test_transform(brain_mri_root, preset, img_size):
+    """The cached square, then eval_transform: same float32 tensor. standard at 48 px caches 55 px
+    squares and crops at round(3.5) = 4, where a floor division would take 3."""
+    files = sorted((brain_mri_root / "yes").iterdir())[:3] + sorted((brain_mri_root / "no").iterdir())[:3]
+    side = transforms.cache_side(preset, img_size)
+    mean, std = [0.2, 0.3, 0.4], [0.25, 0.2, 0.3]
+    transform = transforms.eval_transform(preset, img_size, mean, std)
+    cache = data.build_cache(files, side, "memory", progress=False)
+    expected = torch.stack([transform(torch.from_numpy(np.array(c))) for c in cache]).numpy()
+    got = preprocess.model_input([read_image(f) for f in files], side, img_size, mean, std)
+    assert got.dtype == np.float32 and np.array_equal(got, expected)
+
+
+def test_probabilities_follow_medclf_engine_on_hand_values():
+    ln3 = math.log(3)
+    softmax = onnx_model.probabilities_from_logits(np.float32([[0, ln3], [5, 5]]), "softmax")
+    np.testing.assert_allclose(softmax, [[1 / 4, 3 / 4], [1 / 2, 1 / 2]], rtol=1e-7)
+    single = np.float32([[0], [ln3], [-ln3], [1000], [-1000]])
+    sigmoid = onnx_model.probabilities_from_logits(single, "sigmoid")
+    np.testing.assert_allclose(sigmoid, [[1 / 2, 1 / 2], [1 / 4, 3 / 4], [3 / 4, 1 / 4], [0, 1], [1, 0]], rtol=1e-7)
+    for logits, rule in ((np.float32([[0.3, -1.2, 2.5]]), "softmax"), (single, "sigmoid")):
+        np.testing.assert_allclose(onnx_model.probabilities_from_logits(logits, rule),
+                                   probabilities_from_logits(torch.from_numpy(logits)).numpy(), rtol=0, atol=1e-15)
+
+
+def _error(capsys, argv):
+    assert cli.main(argv) == 1
+    return capsys.readouterr().err
+
+
+def test_missing_run_best_pt_and_unknown_format_are_one_line_errors(resnet18_run, tmp_path, capsys):
+    assert "no config.json here" in _error(capsys, ["export", "--run", str(tmp_path / "nowhere")])
+    shutil.copy(resnet18_run / "config.json", tmp_path / "config.json")
+    err = _error(capsys, ["export", "--run", str(tmp_path)])
+    assert f"{tmp_path / 'best.pt'}: checkpoint not found" in err and "Traceback" not in err
+    err = _error(capsys, ["export", "--run", str(resnet18_run), "--format", "tflite"])
+    assert err.strip() == "medclf export: error: --format tflite: unknown export format; use --format onnx"
+    assert not (tmp_path / "model.onnx").exists()
+
+
+def test_exporter_failure_is_refused_and_keeps_the_existing_file(resnet18_run, tmp_path, capsys, monkeypatch):
+    def failing_export(*args, **kwargs):
+        raise RuntimeError("Unsupported operator aten::frobnicate\nlong trace")
+
+    out = tmp_path / "model.onnx"
+    out.write_bytes(b"previous export")
+    monkeypatch.setattr(torch.onnx, "export", failing_export)
+    err = _error(capsys, ["export", "--run", str(resnet18_run), "--out", str(out), "--no-progress"])
+    assert "ResNet: torch.onnx.export (dynamo) failed (RuntimeError: Unsupported operator aten::frobnicate)" in err
+    assert out.read_bytes() == b"previous export" and not record_path(out).exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]  # no temporary file left
+
+
+def test_an_export_that_disagrees_with_torch_is_refused(resnet18_run, tmp_path, monkeypatch):
+    """The exporter stands in with resnet18's own ONNX graph, its fc bias shifted by 0.5: checker
+    and onnxruntime accept it, the comparison with torch on the val images must not."""
+    import onnx_ir
+
+    def wrong_program(model, img_size, opset=None):
+        graph = onnx_ir.load(str(resnet18_run / "model.onnx"))
+        bias = graph.graph.initializers["fc.bias"]
+        bias.const_value = onnx_ir.tensor(bias.const_value.numpy() + np.float32([0.5, 0]))
+        return torch.onnx.ONNXProgram(graph, None)
+
+    monkeypatch.setattr(export, "export_program", wrong_program)
+    with pytest.raises(MedclfError, match=r"onnxruntime and torch disagree on the val split check inputs "
+                                          r"\(largest probability difference \S+, tolerance 0.0001, argmax"):
+        run_export(resnet18_run, out=tmp_path / "m.onnx", progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"not a model", "onnxruntime cannot load this model"),
+    (None, "not a medclf ONNX export (metadata lacks medclf.schema"),
+])
+def test_foreign_onnx_files_are_refused(tmp_path, content, message):
+    import onnx
+    from onnx import TensorProto, helper
+
+    path = tmp_path / "other.onnx"
+    if content is None:  # a valid model without medclf's metadata
+        graph = helper.make_graph([helper.make_node("Identity", ["image"], ["logits"])], "g",
+                                  [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 2])],
+                                  [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 2])])
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)]), str(path))
+    else:
+        path.write_bytes(content)
+    with pytest.raises(MedclfError, match=re.escape(message)):
+        onnx_model.OnnxClassifier(path)
+
+
+def test_missing_onnx_libraries_name_the_install(tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxscript" else real(name, *a))
+    with pytest.raises(MedclfError, match=re.escape("needs onnxscript: pip install 'medclf[onnx]'")):
+        run_export(tmp_path, progress=False)
