@@ -164,7 +164,6 @@ def record_path(model_path):
 def run_export(run_dir, fmt="onnx", out=None, check=16, data_root=None, opset=None, progress=True):
     """Export a run's best.pt; returns (model path, record path). See the module docstring."""
     from medclf.predict import load_run
-    from medclf.training import git_commit
 
     if fmt not in FORMATS:
         raise MedclfError(f"--format {fmt}: unknown export format; use --format {' or '.join(FORMATS)}")
@@ -174,19 +173,26 @@ def run_export(run_dir, fmt="onnx", out=None, check=16, data_root=None, opset=No
     if out.is_dir():
         raise MedclfError(f"{out}: is a folder; give --out the path of the .onnx file to write")
     model, config, checkpoint = load_run(run_dir, "cpu")
+    inputs, source = check_batch(run_dir, config, preprocessing_of(config), check, data_root)
+    return export_model(model, config, provenance_of(run_dir, config, checkpoint), out, inputs, source, opset, progress)
+
+
+def export_model(model, config, provenance, out, inputs, source, opset=None, progress=True):
+    """Export an eval-mode `model` of a run with this config.json; returns (model path, record path)."""
+    from medclf.training import git_commit
+
     prep = preprocessing_of(config)
-    inputs, source = check_batch(run_dir, config, prep, check, data_root)
     metadata = onnx_model.export_metadata(config["classes"], config.get("positive_class"), config["n_outputs"],
-                                          prep, provenance_of(run_dir, config, checkpoint))
+                                          prep, provenance)
     meta = onnx_model.read_metadata(metadata, out)
     _log(f"exporting {config['architecture']} with torch.onnx.export (dynamo)", progress)
     program = export_program(model, prep["img_size"], opset)
     program.model.metadata_props.update(metadata)
     parity = write_checked_model(program, model, inputs, source, meta["probabilities"], out, progress)
-    record = {"schema": ONNX_EXPORT, "format": fmt, "model": str(out), "model_sha256": sha256_file(out),
+    record = {"schema": ONNX_EXPORT, "format": "onnx", "model": str(out), "model_sha256": sha256_file(out),
               "opset": program.model.opset_imports.get(""),
               "input": {"name": onnx_model.INPUT_NAME, "shape": ["N", 3, prep["img_size"], prep["img_size"]]},
               "output": {"name": onnx_model.OUTPUT_NAME, "shape": ["N", int(config["n_outputs"])]},
               "metadata": meta, "check": parity, "library_versions": library_versions(), "git_commit": git_commit()}
     write_json(record_path(out), record)
-    return out, record_path(out)
+    return Path(out), record_path(out)

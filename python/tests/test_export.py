@@ -1,9 +1,11 @@
 """medclf export --format onnx and medclf.onnx_model: onnxruntime against `medclf test`.
 
-Three runs on the real brain MRI images at 64 px: resnet18 trained, exported and tested through
-the CLI; densenet121 trained with a single-logit head; vgg11_bn with seeded random weights (its
-batch-norm statistics taken from the train images; training it would write 2 GB of checkpoints).
-The last two are exported through the same function the CLI calls.
+Three models on the real brain MRI images at 64 px: resnet18 trained, exported and tested through
+the CLI; densenet121 trained with a single-logit head, exported and tested through the functions
+the CLI calls; vgg11_bn built by medclf.models with seeded random weights (batch-norm statistics
+from the train images; its 132 M parameters would make a trained run cost 2 GB of checkpoints
+per epoch), exported through the same export function and compared with torch on the input
+`medclf test` builds (test_numpy_preprocessing_equals_medclf_test_transform shows it is that input).
 """
 
 import json
@@ -21,7 +23,7 @@ from medclf import cli, data, export, onnx_model, preprocess, transforms
 from medclf.engine import probabilities_from_logits
 from medclf.errors import MedclfError
 from medclf.export import record_path, run_export
-from medclf.fileio import read_json, write_json
+from medclf.fileio import read_json
 from medclf.imageio import read_image
 from medclf.metrics import roc_auc
 from medclf.predict import run_test
@@ -69,90 +71,88 @@ def densenet121_run(splits, base):
     return base / "densenet121"
 
 
-def vgg11_bn_run(splits, base, like):
-    """A run folder holding a seeded random vgg11_bn, tested and exported like a trained one."""
+def vgg11_bn_export(splits, base, like):
+    """(model.onnx, torch's test probabilities) of a seeded random vgg11_bn with `like`'s config."""
+    from medclf.export import check_batch, export_model, preprocessing_of
     from medclf.models import build_model
 
-    run = base / "vgg11_bn"
-    run.mkdir()
-    for name in ("splits.csv", "partition.json"):
-        shutil.copy(like / name, run / name)
     config = dict(read_json(like / "config.json"), architecture="vgg11_bn")
-    write_json(run / "config.json", config)
     torch.manual_seed(0)
     model, _ = build_model("vgg11_bn", config["n_outputs"])
-    _fit_batchnorm(model, config, splits)
-    torch.save({"schema": "medclf.checkpoint/1", "state_dict": model.state_dict(), "epoch": 0}, run / "best.pt")
-    return run
+    prep = preprocessing_of(config)
+    _fit_batchnorm(model, _split_input(splits, "train", prep))
+    inputs, source = check_batch(like, config, prep, 16)
+    out, _ = export_model(model, config, {"architecture": "vgg11_bn", "weights": "random, seed 0"},
+                          base / "vgg11_bn.onnx", inputs, source, progress=False)
+    with torch.inference_mode():
+        logits = model(torch.from_numpy(_split_input(splits, "test", prep)))
+    return out, probabilities_from_logits(logits).numpy()
 
 
-def _fit_batchnorm(model, config, splits):
-    """Running statistics of every batch-norm layer from the train images (cumulative mean)."""
-    table = read_splits(splits)
-    files, _, _ = data.split_paths(table, "train")
-    norm = config["normalisation"]
-    batch = torch.from_numpy(preprocess.model_input([read_image(f) for f in files], IMG_SIZE, IMG_SIZE,
-                                                    norm["mean"], norm["std"]))
+def _split_input(splits, split, prep):
+    files, _, _ = data.split_paths(read_splits(splits), split)
+    return preprocess.model_input([read_image(f) for f in files], prep["resize_side"], prep["img_size"],
+                                  prep["mean"], prep["std"])
+
+
+def _fit_batchnorm(model, inputs):
+    """Running statistics of every batch-norm layer from `inputs` (cumulative mean)."""
     for layer in model.modules():
         if isinstance(layer, torch.nn.BatchNorm2d):
             layer.momentum = None
     model.train()
     with torch.no_grad():
-        model(batch)
+        model(torch.from_numpy(inputs))
     model.eval()
 
 
 @pytest.fixture(scope="module")
-def runs(resnet18_run, splits, base):
-    """{architecture: run folder}, each exported to model.onnx and tested (predictions_test.json)."""
-    others = {"densenet121": densenet121_run(splits, base), "vgg11_bn": vgg11_bn_run(splits, base, resnet18_run)}
-    for run in others.values():
-        run_export(run, progress=False)
-        run_test(run, progress=False)
-    return {"resnet18": resnet18_run, **others}
-
-
-def _test_images(run):
-    predictions = read_json(run / "predictions_test.json")
-    table = read_splits(run / "splits.csv", data_root=read_json(run / "config.json")["data_root"])
-    return predictions, [read_image(table.resolve(p)) for p in predictions["paths"]]
+def exports(resnet18_run, splits, base):
+    """{architecture: (model.onnx, the test split's probabilities by torch)}: `medclf test`'s
+    predictions_test.json for the two runs, a torch forward pass for vgg11_bn."""
+    densenet = densenet121_run(splits, base)
+    run_export(densenet, progress=False)
+    run_test(densenet, progress=False)
+    found = {arch: (run / "model.onnx", np.asarray(read_json(run / "predictions_test.json")["probabilities"]))
+             for arch, run in (("resnet18", resnet18_run), ("densenet121", densenet))}
+    return dict(found, vgg11_bn=vgg11_bn_export(splits, base, resnet18_run))
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "vgg11_bn", "densenet121"])
-def test_onnxruntime_matches_medclf_test(runs, arch):
-    run = runs[arch]
-    predictions, images = _test_images(run)
-    expected = np.asarray(predictions["probabilities"])
-    classifier = onnx_model.OnnxClassifier(run / "model.onnx")
+def test_onnxruntime_matches_medclf_test(exports, splits, arch):
+    path, expected = exports[arch]
+    table = read_splits(splits)
+    files, labels, _ = data.split_paths(table, "test")
+    images = [read_image(f) for f in files]
+    classifier = onnx_model.OnnxClassifier(path)
     assert classifier.class_names == ["no", "yes"] and classifier.img_size == IMG_SIZE
-    positive = np.asarray(predictions["labels"]) == 1
-    n_test = len(read_splits(run / "splits.csv").rows("test"))
-    assert len(images) == n_test > 40 and 0 < positive.sum() < n_test  # the whole test split, both classes
+    positive = np.asarray(labels) == 1
+    assert len(images) == len(expected) > 40 and 0 < positive.sum() < len(images)  # the whole test split
     for batch_size in (1, 8):
         got = np.concatenate([classifier.predict_proba(images[i:i + batch_size])
                               for i in range(0, len(images), batch_size)])
         assert got.shape == expected.shape
         assert np.abs(got - expected).max() <= 1e-4
         np.testing.assert_allclose(got.sum(axis=1), 1.0, atol=1e-12)
-        assert (got.argmax(axis=1) == np.asarray(predictions["predictions"])).all()
+        assert (got.argmax(axis=1) == expected.argmax(axis=1)).all()
         assert roc_auc(positive, got[:, 1]) == roc_auc(positive, expected[:, 1])
     assert len(np.unique(expected[:, 1].round(6))) > 10  # outputs vary: the comparison is not of constants
 
 
-def test_single_logit_head_becomes_two_sigmoid_columns(runs):
-    config = read_json(runs["densenet121"] / "config.json")
-    classifier = onnx_model.OnnxClassifier(runs["densenet121"] / "model.onnx")
-    assert config["n_outputs"] == 1 and classifier.rule == "sigmoid"
-    logits = np.asarray(read_json(runs["densenet121"] / "predictions_test.json")["logits"])
+def test_single_logit_head_becomes_two_sigmoid_columns(exports):
+    run = exports["densenet121"][0].parent
+    classifier = onnx_model.OnnxClassifier(run / "model.onnx")
+    assert read_json(run / "config.json")["n_outputs"] == 1 and classifier.rule == "sigmoid"
+    logits = np.asarray(read_json(run / "predictions_test.json")["logits"])
     assert logits.shape[1] == 1
     np.testing.assert_allclose(onnx_model.probabilities_from_logits(logits, "sigmoid")[:, 1],
                                1 / (1 + np.exp(-logits[:, 0])), rtol=1e-12)
 
 
-def test_model_file_metadata_and_record(runs):
+def test_model_file_metadata_and_record(resnet18_run):
     import onnx
 
-    run = runs["resnet18"]
+    run = resnet18_run
     model = onnx.load(str(run / "model.onnx"))
     onnx.checker.check_model(model, full_check=True)
     props = {p.key: p.value for p in model.metadata_props}
@@ -174,8 +174,8 @@ def test_model_file_metadata_and_record(runs):
     assert record["check"]["max_probability_difference"] <= 1e-4 and record["check"]["argmax_agrees"]
 
 
-def test_request_path_imports_no_torch(runs):
-    run = runs["resnet18"]
+def test_request_path_imports_no_torch(resnet18_run):
+    run = resnet18_run
     image = read_splits(run / "splits.csv").resolve(read_json(run / "predictions_test.json")["paths"][0])
     code = ("import sys, json\nfrom medclf.imageio import read_image\nfrom medclf.onnx_model import OnnxClassifier\n"
             f"p = OnnxClassifier({str(run / 'model.onnx')!r}).predict_proba([read_image({str(image)!r})])\n"
