@@ -287,3 +287,14 @@ def test_missing_onnx_libraries_name_the_install(tmp_path, monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxscript" else real(name, *a))
     with pytest.raises(MedclfError, match=re.escape("needs onnxscript: pip install 'medclf[onnx]'")):
         run_export(tmp_path, progress=False)
+
+
+def test_check_images_that_moved_are_named_and_random_inputs_are_offered(resnet18_run, tmp_path, capsys):
+    err = _error(capsys, ["export", "--run", str(resnet18_run), "--data-root", str(tmp_path), "--out",
+                          str(tmp_path / "m.onnx"), "--no-progress"])
+    assert "cannot read image (file not found); the export is checked on the run's val images" in err
+    assert "--check 0" in err and not (tmp_path / "m.onnx").exists()
+    from medclf.export import check_batch
+
+    inputs, source = check_batch(resnet18_run, None, {"img_size": 8}, 0)
+    assert source == "random" and inputs.shape == (2, 3, 8, 8) and inputs.dtype == np.float32
