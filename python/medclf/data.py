@@ -16,26 +16,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from medclf import schemas
 from medclf.errors import MedclfError, UnreadableImageError
 from medclf.fileio import write_json
 from medclf.imageio import read_image
+from medclf.preprocess import resize_and_crop  # torch-free, shared with medclf.onnx_model
 
 MEMORY_CACHE_LIMIT_BYTES = 1 << 30  # --cache auto: memory below 1 GiB, memmap above
-
-
-def resize_and_crop(img, side):
-    """Aspect-preserving resize (shorter side -> side) then a centre crop to side x side."""
-    w, h = img.size
-    scale = side / min(w, h)
-    new_w, new_h = max(side, round(w * scale)), max(side, round(h * scale))
-    if (new_w, new_h) != (w, h):
-        img = img.resize((new_w, new_h), Image.Resampling.BILINEAR, reducing_gap=None)
-    left, top = (new_w - side) // 2, (new_h - side) // 2
-    return img.crop((left, top, left + side, top + side))
 
 
 def _decode(path, side):
