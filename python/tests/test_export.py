@@ -298,3 +298,32 @@ def test_check_images_that_moved_are_named_and_random_inputs_are_offered(resnet1
 
     inputs, source = check_batch(resnet18_run, None, {"img_size": 8}, 0)
     assert source == "random" and inputs.shape == (2, 3, 8, 8) and inputs.dtype == np.float32
+
+
+def test_serve_onnx_answers_as_medclf_test(resnet18_run):
+    """`medclf serve --onnx`: the exported model behind the real app gives `medclf test`'s
+    probabilities, and says that it has no heat map (Grad-CAM needs the torch model)."""
+    from fastapi.testclient import TestClient
+
+    from medclf.serve import build_app, load_classifier
+    from medclf.webapp import Limits
+
+    run = resnet18_run
+    assert isinstance(load_classifier(None, run / "model.onnx"), onnx_model.OnnxClassifier)
+    record = read_json(run / "predictions_test.json")
+    table = read_splits(run / "splits.csv")
+    app = build_app(run, run / "model.onnx", gate="seed003", limits=Limits(max_upload_bytes=2 * 1024 * 1024,
+                                                                           max_pixels=25_000_000, max_files=16))
+    picked = list(range(4))
+    files = [("files", (f"{i}.img", table.resolve(record["paths"][i]).read_bytes(), "application/octet-stream"))
+             for i in picked]
+    with TestClient(app, raise_server_exceptions=False) as client:
+        response = client.post("/api/predict", files=files)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["heatmap_note"] and body["classes"] == ["no", "yes"]
+    scored = [(i, entry) for i, entry in zip(picked, body["images"]) if entry["probabilities"] is not None]
+    assert scored  # the seed003 gate passes real MRI slices
+    for i, entry in scored:
+        assert np.abs(np.array(entry["probabilities"]) - record["probabilities"][i]).max() <= 1e-4
+        assert entry["heatmap"] is None
