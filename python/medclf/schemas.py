@@ -15,3 +15,5 @@ ORGANIZE_MANIFEST = "medclf.organize-manifest/1"  # .medclf-organize.json (medcl
 STUDY = "medclf.study/1"               # study_resolved.json (medclf study)
 CALIBRATION = "medclf.calibration/1"   # calibration.json (medclf calibrate)
 CONFORMAL = "medclf.conformal/1"       # conformal.json (medclf conformal)
+CV = "medclf.cv/1"                     # cv.json (medclf cv)
+CV_RESULTS = "medclf.cv-results/1"     # results_oof.json (medclf cv)
