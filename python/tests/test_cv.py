@@ -252,3 +252,40 @@ def test_medclf_test_tta_on_a_fold_run_matches_the_cv_and_one_view_matches_no_tt
     np.testing.assert_allclose(one["probabilities"], read_json(fold0 / "predictions_test.json")["probabilities"],
                                atol=1e-6)
     assert not np.allclose(ours["probabilities"], one["probabilities"], atol=1e-9)
+
+
+# ---------------------------------------------------------------- study files
+
+STUDY_WITH_CV = """
+name: mri_cv
+data: {root: DATA}
+partition: {folds: 5, repeats: 3}
+train: {arch: resnet18, img-size: 64, epochs: 20}
+test: {tta: hflip}
+cv: {epochs: 30, tta: hflip}
+"""
+
+
+def test_a_study_cv_section_becomes_one_cv_call_and_test_tta_moves_the_scored_predictions(tmp_path):
+    from medclf.study import build_plan, parse_yaml
+
+    study = parse_yaml(STUDY_WITH_CV.replace("DATA", str(tmp_path)), "s.yaml")
+    plan = build_plan(study, tmp_path / "s.yaml", out_root=tmp_path / "out", environ={})
+    out = tmp_path / "out" / "mri_cv"
+    by_stage = {call.stage: call for call in plan.calls}
+    assert by_stage["partition"].argv[-4:] == ["--folds", "5", "--repeats", "3"]
+    assert by_stage["cv"].argv == ["cv", "--splits", str(out / "partition" / "splits.csv"), "--out", str(out),
+                                   "--run-name", "cv", "--arch", "resnet18", "--img-size", "64", "--epochs", "30",
+                                   "--tta", "hflip"]
+    assert by_stage["cv"].outputs == [out / "cv" / "tta_hflip" / "predictions_test.json",
+                                      out / "cv" / "tta_hflip" / "predictions_oof.json"]
+    assert by_stage["test"].outputs == [out / "resnet18" / "tta_hflip" / "predictions_test.json"]
+    assert by_stage["report"].argv[:3] == ["report", "--run", str(out / "resnet18" / "tta_hflip")]
+
+
+def test_a_study_cv_section_may_not_set_what_the_runner_sets(tmp_path):
+    from medclf.study import build_plan, parse_yaml
+
+    study = parse_yaml(STUDY_WITH_CV.replace("DATA", str(tmp_path)).replace("30, tta: hflip}", "30, run-name: x}"), "s")
+    with pytest.raises(MedclfError, match="cv.run-name: set by the study runner"):
+        build_plan(study, tmp_path / "s.yaml", out_root=tmp_path / "out", environ={})
