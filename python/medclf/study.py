@@ -13,6 +13,7 @@ A study file (see studies/*.yaml and docs/studies.md) looks like
     test: {}
     report: {}
     compare: true
+    cv: {tta: hflip}      # optional: `medclf cv` with the train: options, then these (docs/cv.md)
 
 Each stage section becomes the argv of that stage's command (keys are the command's flag names
 without the leading dashes; `true` becomes a bare flag, `false` the `--no-` form or nothing; a
