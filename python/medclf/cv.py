@@ -480,7 +480,7 @@ def write_cv_outputs(cv, fold_records, out_dir, cache_seconds):
     template = next(iter(fold_records.values()))["test"]
     model = {"architecture": template["model"]["architecture"], "checkpoint": "best.pt",
              "kind": "cross-validation", "folds": cv.n_folds, "repeats": len(cv.repeats), "members": members,
-             "tta": template["model"]["tta"]}
+             "tta": template["model"].get("tta", {"views": ["identity"], "reduction": "none (no TTA)"})}
     oof = out_of_fold_record({key: recs["val"] for key, recs in fold_records.items()},
                              dict(model, kind="cross-validation out-of-fold (each image by the fold model that did "
                                            "not train on it)"))

@@ -11,7 +11,8 @@ same block with method "ensemble" and its members.
 
 Test-time augmentation (--tta none|hflip|flips|dihedral|K): the probabilities are the mean of the
 softmax probabilities over the views (`TTA_VIEWS`, in a nested order, so K views are the first K
-of the dihedral group), logits its log, and `model.tta` records {"views", "reduction"}; written
+of the dihedral group), logits its log, and `model.tta` records {"views", "reduction"} (absent
+without TTA); written
 to <run>/tta_<name>/ unless out_dir, so the plain predictions stay beside them.
 """
 
@@ -143,6 +144,10 @@ def predictions_record(split, config, checkpoint, checkpoint_name, paths, labels
     With TTA views the logits are log(mean probability) (predict_probabilities): their softmax
     is that mean."""
     probabilities = probabilities_from_logits(logits)
+    model = {"architecture": config["architecture"], "checkpoint": checkpoint_name,
+             "epoch": int(checkpoint.get("epoch", 0)) or None}
+    if list(tta) != ["identity"]:
+        model["tta"] = {"views": list(tta), "reduction": "mean of softmax probabilities"}
     if samples is None:
         unc = uncertainty.uncertainty_record("softmax", probabilities=probabilities.double().numpy())
     else:
@@ -158,9 +163,7 @@ def predictions_record(split, config, checkpoint, checkpoint_name, paths, labels
         "split": split,
         "classes": list(config["classes"]),
         "positive_class": config.get("positive_class"),
-        "model": {"architecture": config["architecture"], "checkpoint": checkpoint_name,
-                  "epoch": int(checkpoint.get("epoch", 0)) or None,
-                  "tta": {"views": list(tta), "reduction": "mean of softmax probabilities"}},
+        "model": model,
         "paths": list(paths),
         "labels": labels,
         "predictions": [int(x) for x in probabilities.argmax(dim=1).tolist()],

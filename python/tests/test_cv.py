@@ -161,6 +161,7 @@ def test_tta_on_a_finished_cv_trains_nothing_and_writes_beside_the_plain_predict
     flipped = read_json(brain_cv / "tta_hflip" / "predictions_test.json")
     assert flipped["model"]["tta"]["views"] == ["identity", "hflip"]
     assert read_json(brain_cv / "predictions_test.json")["model"]["tta"]["views"] == ["identity"]
+    assert "tta" not in read_json(brain_cv / "fold0" / "predictions_test.json")["model"]  # as without --tta
 
 
 def test_a_cv_rerun_with_other_training_options_is_refused(brain_cv, brain_cv_splits, capsys):
