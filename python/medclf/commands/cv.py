@@ -17,6 +17,9 @@ def add_arguments(parser):
     from medclf.commands import train
 
     train.add_arguments(parser)
+    # The same options as `medclf train`; two mean something else for a whole CV.
+    parser._option_string_actions["--run-name"].help = "CV folder name under --out (default: cv_ARCH)"
+    parser._option_string_actions["--resume"].help = "accepted, and implied: rerunning the same command resumes"
     cv = parser.add_argument_group("cross-validation")
     cv.add_argument("--folds", default="all", metavar="all|K,K,...",
                     help="folds to train in this invocation (default: all); the CV outputs are written once every "
