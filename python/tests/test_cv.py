@@ -115,30 +115,42 @@ def test_fold_ensemble_is_the_mean_of_the_fold_models_test_probabilities(brain_c
                                atol=1e-12)
 
 
-def test_fold_models_predict_with_their_best_epoch_weights(brain_cv):
+def _val_probabilities(run, state_dict):
+    """The run's val probabilities recomputed with the given weights."""
+    from medclf import data as data_mod, transforms
     from medclf.engine import probabilities_from_logits
     from medclf.predict import load_run
+    from medclf.splits import load_run_splits
+
+    model, config, _ = load_run(run)
+    model.load_state_dict(state_dict)
+    files, labels, _ = data_mod.split_paths(load_run_splits(run, config), "val")
+    norm = config["normalisation"]
+    dataset = data_mod.CachedImageDataset(data_mod.build_cache(files, 32, "memory", progress=False), labels,
+                                          transforms.eval_transform("none", 32, norm["mean"], norm["std"]))
+    with torch.inference_mode():
+        return probabilities_from_logits(model(torch.stack([dataset[i][0] for i in range(len(dataset))]))).numpy()
+
+
+def test_fold_models_predict_with_their_best_epoch_weights(brain_cv):
     from medclf.training import load_checkpoint
 
+    stopped_after_best = []
     for member in read_json(brain_cv / "cv.json")["members"]:
         run = Path(member["run"])
         with open(run / "history.csv", newline="") as fh:
-            best = [int(r["epoch"]) for r in csv.DictReader(fh) if r["best"] == "1"][-1]
-        predictions = read_json(run / "predictions_val.json")
-        assert member["best_epoch"] == predictions["model"]["epoch"] == best
+            rows = list(csv.DictReader(fh))
+        best = [int(r["epoch"]) for r in rows if r["best"] == "1"][-1]
+        assert member["best_epoch"] == read_json(run / "predictions_val.json")["model"]["epoch"] == best
         assert load_checkpoint(run / "best.pt")["epoch"] == best
-        # Recompute from best.pt: the stored val predictions are those weights' (not last.pt's).
-        model, config, _ = load_run(run)
-        from medclf import data as data_mod, transforms
-        from medclf.splits import load_run_splits
-
-        files, labels, _ = data_mod.split_paths(load_run_splits(run, config), "val")
-        norm = config["normalisation"]
-        dataset = data_mod.CachedImageDataset(data_mod.build_cache(files, 32, "memory", progress=False), labels,
-                                              transforms.eval_transform("none", 32, norm["mean"], norm["std"]))
-        with torch.inference_mode():
-            logits = model(torch.stack([dataset[i][0] for i in range(len(dataset))]))
-        np.testing.assert_allclose(predictions["probabilities"], probabilities_from_logits(logits).numpy(), atol=1e-5)
+        if best < len(rows):
+            stopped_after_best.append(run)
+    assert stopped_after_best  # (seeded) at least one fold trained past its best epoch
+    for run in stopped_after_best:
+        stored = read_json(run / "predictions_val.json")["probabilities"]
+        np.testing.assert_allclose(stored, _val_probabilities(run, load_checkpoint(run / "best.pt")["state_dict"]),
+                                   atol=1e-5)
+        assert not np.allclose(stored, _val_probabilities(run, load_checkpoint(run / "last.pt")["model"]), atol=1e-5)
 
 
 def test_oof_report_pools_each_repeat_with_intervals_and_spreads_over_folds_and_repeats(brain_cv):
