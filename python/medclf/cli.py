@@ -13,7 +13,7 @@ from medclf import __version__
 from medclf.errors import MedclfError
 
 COMMANDS = ["partition", "organize", "train", "test", "report", "compare", "study", "demo", "explain", "quality",
-            "calibrate", "conformal", "serve", "ensemble", "sweep", "export"]
+            "calibrate", "conformal", "serve", "ensemble", "sweep", "export", "cv"]
 
 
 def _available_commands():

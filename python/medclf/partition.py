@@ -52,6 +52,7 @@ class PartitionOptions:
     test: float = 0.2
     seed: int = 0
     folds: int = 0
+    repeats: int = 1  # fold assignments, each from its own derived seed (fold_seed)
     classes: list = None
     positive: str = None
     dedup: bool = True
@@ -412,6 +413,9 @@ def check_options(opts):
         raise MedclfError(f"--val {opts.val} --test {opts.test}: each must be >= 0 and together below 1")
     if opts.folds == 1 or opts.folds < 0:
         raise MedclfError(f"--folds {opts.folds}: use 0 (no folds) or at least 2")
+    if opts.repeats < 1 or (opts.repeats > 1 and not opts.folds):
+        raise MedclfError(f"--repeats {opts.repeats}: give a whole number of at least 1, with --folds K (repeated "
+                          "K-fold cross-validation)")
     if opts.metadata is None and opts.data_root is None:
         raise MedclfError("no input: pass --data-root DIR (class folders) or --metadata CSV --image-dir DIR")
     if opts.metadata is None and opts.group_col:
@@ -506,9 +510,32 @@ def build_groups(items, dup_report, opts):
     return components, group_of
 
 
+def fold_seed(seed, repeat):
+    """The seed of fold assignment `repeat` (0-based). Repeat 0 keeps the seed folds always had
+    (seed + 1), so a splits.csv written before --repeats existed is reproduced byte for byte."""
+    return int(seed) + 1 if repeat == 0 else (int(seed) + 1) * 1_000_003 + int(repeat)
+
+
+def fold_column(repeat):
+    """splits.csv column of fold assignment `repeat`: fold, fold_r1, fold_r2, ..."""
+    return "fold" if repeat == 0 else f"fold_r{repeat}"
+
+
+def assign_folds(group_counts, split_of_group, folds, repeats, seed):
+    """Grouped, stratified folds over the non-test groups, once per repeat (each from
+    fold_seed(seed, repeat)). Returns (repeats, groups) fold indices, -1 for test groups."""
+    fold_of_group = np.full((repeats, len(group_counts)), -1)
+    non_test = [g for g in range(len(group_counts)) if SPLITS[split_of_group[g]] != "test"]
+    for repeat in range(repeats):
+        assignment = assign_groups(group_counts[non_test], [1.0] * folds, fold_seed(seed, repeat))
+        fold_of_group[repeat, non_test] = assignment
+    return fold_of_group
+
+
 def assign_splits(items, classes, components, opts):
     """Step 4: whole groups to train/val/test, stratified by class, then optional folds over the
-    non-test groups. Returns (split of each item, fold of each item or None)."""
+    non-test groups (`opts.repeats` assignments). Returns (split of each item, for each repeat
+    the fold of each item or None)."""
     class_index = {c: k for k, c in enumerate(classes)}
     group_counts = np.zeros((len(components), len(classes)))
     for g, members in enumerate(components):
@@ -517,17 +544,15 @@ def assign_splits(items, classes, components, opts):
     ratios = [1.0 - opts.val - opts.test, opts.val, opts.test]
     _check_class_sizes(classes, [{items[i].label for i in m} for m in components], ratios, opts.folds)
     split_of_group = assign_groups(group_counts, ratios, opts.seed)
-    fold_of_group = np.full(len(components), -1)
-    if opts.folds:
-        non_test = [g for g in range(len(components)) if SPLITS[split_of_group[g]] != "test"]
-        fold_assignment = assign_groups(group_counts[non_test], [1.0] * opts.folds, opts.seed + 1)
-        for g, f in zip(non_test, fold_assignment):
-            fold_of_group[g] = f
-    split_of, fold_of = [None] * len(items), [None] * len(items)
+    repeats = opts.repeats if opts.folds else 0
+    fold_of_group = assign_folds(group_counts, split_of_group, opts.folds, repeats, opts.seed)
+    split_of, fold_of = [None] * len(items), [[None] * len(items) for _ in range(repeats)]
     for g, members in enumerate(components):
         for i in members:
             split_of[i] = SPLITS[split_of_group[g]]
-            fold_of[i] = int(fold_of_group[g]) if fold_of_group[g] >= 0 else None
+            for repeat in range(repeats):
+                fold = int(fold_of_group[repeat, g])
+                fold_of[repeat][i] = fold if fold >= 0 else None
     return split_of, fold_of
 
 
@@ -540,16 +565,17 @@ def splits_frame(items, classes, split_of, fold_of, group_of, columns, label_map
     for i, item in enumerate(items):
         row = {"path": item.path, "label": item.label, "label_index": class_index[item.label],
                "split": split_of[i], "group": group_of[i]}
-        if opts.folds:
-            row["fold"] = "" if fold_of[i] is None else fold_of[i]
+        for repeat, folds in enumerate(fold_of):
+            row[fold_column(repeat)] = "" if folds[i] is None else folds[i]
         if label_map:
             row["label_original"] = item.label_original
         for column in columns:
             if column not in row and column not in REQUIRED_COLUMNS:
                 row[column] = item.extra.get(column, "")
         rows.append(row)
-    extra_columns = (["label_original"] if label_map else []) + [
-        c for c in columns if c not in REQUIRED_COLUMNS and c not in ("fold", "label_original")
+    fold_columns = [fold_column(r) for r in range(1, len(fold_of))]  # right after `fold`
+    extra_columns = fold_columns + (["label_original"] if label_map else []) + [
+        c for c in columns if c not in REQUIRED_COLUMNS and c not in ("fold", "label_original", *fold_columns)
     ]
     return pd.DataFrame(rows), extra_columns
 
@@ -674,17 +700,35 @@ def _partition_info(opts, classes, positive, data_root, items, split_of, fold_of
         "leakage": leakage,
     }
     if opts.folds:
-        fold_counts = {str(f): {c: 0 for c in classes} for f in range(opts.folds)}
-        for label, fold in zip(labels, fold_of):
-            if fold is not None:
-                fold_counts[str(fold)][label] += 1
-        info["fold_counts"] = fold_counts
+        info.update(_fold_info(opts, classes, labels, fold_of, group_of))
+        leakage["groups_across_folds"] = info.pop("groups_across_folds")
     return info
 
 
+def _fold_info(opts, classes, labels, fold_of, group_of):
+    """partition.json's fold records: counts per fold (repeat 0 as before, then every repeat),
+    each repeat's column and seed, and the groups found in more than one fold of a repeat."""
+    counts_by_repeat, crossing = [], 0
+    for folds in fold_of:
+        counts = {str(f): {c: 0 for c in classes} for f in range(opts.folds)}
+        folds_of_group = {}
+        for label, fold, group in zip(labels, folds, group_of):
+            if fold is not None:
+                counts[str(fold)][label] += 1
+                folds_of_group.setdefault(group, set()).add(fold)
+        crossing += sum(1 for f in folds_of_group.values() if len(f) > 1)
+        counts_by_repeat.append(counts)
+    return {"fold_counts": counts_by_repeat[0], "repeats": len(fold_of),
+            "fold_repeats": [{"repeat": r, "column": fold_column(r), "seed": fold_seed(opts.seed, r),
+                              "fold_counts": counts} for r, counts in enumerate(counts_by_repeat)],
+            "groups_across_folds": crossing}
+
+
 def leakage_free(info):
-    """True when no group, exact duplicate or near duplicate is found in more than one split."""
-    return all(v == 0 for k, v in info["leakage"].items() if k.endswith("_across_splits") and isinstance(v, int))
+    """True when no group, exact duplicate or near duplicate is found in more than one split (and
+    no group in more than one fold of a repeat)."""
+    return all(v == 0 for k, v in info["leakage"].items()
+               if k.endswith(("_across_splits", "_across_folds")) and isinstance(v, int))
 
 
 def format_summary(info):

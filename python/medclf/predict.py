@@ -8,6 +8,12 @@ Format (medclf.predictions/1, see docs/training.md): split, classes, positive_cl
 (medclf.uncertainty): method "softmax" (one pass: entropy only) or "mc_dropout" (--mc-dropout K:
 probabilities = the mean of K passes with dropout on, logits = its log); an ensemble will fill the
 same block with method "ensemble" and its members.
+
+Test-time augmentation (--tta none|hflip|flips|dihedral|K): the probabilities are the mean of the
+softmax probabilities over the views (`TTA_VIEWS`, in a nested order, so K views are the first K
+of the dihedral group), logits its log, and `model.tta` records {"views", "reduction"} (absent
+without TTA); written
+to <run>/tta_<name>/ unless out_dir, so the plain predictions stay beside them.
 """
 
 from pathlib import Path
@@ -69,9 +75,79 @@ def mc_dropout_samples(model, loader, device, passes, seed=0, amp=False):
     return torch.cat(batches, dim=1).double().numpy()
 
 
-def predictions_record(split, config, checkpoint, checkpoint_name, paths, labels, logits, samples=None):
-    """The predictions file; with MC samples, probabilities are their mean and logits its log."""
+# The 8 symmetries of the square (the dihedral group), ordered so that the first 2 are hflip, the first 4
+# the flips: each view maps an (N, C, H, W) batch to a transformed copy.
+TTA_VIEWS = {
+    "identity": lambda x: x,
+    "hflip": lambda x: torch.flip(x, dims=(3,)),
+    "vflip": lambda x: torch.flip(x, dims=(2,)),
+    "rot180": lambda x: torch.rot90(x, 2, dims=(2, 3)),
+    "rot90": lambda x: torch.rot90(x, 1, dims=(2, 3)),
+    "rot270": lambda x: torch.rot90(x, 3, dims=(2, 3)),
+    "transpose": lambda x: x.transpose(2, 3),
+    "antitranspose": lambda x: torch.rot90(x, 2, dims=(2, 3)).transpose(2, 3),
+}
+TTA_PRESETS = {"none": 1, "hflip": 2, "flips": 4, "dihedral": 8}
+
+
+def tta_views(spec):
+    """The view names of --tta none|hflip|flips|dihedral|K (K = the first K of TTA_VIEWS, 1..8)."""
+    spec = str(spec).strip().lower()
+    count = TTA_PRESETS.get(spec)
+    if count is None:
+        try:
+            count = int(spec)
+        except ValueError:
+            count = 0
+    if not 1 <= count <= len(TTA_VIEWS):
+        raise MedclfError(f"--tta {spec}: use none, hflip, flips, dihedral or a number of views 1..{len(TTA_VIEWS)}")
+    return list(TTA_VIEWS)[:count]
+
+
+def tta_name(views):
+    """The folder suffix of a set of views: a preset's name where it is one, else the view count."""
+    by_count = {n: name for name, n in TTA_PRESETS.items()}
+    return by_count.get(len(views), str(len(views)))
+
+
+@torch.inference_mode()
+def tta_probabilities(model, loader, device, views, amp=False):
+    """(N, K) float64 mean of the softmax probabilities over `views` (names of TTA_VIEWS)."""
+    from medclf.engine import _autocast
+
+    model.eval()
+    batches = []
+    for images, _ in loader:
+        images = images.to(device, non_blocking=True)
+        total = 0
+        for name in views:
+            with _autocast(device, amp):
+                logits = model(TTA_VIEWS[name](images))
+            total = total + probabilities_from_logits(logits.float().cpu())
+        batches.append(total / len(views))
+    return torch.cat(batches).double() if batches else torch.zeros(0, 2, dtype=torch.float64)
+
+
+def predict_probabilities(model, loader, device, views=("identity",), amp=False):
+    """(logits, probabilities) of a loader: one pass without TTA, else the mean over the views
+    with logits = log(mean probability)."""
+    if list(views) == ["identity"]:
+        logits, _ = predict(model, loader, device, amp=amp)
+        return logits, probabilities_from_logits(logits)
+    probabilities = tta_probabilities(model, loader, device, views, amp)
+    return torch.log(torch.clamp(probabilities, min=1e-300)), probabilities
+
+
+def predictions_record(split, config, checkpoint, checkpoint_name, paths, labels, logits, samples=None,
+                       tta=("identity",)):
+    """The predictions file; with MC samples, probabilities are their mean and logits its log.
+    With TTA views the logits are log(mean probability) (predict_probabilities): their softmax
+    is that mean."""
     probabilities = probabilities_from_logits(logits)
+    model = {"architecture": config["architecture"], "checkpoint": checkpoint_name,
+             "epoch": int(checkpoint.get("epoch", 0)) or None}
+    if list(tta) != ["identity"]:
+        model["tta"] = {"views": list(tta), "reduction": "mean of softmax probabilities"}
     if samples is None:
         unc = uncertainty.uncertainty_record("softmax", probabilities=probabilities.double().numpy())
     else:
@@ -87,8 +163,7 @@ def predictions_record(split, config, checkpoint, checkpoint_name, paths, labels
         "split": split,
         "classes": list(config["classes"]),
         "positive_class": config.get("positive_class"),
-        "model": {"architecture": config["architecture"], "checkpoint": checkpoint_name,
-                  "epoch": int(checkpoint.get("epoch", 0)) or None},
+        "model": model,
         "paths": list(paths),
         "labels": labels,
         "predictions": [int(x) for x in probabilities.argmax(dim=1).tolist()],
@@ -113,10 +188,16 @@ def split_table_for_test(run_dir, config, splits=None, data_root=None, names=("t
 
 
 def run_test(run_dir, split="test", splits=None, data_root=None, device="auto", batch_size=None, workers=0,
-             progress=True, out_dir=None, mc_dropout=0):
+             progress=True, out_dir=None, mc_dropout=0, tta="none"):
     """Write predictions_<split>.json (and predictions_val.json when split is test). Returns the paths.
-    mc_dropout=K > 0: K passes with dropout on, written to <run>/mc_dropout_K/ unless out_dir."""
+    mc_dropout=K > 0: K passes with dropout on, written to <run>/mc_dropout_K/ unless out_dir.
+    tta: --tta views (tta_views), written to <run>/tta_<name>/ unless out_dir."""
     run_dir = Path(run_dir)
+    views = tta_views(tta)
+    if mc_dropout and len(views) > 1:
+        raise MedclfError(f"--mc-dropout with --tta {tta}: choose one of them (each averages its own passes)")
+    if len(views) > 1:
+        out_dir = out_dir or run_dir / f"tta_{tta_name(views)}"
     device = select_device(device)
     model, config, checkpoint = load_run(run_dir, device)
     if mc_dropout:
@@ -144,11 +225,11 @@ def run_test(run_dir, split="test", splits=None, data_root=None, device="auto", 
         cache = data_mod.build_cache(files, side, args.get("cache", "auto"), run_dir / "cache", name, progress)
         loader = data_mod.make_loader(data_mod.CachedImageDataset(cache, labels, transform),
                                       batch_size or args["batch_size"], workers=workers)
-        logits, _ = predict(model, loader, device, amp=bool(config.get("amp")))
+        logits, _ = predict_probabilities(model, loader, device, views, amp=bool(config.get("amp")))
         samples = (mc_dropout_samples(model, loader, device, mc_dropout, int(config.get("seed") or 0), bool(config.get("amp")))
                    if mc_dropout else None)
         records[Path(out_dir or run_dir) / f"predictions_{name}.json"] = \
-            predictions_record(name, config, checkpoint, "best.pt", rel, labels, logits, samples)
+            predictions_record(name, config, checkpoint, "best.pt", rel, labels, logits, samples, views)
     # Written only once every split has been predicted: a refusal on val leaves test's file as it was.
     for path, record in records.items():
         write_json(path, record)

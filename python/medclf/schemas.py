@@ -19,3 +19,5 @@ SERVE_RESPONSE = "medclf.serve-response/1"  # POST /api/predict answer (medclf s
 ENSEMBLE = "medclf.ensemble/1"     # ensemble.json (medclf ensemble)
 SWEEP = "medclf.sweep/1"           # sweep.json (medclf sweep)
 ONNX_EXPORT = "medclf.onnx-export/1"  # model.onnx metadata + <model>.export.json (medclf export)
+CV = "medclf.cv/1"                     # cv.json (medclf cv)
+CV_RESULTS = "medclf.cv-results/1"     # results_oof.json (medclf cv)

@@ -13,6 +13,7 @@ A study file (see studies/*.yaml and docs/studies.md) looks like
     test: {}
     report: {}
     compare: true
+    cv: {tta: hflip}      # optional: `medclf cv` with the train: options, then these (docs/cv.md)
 
 Each stage section becomes the argv of that stage's command (keys are the command's flag names
 without the leading dashes; `true` becomes a bare flag, `false` the `--no-` form or nothing; a
@@ -61,8 +62,8 @@ from medclf.formatting import estimate_with_interval as format_interval, p_value
 from medclf.report import output_names
 
 from medclf.schemas import STUDY as SCHEMA
-STAGES = ("partition", "train", "test", "report", "compare")
-TOP_LEVEL_KEYS = ("name", "description", "data", "partition", "train", "runs", "test", "report", "compare",
+STAGES = ("partition", "train", "test", "report", "compare", "cv")
+TOP_LEVEL_KEYS = ("name", "description", "data", "partition", "train", "runs", "test", "report", "compare", "cv",
                   "sweep")  # sweep: read by `medclf sweep` (medclf.sweep), not run by `medclf study`
 DATA_KEYS = ("root", "metadata", "image-dir")
 # Options the runner sets itself (by argparse dest), so every output lands under <out>/<name>/.
@@ -76,8 +77,10 @@ MANAGED_DESTS = {
     "report": {"run": "the runner reports every run of the study"},
     "compare": {"out": "the runner writes the comparison to <out>/<name>/compare/",
                 "runs": "the runner compares every run of the study"},
+    "cv": {"splits": "the runner uses <out>/<name>/partition/splits.csv",
+           "out": "the cross-validation goes to <out>/<name>/cv/", "run_name": "the runner names it cv"},
 }
-RESERVED_RUN_NAMES = ("partition", "compare")
+RESERVED_RUN_NAMES = ("partition", "compare", "cv")
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?-)([^}]*))?\}")
 
@@ -330,6 +333,7 @@ class StudyPlan:
     report_split: str = "test"
     description: str = ""
     report_tag: str = None
+    predictions_dir: str = ""  # inside each run: "" or tta_<name> (test: {tta: ...})
 
 
 def _section(study, key, source):
@@ -408,11 +412,13 @@ def build_plan(study, study_file, data_root=None, out_root="results", parsers=No
         _check_call(StageCall("train", None, shared, f"{source}: train"), parsers["train"], validators)
     calls += _run_calls(study, source, runs, out_dir, parser_for)
     calls += _compare_calls(study, source, runs, out_dir, parser_for)
+    calls += _cv_calls(study, source, out_dir, parser_for)
     for call in calls:
         _check_call(call, parsers[call.stage], validators)
     plan = StudyPlan(name, source, out_dir, data, [r for r, _, _ in runs], calls, _report_split(study, source),
                      str(study.get("description") or "").strip(),
-                     (_section(study, "report", source) or {}).get("tag"))
+                     (_section(study, "report", source) or {}).get("tag"),
+                     _predictions_dir(_section(study, "test", source)))
     check_class_names(plan)
     return plan
 
@@ -431,6 +437,28 @@ def _partition_call(study, source, data, out_dir, parser_for):
                      outputs=[partition_dir / "splits.csv", partition_dir / "partition.json"])
 
 
+def _predictions_dir(test_options):
+    """Where `medclf test` writes a run's predictions: the run folder, or tta_<name>/ inside it."""
+    from medclf.predict import tta_name, tta_views
+
+    views = tta_views((test_options or {}).get("tta") or "none")
+    return "" if len(views) == 1 else f"tta_{tta_name(views)}"
+
+
+def _cv_calls(study, source, out_dir, parser_for):
+    """The cross-validation of a `cv:` section (train: options, then cv: ones), or []."""
+    cv_options = _section(study, "cv", source) if "cv" in study else None
+    if cv_options is None:
+        return []
+    options = {**(_section(study, "train", source) or {}), **cv_options}
+    splits_csv, cv_dir = out_dir / "partition" / "splits.csv", out_dir / "cv"
+    argv = ["cv", "--splits", str(splits_csv), "--out", str(out_dir), "--run-name", "cv"]
+    argv += options_to_argv(options, parser_for("cv"), "cv", f"{source}: cv")
+    predictions = cv_dir / _predictions_dir(cv_options)
+    return [StageCall("cv", None, argv, f"{source}: cv", inputs=[splits_csv],
+                      outputs=[predictions / "predictions_test.json", predictions / "predictions_oof.json"])]
+
+
 def _report_split(study, source):
     test_split = str((_section(study, "test", source) or {}).get("split") or "test")
     return str((_section(study, "report", source) or {}).get("split") or test_split)
@@ -447,6 +475,7 @@ def _run_calls(study, source, runs, out_dir, parser_for):
     calls = []
     for run_name, options, where in runs:
         run_dir = out_dir / run_name
+        predictions_dir = run_dir / _predictions_dir(test_options)
         argv = ["train", "--splits", str(splits_csv), "--out", str(out_dir), "--run-name", run_name]
         train_parser = parser_for("train")
         argv += options_to_argv(options, train_parser, "train", where)
@@ -459,15 +488,15 @@ def _run_calls(study, source, runs, out_dir, parser_for):
             argv = ["test", "--run", str(run_dir)]
             argv += options_to_argv(test_options, parser_for("test"), "test", f"{source}: test")
             calls.append(StageCall("test", run_name, argv, f"{source}: test",
-                                   outputs=[run_dir / f"predictions_{split}.json"],
+                                   outputs=[predictions_dir / f"predictions_{split}.json"],
                                    inputs=[run_dir / "best.pt", splits_csv]))
         if report_options is not None:
-            argv = ["report", "--run", str(run_dir)]
+            argv = ["report", "--run", str(predictions_dir)]
             argv += options_to_argv(report_options, parser_for("report"), "report", f"{source}: report")
             calls.append(StageCall("report", run_name, argv, f"{source}: report",
-                                   outputs=[run_dir / report_outputs[k] for k in ("results", "report")],
-                                   inputs=[run_dir / f"predictions_{report_split}.json",
-                                           run_dir / "predictions_val.json"]))
+                                   outputs=[predictions_dir / report_outputs[k] for k in ("results", "report")],
+                                   inputs=[predictions_dir / f"predictions_{report_split}.json",
+                                           predictions_dir / "predictions_val.json"]))
     return calls
 
 
@@ -483,7 +512,8 @@ def _compare_calls(study, source, runs, out_dir, parser_for):
         raise MedclfError(f"{source}: compare: expected true, false or a mapping of options")
     compare_parser = parser_for("compare")
     compare_dir = out_dir / "compare"
-    argv = ["compare", *(str(out_dir / run_name) for run_name, _, _ in runs)]
+    predictions_dir = _predictions_dir(_section(study, "test", source))
+    argv = ["compare", *(str(out_dir / run_name / predictions_dir) for run_name, _, _ in runs)]
     out_flag, _, _ = _find_action(compare_parser, "out")
     if out_flag:
         argv += [out_flag, str(compare_dir)]
@@ -491,7 +521,7 @@ def _compare_calls(study, source, runs, out_dir, parser_for):
     compare_split = str(compare_options.get("split") or _report_split(study, source))
     return [StageCall("compare", None, argv, f"{source}: compare",
                       outputs=[compare_dir / "compare.json"] if out_flag else [],
-                      inputs=[out_dir / r / f"predictions_{compare_split}.json" for r, _, _ in runs])]
+                      inputs=[out_dir / r / predictions_dir / f"predictions_{compare_split}.json" for r, _, _ in runs])]
 
 
 def _runs(study, source):
@@ -665,7 +695,7 @@ def decide_calls(plan, selected, previous, force):
         if call.stage not in selected:
             decisions.append(Decision("not selected", made_with=made_with))
             continue
-        upstream_reruns = (call.stage == "train" and "partition" in rerun) or \
+        upstream_reruns = (call.stage in ("train", "cv") and "partition" in rerun) or \
                           (call.stage in ("test", "report") and call.run in rerun) or \
                           (call.stage == "compare" and bool(rerun))
         note = ""
@@ -891,7 +921,7 @@ def summary_table(plan):
     rows, multiclass = [], False
     for run in plan.runs:
         results_name = output_names(plan.report_split, plan.report_tag)["results"]
-        path = plan.out_dir / run / results_name
+        path = plan.out_dir / run / plan.predictions_dir / results_name
         results = read_json(path) if path.is_file() else None
         if results is not None and results.get("task") == "multiclass":
             multiclass = True

@@ -394,14 +394,17 @@ def read_run_splits(cfg):
     return table
 
 
-def load_data(cfg, table, run_dir, model_info, resuming):
-    """Decode each image once into the cache, fix the normalisation, build the loaders."""
+def load_data(cfg, table, run_dir, model_info, resuming, images=None):
+    """Decode each image once into the cache, fix the normalisation, build the loaders.
+    `images(files, side, name)`, when given, supplies the decoded images instead (medclf.cv:
+    one cache shared by every fold)."""
     side = transforms.cache_side(cfg["augment"], cfg["img_size"])
     train_files, train_labels, _ = data_mod.split_paths(table, "train")
     val_files, val_labels, _ = data_mod.split_paths(table, "val")
     cache_dir = run_dir / "cache"
-    train_cache = data_mod.build_cache(train_files, side, cfg["cache"], cache_dir, "train", cfg["progress"])
-    val_cache = data_mod.build_cache(val_files, side, cfg["cache"], cache_dir, "val", cfg["progress"])
+    images = images or (lambda files, side_, name: data_mod.build_cache(files, side_, cfg["cache"], cache_dir, name,
+                                                                         cfg["progress"]))
+    train_cache, val_cache = images(train_files, side, "train"), images(val_files, side, "val")
     if model_info["mean"] is not None:
         norm = {"mean": model_info["mean"], "std": model_info["std"], "source": "imagenet weights"}
     elif resuming:
@@ -516,23 +519,24 @@ def write_run_config(trainer, resuming, split_binding):
     write_json(trainer.run_dir / "config.json", record)
 
 
-def run_training(config, on_epoch=None):
+def run_training(config, on_epoch=None, images=None):
     """Train per `config` (keys of DEFAULTS). Returns a summary dict (run folder, epochs, best
     epoch and value, why it stopped, and the model holding the best weights).
     on_epoch(row, best): called after each epoch is saved with its history row and the best
-    monitored value so far (a sweep reports it to its pruner, which may stop the run by raising)."""
+    monitored value so far (a sweep reports it to its pruner, which may stop the run by raising).
+    `images`: see load_data."""
     with preserved_torch_state():
-        return _run_training(config, on_epoch)
+        return _run_training(config, on_epoch, images)
 
 
-def _run_training(config, on_epoch=None):
+def _run_training(config, on_epoch=None, images=None):
     cfg, run_dir, resuming = _prepare_config(config)
     device, amp = setup_torch(cfg)
     table = read_run_splits(cfg)
     single_logit = cfg["head"] == "single-logit"
     model, model_info = models.build_model(cfg["arch"], 1 if single_logit else len(table.classes), cfg["weights"])
     run_dir.mkdir(parents=True, exist_ok=True)
-    data = load_data(cfg, table, run_dir, model_info, resuming)
+    data = load_data(cfg, table, run_dir, model_info, resuming, images)
     trainer = build_trainer(cfg, run_dir, device, amp, data, model, model_info)
     # After the images and the loss were accepted: a refused run leaves no copy behind.
     split_binding = bind_splits_to_run(table, run_dir)  # the run carries its own split (config.json)

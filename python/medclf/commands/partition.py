@@ -40,6 +40,9 @@ def add_arguments(parser):
     parser.add_argument("--seed", type=int, default=0, help="random seed (the result depends only on it and the data)")
     parser.add_argument("--folds", type=int, default=0,
                         help="also assign K grouped, stratified folds to the non-test images (0 = none)")
+    parser.add_argument("--repeats", type=int, default=1, metavar="R",
+                        help="with --folds: R fold assignments, each from its own seed derived from --seed, in "
+                        "columns fold, fold_r1, ..., fold_r<R-1> (repeated cross-validation, `medclf cv`)")
     parser.add_argument("--classes", type=_csv_list, default=None,
                         help="class order, comma-separated, e.g. no,yes; None = sorted class names")
     parser.add_argument("--positive", default=None,
@@ -87,7 +90,7 @@ def run(args):
     options = PartitionOptions(
         out=args.out, data_root=args.data_root, metadata=args.metadata, image_dir=args.image_dir,
         image_col=args.image_col, label_col=args.label_col, image_ext=args.image_ext, group_col=args.group_col,
-        val=args.val, test=args.test, seed=args.seed, folds=args.folds, classes=args.classes,
+        val=args.val, test=args.test, seed=args.seed, folds=args.folds, repeats=args.repeats, classes=args.classes,
         positive=args.positive, dedup=args.dedup, near_dups=args.near_dups, dup_neighbours=args.dup_neighbours,
         dup_min_inliers=args.dup_min_inliers, duplicate_decisions=args.duplicate_decisions,
         max_group_size=args.max_group_size, label_map=args.label_map, overwrite=args.overwrite, quiet=args.quiet,

@@ -26,6 +26,10 @@ def add_arguments(parser):
                         help="K stochastic passes with dropout on (architectures with dropout only): probabilities "
                              "= their mean, plus per-image predictive entropy and mutual information; written to "
                              "<run>/mc_dropout_K/")
+    parser.add_argument("--tta", default="none", metavar="none|hflip|flips|dihedral|K",
+                        help="test-time augmentation: mean of the softmax probabilities over the views (hflip: 2, "
+                             "flips: 4, dihedral: the 8 flips and rotations, K: the first K of those); the views go "
+                             "into the file's model.tta; written to <run>/tta_<name>/ (default: none)")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
 
 
@@ -34,7 +38,7 @@ def run(args):
 
     written = run_test(args.run, args.split, args.splits, args.data_root,
                        "cuda" if args.use_gpu else args.device, args.batch_size, args.workers, args.progress,
-                       mc_dropout=args.mc_dropout)
+                       mc_dropout=args.mc_dropout, tta=args.tta)
     if args.quality_gate:
         from medclf.quality import gate_predictions
 
