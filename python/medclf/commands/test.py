@@ -26,6 +26,9 @@ def add_arguments(parser):
                         help="K stochastic passes with dropout on (architectures with dropout only): probabilities "
                              "= their mean, plus per-image predictive entropy and mutual information; written to "
                              "<run>/mc_dropout_K/")
+    from medclf.commands.train import add_amp_arguments
+
+    add_amp_arguments(parser, "as the run was trained (fp32 if trained with --no-amp, else on where supported)")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
 
 
@@ -34,7 +37,7 @@ def run(args):
 
     written = run_test(args.run, args.split, args.splits, args.data_root,
                        "cuda" if args.use_gpu else args.device, args.batch_size, args.workers, args.progress,
-                       mc_dropout=args.mc_dropout)
+                       mc_dropout=args.mc_dropout, amp=args.amp)
     if args.quality_gate:
         from medclf.quality import gate_predictions
 
