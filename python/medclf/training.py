@@ -33,11 +33,11 @@ import torch
 from medclf import data as data_mod
 from medclf import device_data
 from medclf import imbalance, models, schemas, transforms
-from medclf.precision import choose_precision, log_precision
 from medclf.early_stopping import MONITOR_MODES, EarlyStopping
 from medclf.engine import evaluate, train_one_epoch
 from medclf.errors import MedclfError
 from medclf.fileio import atomic_path, read_json, write_json, write_text
+from medclf.precision import choose_precision, log_precision
 from medclf.run_config import read_run_config
 from medclf.splits import bind_splits_to_run, read_splits
 
