@@ -410,7 +410,7 @@ def predict_fold(cv, run_dir, images, device):
     CV's TTA views; written in the run (or its tta_<name>/) and returned as {split: record}."""
     from medclf import data as data_mod
     from medclf import transforms
-    from medclf.predict import load_run, predict_probabilities, predictions_record, tta_name
+    from medclf.predict import inference_precision, load_run, predict_probabilities, predictions_record, tta_name
     from medclf.splits import load_run_splits
 
     out_dir = run_dir if len(cv.views) == 1 else run_dir / f"tta_{tta_name(cv.views)}"
@@ -418,6 +418,8 @@ def predict_fold(cv, run_dir, images, device):
     if all(p.is_file() for p in wanted.values()):
         return {split: read_json(p) for split, p in wanted.items()}
     model, config, checkpoint = load_run(run_dir, device)
+    precision = inference_precision(config, device)
+    precision.prepare_model(model)
     table = load_run_splits(run_dir, config)
     args, norm = config["arguments"], config["normalisation"]
     transform = transforms.eval_transform(args["augment"], args["img_size"], norm["mean"], norm["std"])
@@ -426,8 +428,9 @@ def predict_fold(cv, run_dir, images, device):
         files, labels, rel = data_mod.split_paths(table, split)
         loader = data_mod.make_loader(data_mod.CachedImageDataset(images(files, images.side), labels, transform),
                                       args["batch_size"])
-        logits, _ = predict_probabilities(model, loader, device, cv.views, amp=bool(config.get("amp")))
-        records[split] = predictions_record(split, config, checkpoint, "best.pt", rel, labels, logits, tta=cv.views)
+        logits, _ = predict_probabilities(model, loader, precision, cv.views)
+        records[split] = predictions_record(split, config, checkpoint, "best.pt", rel, labels, logits, tta=cv.views,
+                                            inference=precision.record())
     for split, path in wanted.items():
         write_json(path, records[split])
     return records

@@ -2,16 +2,18 @@
 
 Outputs are accumulated on the CPU and metrics are computed once per epoch over the whole split
 (AUC is not an average of per-batch AUCs). A model has either K logits (softmax) or one logit
-(sigmoid, binary); `probabilities_from_logits` turns both into K columns.
+(sigmoid, binary); `probabilities_from_logits` turns both into K columns. `precision` is a
+`medclf.precision.Precision` (device, autocast, memory layout); the default is fp32 on the CPU.
 """
-
-import contextlib
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
 from medclf.metrics import balanced_accuracy, roc_auc_ovr_macro
+from medclf.precision import Precision
+
+FP32_CPU = Precision(torch.device("cpu"), "fp32", "default")
 
 def probabilities_from_logits(logits):
     """(N, K) softmax, or (N, 1) -> two columns [1 - sigmoid, sigmoid]."""
@@ -34,23 +36,18 @@ def epoch_metrics(loss_sum, n, labels, logits):
     }
 
 
-def _autocast(device, amp):
-    if amp and device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.float16)
-    return contextlib.nullcontext()
-
-
-def train_one_epoch(model, criterion, optimizer, loader, device, scheduler=None, scaler=None, amp=False,
+def train_one_epoch(model, criterion, optimizer, loader, precision=FP32_CPU, scheduler=None, scaler=None,
                     progress=None):
-    """Train for one pass over `loader`; `scheduler` (if given) is stepped after every batch.
-    Returns the epoch's loss (mean per image) and metrics on the training outputs."""
+    """Train for one pass over `loader`; `scheduler` (if given) is stepped after every batch;
+    `scaler` is the fp16 GradScaler (None otherwise). Returns the epoch's loss (mean per image)
+    and metrics on the training outputs."""
     model.train()
     loss_sum, n = 0.0, 0
     all_logits, all_labels = [], []
     for images, labels in loader:
-        images = images.to(device, non_blocking=True)
-        labels = labels.to(device, non_blocking=True)
-        with _autocast(device, amp):
+        images = precision.to_device(images)
+        labels = labels.to(precision.device, non_blocking=True)
+        with precision.autocast():
             logits = model(images)
             loss = criterion(logits, labels)
         optimizer.zero_grad(set_to_none=True)
@@ -77,13 +74,13 @@ def train_one_epoch(model, criterion, optimizer, loader, device, scheduler=None,
 
 
 @torch.inference_mode()
-def predict(model, loader, device, amp=False):
+def predict(model, loader, precision=FP32_CPU):
     """Logits (float32, CPU) and labels of every item of `loader`, in loader order."""
     model.eval()
     all_logits, all_labels = [], []
     for images, labels in loader:
-        with _autocast(device, amp):
-            logits = model(images.to(device, non_blocking=True))
+        with precision.autocast():
+            logits = model(precision.to_device(images))
         all_logits.append(logits.float().cpu())
         all_labels.append(torch.as_tensor(labels).cpu())
     if not all_logits:
@@ -92,9 +89,10 @@ def predict(model, loader, device, amp=False):
 
 
 @torch.inference_mode()
-def evaluate(model, criterion, loader, device, amp=False):
-    """Loss (mean per image) and epoch-level metrics on a split."""
-    logits, labels = predict(model, loader, device, amp)
+def evaluate(model, criterion, loader, precision=FP32_CPU):
+    """Loss (mean per image, from the float32 logits) and epoch-level metrics on a split."""
+    logits, labels = predict(model, loader, precision)
     n = labels.shape[0]
+    device = precision.device
     loss = float(criterion(logits.to(device), labels.to(device))) * n if n else 0.0
     return epoch_metrics(loss, n, labels.numpy(), logits)

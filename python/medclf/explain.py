@@ -26,7 +26,7 @@ from medclf.data import resize_and_crop
 from medclf.errors import MedclfError, UnreadableImageError
 from medclf.fileio import atomic_path, read_json, write_json
 from medclf.imageio import read_image
-from medclf.predict import PREDICTIONS_SCHEMA, load_run
+from medclf.predict import PREDICTIONS_SCHEMA, inference_precision, load_run
 from medclf.splits import read_splits
 
 EXPLAIN_SCHEMA = "medclf.explain/1"
@@ -237,11 +237,14 @@ def write_pictures(out, record, indices, targets, shown, maps, title, progress=T
     return _image_entries(record, indices, groups, targets, files)
 
 
-def run_checks(summary, model, images, targets, maps, out, title, steps, seed, sanity_threshold, faithfulness, sanity):
-    """Deletion/insertion (with faithfulness.png) and the cascading-randomisation check, into summary."""
+def run_checks(summary, model, images, targets, maps, out, title, steps, seed, sanity_threshold, faithfulness, sanity,
+               precision):
+    """Deletion/insertion (with faithfulness.png; its forward passes in `precision`) and the
+    cascading-randomisation check, into summary."""
     method, layer = summary["method"], summary["target_layer"]
     if faithfulness:
-        summary["faithfulness"] = F.faithfulness(model, images, targets, maps, steps, seed)
+        with precision.autocast():
+            summary["faithfulness"] = F.faithfulness(model, images, targets, maps, steps, seed)
         write_faithfulness_plot(out / "faithfulness.png", summary["faithfulness"], title)
     if sanity:
         check = F.sanity_check(model, images, targets, maps, method, layer, seed, sanity_threshold)
@@ -254,14 +257,18 @@ def run_checks(summary, model, images, targets, maps, out, title, steps, seed, s
 
 def run_explain(run_dir, split="test", method="gradcam", n=24, paths=None, target="predicted", target_layer=None,
                 out_dir=None, device="cpu", faithfulness=True, sanity=True, sanity_threshold=F.SANITY_THRESHOLD,
-                steps=F.DEFAULT_STEPS, seed=0, progress=True):
+                steps=F.DEFAULT_STEPS, seed=0, progress=True, amp=None):
     """Write overlays, the contact sheet, faithfulness.png and explain.json into
-    RUN/explain/SPLIT/METHOD (or out_dir); returns (explain.json, contact_sheet.png, summary)."""
+    RUN/explain/SPLIT/METHOD (or out_dir); returns (explain.json, contact_sheet.png, summary).
+    amp (--amp/--no-amp, None = as the run was trained) sets the precision of the deletion/insertion
+    forward passes; the maps are computed in fp32 (the CAM library reads activations and gradients
+    as numpy arrays, which have no bf16)."""
     from medclf.training import git_commit, library_versions
 
     run_dir = Path(run_dir)
     record = read_predictions(run_dir, split)
     model, config, _ = load_run(run_dir, device)
+    precision = inference_precision(config, device, amp)
     layer = target_layer or heatmap.find_target_layer(model, config["architecture"])
     indices = select_images(record, n, paths)
     if not indices:
@@ -277,10 +284,12 @@ def run_explain(run_dir, split="test", method="gradcam", n=24, paths=None, targe
                "target_layer": layer, "target": target, "architecture": config["architecture"],
                "images": write_pictures(out, record, indices, targets, shown, maps, title, progress),
                "faithfulness": None, "sanity_check": None,
+               "inference": {**precision.record(), "maps": "fp32"},
                "arguments": {"n": n, "paths": paths, "steps": steps, "seed": seed,
                              "sanity_threshold": sanity_threshold},
                "library_versions": _versions(library_versions()), "git_commit": git_commit()}
-    run_checks(summary, model, images, targets, maps, out, title, steps, seed, sanity_threshold, faithfulness, sanity)
+    run_checks(summary, model, images, targets, maps, out, title, steps, seed, sanity_threshold, faithfulness, sanity,
+               precision)
     write_json(out / "explain.json", summary)
     return out / "explain.json", out / "contact_sheet.png", summary
 

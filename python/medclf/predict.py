@@ -7,7 +7,8 @@ Format (medclf.predictions/1, see docs/training.md): split, classes, positive_cl
 "uncertainty" {method, samples, members, predictive_entropy, expected_entropy, mutual_information}
 (medclf.uncertainty): method "softmax" (one pass: entropy only) or "mc_dropout" (--mc-dropout K:
 probabilities = the mean of K passes with dropout on, logits = its log); an ensemble will fill the
-same block with method "ensemble" and its members.
+same block with method "ensemble" and its members; "inference" {device, precision, reason}: how
+the logits were computed (medclf.precision).
 
 Test-time augmentation (--tta none|hflip|flips|dihedral|K): the probabilities are the mean of the
 softmax probabilities over the views (`TTA_VIEWS`, in a nested order, so K views are the first K
@@ -25,6 +26,7 @@ from medclf import models, transforms, uncertainty
 from medclf.engine import predict, probabilities_from_logits
 from medclf.errors import MedclfError
 from medclf.fileio import write_json
+from medclf.precision import choose_precision, log_precision
 from medclf.run_config import read_run_config
 from medclf.splits import load_run_splits, read_splits, refuse_images_seen_by_run
 from medclf.training import load_checkpoint, select_device
@@ -57,19 +59,25 @@ def dropout_layers(model):
     return [m for m in model.modules() if isinstance(m, kinds) and m.p > 0]
 
 
-@torch.inference_mode()
-def mc_dropout_samples(model, loader, device, passes, seed=0, amp=False):
-    """(passes, N, K) probabilities with dropout active and everything else (batch norm) in eval mode."""
-    from medclf.engine import _autocast
+def inference_precision(config, device, amp=None):
+    """The Precision `test` and `explain` predict in: `amp` as given (--amp / --no-amp), else the
+    run's own training choice (a run trained with --no-amp is tested in fp32), on this device."""
+    if amp is None and config["arguments"].get("amp") is False:
+        amp = False
+    return choose_precision(device, amp)
 
+
+@torch.inference_mode()
+def mc_dropout_samples(model, loader, precision, passes, seed=0):
+    """(passes, N, K) probabilities with dropout active and everything else (batch norm) in eval mode."""
     model.eval()
     for layer in dropout_layers(model):
         layer.train()
     torch.manual_seed(seed)
     batches = []
     for images, _ in loader:
-        images = images.to(device, non_blocking=True)
-        with _autocast(device, amp):
+        images = precision.to_device(images)
+        with precision.autocast():
             batches.append(torch.stack([probabilities_from_logits(model(images).float()).cpu() for _ in range(passes)]))
     model.eval()
     return torch.cat(batches, dim=1).double().numpy()
@@ -111,35 +119,33 @@ def tta_name(views):
 
 
 @torch.inference_mode()
-def tta_probabilities(model, loader, device, views, amp=False):
+def tta_probabilities(model, loader, precision, views):
     """(N, K) float64 mean of the softmax probabilities over `views` (names of TTA_VIEWS)."""
-    from medclf.engine import _autocast
-
     model.eval()
     batches = []
     for images, _ in loader:
-        images = images.to(device, non_blocking=True)
+        images = precision.to_device(images)
         total = 0
         for name in views:
-            with _autocast(device, amp):
+            with precision.autocast():
                 logits = model(TTA_VIEWS[name](images))
             total = total + probabilities_from_logits(logits.float().cpu())
         batches.append(total / len(views))
     return torch.cat(batches).double() if batches else torch.zeros(0, 2, dtype=torch.float64)
 
 
-def predict_probabilities(model, loader, device, views=("identity",), amp=False):
+def predict_probabilities(model, loader, precision, views=("identity",)):
     """(logits, probabilities) of a loader: one pass without TTA, else the mean over the views
     with logits = log(mean probability)."""
     if list(views) == ["identity"]:
-        logits, _ = predict(model, loader, device, amp=amp)
+        logits, _ = predict(model, loader, precision)
         return logits, probabilities_from_logits(logits)
-    probabilities = tta_probabilities(model, loader, device, views, amp)
+    probabilities = tta_probabilities(model, loader, precision, views)
     return torch.log(torch.clamp(probabilities, min=1e-300)), probabilities
 
 
 def predictions_record(split, config, checkpoint, checkpoint_name, paths, labels, logits, samples=None,
-                       tta=("identity",)):
+                       tta=("identity",), inference=None):
     """The predictions file; with MC samples, probabilities are their mean and logits its log.
     With TTA views the logits are log(mean probability) (predict_probabilities): their softmax
     is that mean."""
@@ -172,6 +178,7 @@ def predictions_record(split, config, checkpoint, checkpoint_name, paths, labels
         "predictive probabilities": probs,
         "label probabilities": [[1.0 if k == y else 0.0 for k in range(n_classes)] for y in labels],
         "uncertainty": unc,
+        "inference": inference,
     }
 
 
@@ -188,10 +195,11 @@ def split_table_for_test(run_dir, config, splits=None, data_root=None, names=("t
 
 
 def run_test(run_dir, split="test", splits=None, data_root=None, device="auto", batch_size=None, workers=0,
-             progress=True, out_dir=None, mc_dropout=0, tta="none"):
+             progress=True, out_dir=None, mc_dropout=0, tta="none", amp=None):
     """Write predictions_<split>.json (and predictions_val.json when split is test). Returns the paths.
     mc_dropout=K > 0: K passes with dropout on, written to <run>/mc_dropout_K/ unless out_dir.
-    tta: --tta views (tta_views), written to <run>/tta_<name>/ unless out_dir."""
+    tta: --tta views (tta_views), written to <run>/tta_<name>/ unless out_dir.
+    amp: True/False = --amp/--no-amp; None = as the run was trained (`inference_precision`)."""
     run_dir = Path(run_dir)
     views = tta_views(tta)
     if mc_dropout and len(views) > 1:
@@ -200,6 +208,9 @@ def run_test(run_dir, split="test", splits=None, data_root=None, device="auto", 
         out_dir = out_dir or run_dir / f"tta_{tta_name(views)}"
     device = select_device(device)
     model, config, checkpoint = load_run(run_dir, device)
+    precision = inference_precision(config, device, amp)
+    log_precision("test", precision)
+    precision.prepare_model(model)
     if mc_dropout:
         if mc_dropout < 2:
             raise MedclfError(f"--mc-dropout {mc_dropout}: needs at least 2 passes (e.g. 20)")
@@ -225,11 +236,12 @@ def run_test(run_dir, split="test", splits=None, data_root=None, device="auto", 
         cache = data_mod.build_cache(files, side, args.get("cache", "auto"), run_dir / "cache", name, progress)
         loader = data_mod.make_loader(data_mod.CachedImageDataset(cache, labels, transform),
                                       batch_size or args["batch_size"], workers=workers)
-        logits, _ = predict_probabilities(model, loader, device, views, amp=bool(config.get("amp")))
-        samples = (mc_dropout_samples(model, loader, device, mc_dropout, int(config.get("seed") or 0), bool(config.get("amp")))
+        logits, _ = predict_probabilities(model, loader, precision, views)
+        samples = (mc_dropout_samples(model, loader, precision, mc_dropout, int(config.get("seed") or 0))
                    if mc_dropout else None)
         records[Path(out_dir or run_dir) / f"predictions_{name}.json"] = \
-            predictions_record(name, config, checkpoint, "best.pt", rel, labels, logits, samples, views)
+            predictions_record(name, config, checkpoint, "best.pt", rel, labels, logits, samples, views,
+                               precision.record())
     # Written only once every split has been predicted: a refusal on val leaves test's file as it was.
     for path, record in records.items():
         write_json(path, record)

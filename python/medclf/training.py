@@ -31,11 +31,13 @@ import numpy as np
 import torch
 
 from medclf import data as data_mod
+from medclf import device_data
 from medclf import imbalance, models, schemas, transforms
 from medclf.early_stopping import MONITOR_MODES, EarlyStopping
 from medclf.engine import evaluate, train_one_epoch
 from medclf.errors import MedclfError
 from medclf.fileio import atomic_path, read_json, write_json, write_text
+from medclf.precision import choose_precision, log_precision
 from medclf.run_config import read_run_config
 from medclf.splits import bind_splits_to_run, read_splits
 
@@ -348,18 +350,20 @@ def preserved_torch_state():
 
 
 def setup_torch(cfg):
-    """Threads, device, mixed precision and determinism of the run; returns (device, amp)."""
+    """Threads, device, mixed precision and determinism of the run; returns its Precision."""
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg["threads"]))  # part of the run's arguments: sums may depend on it
-    device = select_device(cfg["device"])
-    amp = (device.type == "cuda") if cfg["amp"] is None else bool(cfg["amp"] and device.type == "cuda")
+    precision = choose_precision(select_device(cfg["device"]), cfg["amp"])
+    log_precision("train", precision)
+    if precision.device.type == "cuda":
+        # cuDNN's autotuner picks the fastest kernels for the fixed input size, not a reproducible one.
+        torch.backends.cudnn.benchmark = not cfg["deterministic"]
     if cfg["deterministic"]:
         torch.use_deterministic_algorithms(True)
-        if device.type == "cuda":
+        if precision.device.type == "cuda":
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-            torch.backends.cudnn.benchmark = False
     seed_everything(cfg["seed"])
-    return device, amp
+    return precision
 
 
 # ---------------------------------------------------------------- data
@@ -438,8 +442,7 @@ class Trainer:
 
     cfg: dict
     run_dir: Path
-    device: object
-    amp: bool
+    precision: object  # medclf.precision.Precision: device, autocast, memory layout
     data: RunData
     model: object
     model_info: dict
@@ -453,27 +456,32 @@ class Trainer:
     writer: object = None
 
     @property
+    def device(self):
+        return self.precision.device
+
+    @property
     def n_outputs(self):
         return 1 if self.cfg["head"] == "single-logit" else len(self.data.classes)
 
 
-def build_trainer(cfg, run_dir, device, amp, data, model, model_info):
-    """Loss, optimiser, schedule, scaler and early stopping for `model`, on `device`."""
+def build_trainer(cfg, run_dir, precision, data, model, model_info):
+    """Loss, optimiser, schedule, scaler and early stopping for `model`, on the precision's device."""
+    device = precision.device
     n_classes = len(data.classes)
     single_logit = cfg["head"] == "single-logit"
     criterion = imbalance.build_criterion(cfg["balance"], data.train_labels, n_classes, single_logit,
                                           cfg["focal_gamma"], cfg["focal_alpha"], data.classes,
                                           data.table.positive_class, data.table.source).to(device)
-    model.to(device)
+    precision.prepare_model(model)
     if cfg["freeze_backbone"]:
         models.set_backbone_trainable(model, False)
         models.freeze_batchnorm_stats(model)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(cfg["optimizer"], params, cfg["lr"], cfg["weight_decay"])
     scheduler, per_batch = build_scheduler(cfg, optimizer, len(data.train_loader))
-    scaler = torch.amp.GradScaler("cuda") if amp else None
+    scaler = precision.grad_scaler()
     stopper = EarlyStopping(cfg["patience"], MONITOR_MODES[cfg["monitor"]], cfg["min_delta"])
-    return Trainer(cfg, run_dir, device, amp, data, model, model_info, criterion, optimizer, scheduler, per_batch,
+    return Trainer(cfg, run_dir, precision, data, model, model_info, criterion, optimizer, scheduler, per_batch,
                    scaler, stopper, history=[])
 
 
@@ -489,7 +497,8 @@ def config_record(trainer, split_binding):
         "data_root": str(Path(table.data_root).resolve()),
         "counts": {s: int((table.frame["split"] == s).sum()) for s in ("train", "val", "test")},
         "normalisation": data.normalisation,
-        "cache_side": data.side, "seed": cfg["seed"], "device": str(trainer.device), "amp": trainer.amp,
+        "cache_side": data.side, "seed": cfg["seed"], "device": str(trainer.device),
+        "amp": trainer.precision.amp, "precision": trainer.precision.name,
         "versions": library_versions(), "git_commit": git_commit(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
@@ -531,13 +540,15 @@ def run_training(config, on_epoch=None, images=None):
 
 def _run_training(config, on_epoch=None, images=None):
     cfg, run_dir, resuming = _prepare_config(config)
-    device, amp = setup_torch(cfg)
+    precision = setup_torch(cfg)
     table = read_run_splits(cfg)
     single_logit = cfg["head"] == "single-logit"
     model, model_info = models.build_model(cfg["arch"], 1 if single_logit else len(table.classes), cfg["weights"])
     run_dir.mkdir(parents=True, exist_ok=True)
     data = load_data(cfg, table, run_dir, model_info, resuming, images)
-    trainer = build_trainer(cfg, run_dir, device, amp, data, model, model_info)
+    data.train_loader = device_data.for_device(data.train_loader, precision.device)  # CUDA: see device_data
+    data.val_loader = device_data.for_device(data.val_loader, precision.device)
+    trainer = build_trainer(cfg, run_dir, precision, data, model, model_info)
     # After the images and the loss were accepted: a refused run leaves no copy behind.
     split_binding = bind_splits_to_run(table, run_dir)  # the run carries its own split (config.json)
     start_epoch = restore_from_last(trainer) if resuming else 1
@@ -580,10 +591,10 @@ def run_epoch(trainer, epoch):
     lr = trainer.optimizer.param_groups[0]["lr"]
     bar = tqdm(total=len(data.train_loader.dataset) if data.sampler is None else len(data.sampler),
                desc=f"epoch {epoch}/{cfg['epochs']}", unit="img", disable=not cfg["progress"], leave=False)
-    train_m = train_one_epoch(trainer.model, trainer.criterion, trainer.optimizer, data.train_loader, trainer.device,
-                              trainer.scheduler if trainer.per_batch else None, trainer.scaler, trainer.amp, bar)
+    train_m = train_one_epoch(trainer.model, trainer.criterion, trainer.optimizer, data.train_loader,
+                              trainer.precision, trainer.scheduler if trainer.per_batch else None, trainer.scaler, bar)
     bar.close()
-    val_m = evaluate(trainer.model, trainer.criterion, data.val_loader, trainer.device, trainer.amp)
+    val_m = evaluate(trainer.model, trainer.criterion, data.val_loader, trainer.precision)
     monitored = val_m[cfg["monitor"][len("val_"):]]
     if trainer.scheduler is not None and not trainer.per_batch:
         trainer.scheduler.step(monitored)

@@ -48,7 +48,7 @@ class RandomRGBShift(torch.nn.Module):
     def forward(self, image):
         if torch.rand(()) >= self.p:
             return image
-        shift = torch.randint(-self.limit, self.limit + 1, (image.shape[0], 1, 1), dtype=torch.int16)
+        shift = torch.randint(-self.limit, self.limit + 1, (image.shape[0], 1, 1), dtype=torch.int16).to(image.device)
         return (image.to(torch.int16) + shift).clamp_(0, 255).to(torch.uint8)
 
 

@@ -27,10 +27,10 @@ def test_seed_architectures_build_train_one_step_and_predict_at_64px(name):
     head = models.head_module(model)
     before = head.weight.detach().clone()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    metrics = train_one_epoch(model, nn.CrossEntropyLoss(), optimizer, random_batches(), torch.device("cpu"))
+    metrics = train_one_epoch(model, nn.CrossEntropyLoss(), optimizer, random_batches())
     assert metrics["loss"] > 0
     assert not torch.equal(before, head.weight)
-    logits, labels = predict(model, random_batches(seed=1), torch.device("cpu"))
+    logits, labels = predict(model, random_batches(seed=1))
     assert logits.shape == (4, 3) and labels.tolist() == [0, 1, 2, 0]
     assert torch.allclose(probabilities_from_logits(logits).sum(1), torch.ones(4, dtype=torch.float64))
 
@@ -142,7 +142,7 @@ def test_freeze_backbone_keeps_batchnorm_statistics_during_an_epoch():
     stats = _batchnorm_buffers(model)
     head_before = model.fc.weight.detach().clone()
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
-    train_one_epoch(model, nn.CrossEntropyLoss(), optimizer, random_batches(3, n_classes=2), torch.device("cpu"))
+    train_one_epoch(model, nn.CrossEntropyLoss(), optimizer, random_batches(3, n_classes=2))
     after = _batchnorm_buffers(model)
     assert all(torch.equal(stats[k], after[k]) for k in stats)
     assert not torch.equal(head_before, model.fc.weight)
@@ -155,7 +155,7 @@ def test_without_freezing_batchnorm_statistics_do_change():
     model, _ = models.build_model("resnet18", 2, "none")
     stats = _batchnorm_buffers(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    train_one_epoch(model, nn.CrossEntropyLoss(), optimizer, random_batches(1, n_classes=2), torch.device("cpu"))
+    train_one_epoch(model, nn.CrossEntropyLoss(), optimizer, random_batches(1, n_classes=2))
     assert not torch.equal(stats["bn1.running_mean"], model.bn1.running_mean)
 
 

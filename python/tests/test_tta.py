@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from medclf.engine import predict, probabilities_from_logits
+from medclf.engine import FP32_CPU, predict, probabilities_from_logits
 from medclf.errors import MedclfError
 from medclf.predict import TTA_VIEWS, predict_probabilities, tta_probabilities, tta_views
 
@@ -57,15 +57,15 @@ def test_the_eight_views_are_the_eight_distinct_symmetries_of_the_square():
 
 def test_tta_with_one_view_equals_no_tta():
     model, loader = _position_aware_model(), _loader()
-    logits, _ = predict(model, loader, torch.device("cpu"))
-    one_view = tta_probabilities(model, loader, torch.device("cpu"), ["identity"])
+    logits, _ = predict(model, loader, FP32_CPU)
+    one_view = tta_probabilities(model, loader, FP32_CPU, ["identity"])
     np.testing.assert_allclose(one_view.numpy(), probabilities_from_logits(logits).numpy(), rtol=0, atol=1e-7)
-    _, through_log = predict_probabilities(model, loader, torch.device("cpu"), tta_views("1"))
+    _, through_log = predict_probabilities(model, loader, FP32_CPU, tta_views("1"))
     np.testing.assert_array_equal(through_log.numpy(), probabilities_from_logits(logits).numpy())
 
 
 def test_dihedral_tta_of_a_rotation_invariant_model_equals_no_tta():
-    loader, cpu = _loader(), torch.device("cpu")
+    loader, cpu = _loader(), FP32_CPU
     invariant = _pointwise_model()
     plain = probabilities_from_logits(predict(invariant, loader, cpu)[0]).numpy()
     np.testing.assert_allclose(tta_probabilities(invariant, loader, cpu, tta_views("dihedral")).numpy(), plain,
@@ -77,7 +77,7 @@ def test_dihedral_tta_of_a_rotation_invariant_model_equals_no_tta():
 
 
 def test_tta_probabilities_are_the_mean_over_the_views():
-    model, loader, cpu = _position_aware_model(), _loader(), torch.device("cpu")
+    model, loader, cpu = _position_aware_model(), _loader(), FP32_CPU
     images = torch.cat([x for x, _ in loader])
     with torch.inference_mode():
         expected = (probabilities_from_logits(model(images)) + probabilities_from_logits(model(images.flip(3)))) / 2

@@ -10,6 +10,7 @@ import torch
 from medclf import cli
 from medclf import uncertainty as U
 from medclf.errors import MedclfError
+from medclf.engine import FP32_CPU
 from medclf.predict import mc_dropout_samples, run_test
 from test_predict import trained_run  # noqa: F401  (a resnet18 run: no dropout)
 
@@ -46,11 +47,11 @@ def test_mc_dropout_varies_passes_and_keeps_batch_norm_in_eval():
     model.eval()
     before = model[2].running_mean.clone()
     loader = [(torch.randn(5, 3, 2, 2), torch.zeros(5, dtype=torch.long))]
-    samples = mc_dropout_samples(model, loader, "cpu", passes=6)
+    samples = mc_dropout_samples(model, loader, FP32_CPU, passes=6)
     assert samples.shape == (6, 5, 3) and np.allclose(samples.sum(axis=2), 1)
     assert not np.allclose(samples[0], samples[1])  # dropout was on
     assert torch.equal(model[2].running_mean, before) and not model.training and not model[3].training
-    again = mc_dropout_samples(model, loader, "cpu", passes=6)
+    again = mc_dropout_samples(model, loader, FP32_CPU, passes=6)
     assert np.array_equal(samples, again)  # seeded
 
 

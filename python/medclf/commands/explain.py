@@ -32,6 +32,10 @@ def add_arguments(parser):
                         help="fail when maps of the fully randomised model still have this rank correlation")
     parser.add_argument("--seed", type=int, default=0, help="seed of the randomisation and the random order")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    from medclf.commands.train import add_amp_arguments
+
+    add_amp_arguments(parser, "as the run was trained; applies to the deletion/insertion forward passes, the maps "
+                              "are computed in fp32")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
 
 
@@ -40,7 +44,8 @@ def run(args):
 
     summary_path, sheet, summary = run_explain(
         args.run, args.split, args.method, args.n, args.paths, args.target, args.target_layer, args.out,
-        args.device, args.faithfulness, args.sanity, args.sanity_threshold, args.steps, args.seed, args.progress)
+        args.device, args.faithfulness, args.sanity, args.sanity_threshold, args.steps, args.seed, args.progress,
+        amp=args.amp)
     f, s = summary["faithfulness"], summary["sanity_check"]
     if f:
         print(f"deletion area {f['map']['deletion_auc']:.3f} (random {f['random']['deletion_auc']:.3f}), "

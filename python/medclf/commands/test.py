@@ -30,6 +30,9 @@ def add_arguments(parser):
                         help="test-time augmentation: mean of the softmax probabilities over the views (hflip: 2, "
                              "flips: 4, dihedral: the 8 flips and rotations, K: the first K of those); the views go "
                              "into the file's model.tta; written to <run>/tta_<name>/ (default: none)")
+    from medclf.commands.train import add_amp_arguments
+
+    add_amp_arguments(parser, "as the run was trained (fp32 if trained with --no-amp, else on where supported)")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
 
 
@@ -38,7 +41,7 @@ def run(args):
 
     written = run_test(args.run, args.split, args.splits, args.data_root,
                        "cuda" if args.use_gpu else args.device, args.batch_size, args.workers, args.progress,
-                       mc_dropout=args.mc_dropout, tta=args.tta)
+                       mc_dropout=args.mc_dropout, tta=args.tta, amp=args.amp)
     if args.quality_gate:
         from medclf.quality import gate_predictions
 

@@ -8,11 +8,14 @@ DESCRIPTION = (
 )
 
 
-def _bool_or_none(parser):
+def add_amp_arguments(parser, default_text):
+    """--amp / --no-amp (dest amp: True, False, or None = the default), shared by train, test, explain."""
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--amp", dest="amp", action="store_true", default=None,
-                       help="mixed precision (CUDA only; default: on with CUDA, off on CPU)")
-    group.add_argument("--no-amp", dest="amp", action="store_false", help="turn mixed precision off")
+                       help="mixed precision: bf16 autocast + channels_last on CPUs with native bf16 "
+                            "(AVX-512 BF16, AMX) and CUDA GPUs with bf16, fp16 + gradient scaler on other "
+                            f"GPUs, fp32 where none is supported (said on stderr); default: {default_text}")
+    group.add_argument("--no-amp", dest="amp", action="store_false", help="full fp32 precision")
 
 
 def add_arguments(parser):
@@ -66,7 +69,7 @@ def add_arguments(parser):
     run.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                      help="auto picks CUDA when present; CUDA asked for but absent: warning, CPU")
     run.add_argument("--use_GPU", "-use_GPU", dest="use_gpu", action="store_true", help="alias of --device cuda")
-    _bool_or_none(run)
+    add_amp_arguments(run, "on where supported")
     run.add_argument("--tensorboard", action="store_true", help="also log to <run>/tensorboard (needs tensorboard)")
     run.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 
