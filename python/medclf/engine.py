@@ -41,9 +41,10 @@ def _autocast(device, amp):
 
 
 def train_one_epoch(model, criterion, optimizer, loader, device, scheduler=None, scaler=None, amp=False,
-                    progress=None):
+                    progress=None, gather=None):
     """Train for one pass over `loader`; `scheduler` (if given) is stepped after every batch.
-    Returns the epoch's loss (mean per image) and metrics on the training outputs."""
+    Returns the epoch's loss (mean per image) and metrics on the training outputs (of every
+    process: `gather(loss_sum, n, labels, logits)` collects them, see medclf.distributed)."""
     model.train()
     loss_sum, n = 0.0, 0
     all_logits, all_labels = [], []
@@ -73,7 +74,9 @@ def train_one_epoch(model, criterion, optimizer, loader, device, scheduler=None,
             progress.set_postfix(loss=f"{loss_sum / n:.4f}")
     if not all_logits:
         return epoch_metrics(0.0, 0, [], torch.zeros(0, 2))
-    return epoch_metrics(loss_sum, n, torch.cat(all_labels).numpy(), torch.cat(all_logits))
+    outputs = (loss_sum, n, torch.cat(all_labels), torch.cat(all_logits))
+    loss_sum, n, labels, logits = gather(*outputs) if gather is not None else outputs
+    return epoch_metrics(loss_sum, n, labels.numpy(), logits)
 
 
 @torch.inference_mode()
@@ -92,9 +95,12 @@ def predict(model, loader, device, amp=False):
 
 
 @torch.inference_mode()
-def evaluate(model, criterion, loader, device, amp=False):
-    """Loss (mean per image) and epoch-level metrics on a split."""
+def evaluate(model, criterion, loader, device, amp=False, gather=None):
+    """Loss (mean per image) and epoch-level metrics on a split (on every process's outputs:
+    `gather(logits, labels)` collects them in split order, see medclf.distributed)."""
     logits, labels = predict(model, loader, device, amp)
+    if gather is not None:
+        logits, labels = gather(logits, labels)
     n = labels.shape[0]
     loss = float(criterion(logits.to(device), labels.to(device))) * n if n else 0.0
     return epoch_metrics(loss, n, labels.numpy(), logits)
