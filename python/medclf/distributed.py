@@ -155,11 +155,15 @@ def epoch_gatherers(world, n_val):
 
 # ---------------------------------------------------------------- the model
 
-def sync_batchnorm(model, device):
-    """--sync-bn: BatchNorm statistics over the whole batch of all processes (CUDA only)."""
-    if device.type != "cuda":
+def check_sync_bn(sync_bn, device_name):
+    """--sync-bn is refused where the run will not be on CUDA (before anything is read or written)."""
+    if sync_bn and (device_name == "cpu" or not torch.cuda.is_available()):
         raise MedclfError("--sync-bn needs CUDA (SyncBatchNorm runs on nccl); on the CPU leave it out: "
                           "each process then normalises its own batch")
+
+
+def sync_batchnorm(model):
+    """--sync-bn: BatchNorm statistics over the whole batch of all processes (CUDA only)."""
     return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
 

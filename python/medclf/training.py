@@ -279,6 +279,7 @@ def resolve_config(config):
     transforms.check_preset(cfg["augment"])
     cfg["workers"] = resolve_workers(cfg["workers"], cfg["augment"])
     data_mod.resolve_cache_workers(cfg["cache_workers"])
+    distributed.check_sync_bn(cfg["sync_bn"], cfg["device"])
     if cfg["tensorboard"]:
         _tensorboard_writer_class()
     if cfg["run_name"] is None:
@@ -505,7 +506,7 @@ def build_trainer(cfg, run_dir, device, amp, data, model, model_info, world=dist
     processes the model trains through DistributedDataParallel (SyncBatchNorm with --sync-bn)."""
     n_classes = len(data.classes)
     if cfg["sync_bn"]:
-        model = distributed.sync_batchnorm(model, device)
+        model = distributed.sync_batchnorm(model)
     single_logit = cfg["head"] == "single-logit"
     criterion = imbalance.build_criterion(cfg["balance"], data.train_labels, n_classes, single_logit,
                                           cfg["focal_gamma"], cfg["focal_alpha"], data.classes,
