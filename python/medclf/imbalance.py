@@ -3,6 +3,7 @@
   sampler       WeightedRandomSampler over the train split, each image weighted 1 / (its class
                 count), so every class is drawn equally often in expectation (with replacement,
                 one epoch = as many draws as train images). Validation and test are never resampled.
+                With several processes, DistributedWeightedSampler splits that epoch between them.
   loss-weights  inverse-frequency class weights n / (k * count_c) (scikit-learn's "balanced")
                 in the cross-entropy (or pos_weight = count_negative / count_positive for a
                 single-logit head).

@@ -408,7 +408,7 @@ def load_caches(cfg, files_by_split, side, run_dir, world):
     memory-mapped files: local rank 0 of each machine builds them while the others wait, then
     every process maps the same files."""
     mode = "disk" if world.distributed and cfg["cache"] == "auto" else cfg["cache"]
-    if world.distributed and mode == "memory":
+    if world.distributed and mode == "memory" and world.is_main:
         print("medclf train: --cache memory with several processes: each decodes its own copy", file=sys.stderr)
     cache_dir = data_mod.cache_root(cfg["cache_dir"], run_dir.parent)
 
@@ -494,7 +494,6 @@ class Trainer:
     writer: object = None
     world: distributed.World = distributed.World()
     net: object = None  # what trains: the model, or its DistributedDataParallel wrapper
-
 
     @property
     def n_outputs(self):
@@ -597,6 +596,11 @@ def _train_in_world(cfg, run_dir, resuming, world, amp):
     data = load_data(cfg, table, run_dir, model_info, resuming, world)
     trainer = build_trainer(cfg, run_dir, world.device, amp, data, model, model_info, world)
     start_epoch = restore_from_last(trainer) if resuming else 1
+    if resuming and world.is_main:
+        trained_with = read_json(run_dir / "config.json").get("world_size", 1)
+        if trained_with != world.size:
+            print(f"medclf train: warning: resuming with {world.size} process(es), the run was trained with "
+                  f"{trained_with}: later epochs sample and batch differently", file=sys.stderr)
     if world.is_main:
         # After the images and the loss were accepted: a refused run leaves no copy behind.
         split_binding = bind_splits_to_run(table, run_dir)  # the run carries its own split (config.json)
