@@ -55,13 +55,24 @@ def odd_val_splits(brain_partition, tmp_path_factory):
                          drop_val=1)
 
 
-def train_cli(splits, out, name, *extra, nproc=2, kill=None):
-    """`medclf train --nproc 2` in a subprocess (killing rank R after N batches with kill="N@R")."""
-    launcher = ["-m", "medclf"] if kill is None else [str(KILL_WRAPPER), kill]
-    args = [PYTHON, *launcher, "train", "--splits", str(splits), "--img-size", "32", "--batch-size", "2",
-            "--out", str(out), "--run-name", name, "--seed", "4", "--deterministic", "--device", "cpu",
-            "--threads", "1", "--no-progress", "--nproc", str(nproc), *extra]
-    return subprocess.run(args, env={**os.environ, **ONE_THREAD}, capture_output=True, text=True, timeout=600)
+def train_cli(capfd, monkeypatch, args, kill=None):
+    """`medclf train ARGS` run here (the --nproc launcher: torchrun and its processes are
+    subprocesses); with kill="N@R" torchrun starts the kill wrapper instead of `python -m medclf`,
+    and rank R kills itself after N batches. Returns (exit status, stdout, stderr)."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # torchrun would set it too, with a warning banner
+    if kill is not None:
+        monkeypatch.setattr(distributed, "WORKER", [str(KILL_WRAPPER), kill])
+    capfd.readouterr()
+    status = cli.main(["train", *args])
+    out, err = capfd.readouterr()
+    monkeypatch.setattr(distributed, "WORKER", ["-m", "medclf"])
+    return status, out, err
+
+
+def ddp_args(splits, out, name, *extra):
+    return ["--splits", str(splits), "--img-size", "32", "--batch-size", "2", "--out", str(out), "--run-name", name,
+            "--seed", "4", "--deterministic", "--device", "cpu", "--threads", "1", "--no-progress", "--nproc", "2",
+            *extra]
 
 
 def history(run_dir):
@@ -73,18 +84,21 @@ def history(run_dir):
 def two_process_run(odd_val_splits, tmp_path_factory):
     """A 2-epoch run with 2 processes: 12 train images = 6 per process = 3 batches of 2 per epoch."""
     out = tmp_path_factory.mktemp("ddp")
-    done = train_cli(odd_val_splits, out, "whole", "--epochs", "2", "--patience", "5")
+    done = subprocess.run([PYTHON, "-m", "medclf", "train", *ddp_args(odd_val_splits, out, "whole", "--epochs", "2",
+                                                                       "--patience", "5")],
+                          env={**os.environ, **ONE_THREAD}, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     return out, done
 
 
-def test_one_step_on_two_ranks_of_half_the_batch_equals_one_process_on_the_whole_batch(brain_partition, tmp_path):
+def test_one_step_on_two_ranks_of_half_the_batch_equals_one_process_on_the_whole_batch(brain_partition, tmp_path,
+                                                                                      capfd, monkeypatch):
     # 8 train images, one SGD step per run (batch 8, or 4 per process); the backbone frozen keeps
     # BatchNorm in eval mode, so only the gradient averaging of the head can differ.
     splits = subset_splits(brain_partition, tmp_path / "eight", {"train": 4, "val": 2, "test": 1})
     common = ["--epochs", "1", "--freeze-backbone", "--optimizer", "sgd", "--lr", "0.5"]
-    two = train_cli(splits, tmp_path, "two", *common, "--batch-size", "4")
-    assert two.returncode == 0, two.stderr
+    status, _, err = train_cli(capfd, monkeypatch, ddp_args(splits, tmp_path, "two", *common, "--batch-size", "4"))
+    assert status == 0, err
     one = run_training({"splits": str(splits), "img_size": 32, "batch_size": 8, "out": str(tmp_path),
                         "run_name": "one", "seed": 4, "deterministic": True, "device": "cpu", "threads": 1,
                         "progress": False, "epochs": 1, "freeze_backbone": True, "optimizer": "sgd", "lr": 0.5})
@@ -137,20 +151,21 @@ def test_validation_metrics_are_those_of_one_process_on_every_val_image_once(two
         assert float(best[f"val_{key}"]) == pytest.approx(value, rel=1e-5, abs=1e-6), key
 
 
-def test_a_rank_killed_mid_epoch_ends_the_job_clearly_and_resume_completes_it(two_process_run, odd_val_splits):
+def test_a_rank_killed_mid_epoch_ends_the_job_clearly_and_resume_completes_it(two_process_run, odd_val_splits,
+                                                                             capfd, monkeypatch):
     out, _ = two_process_run
     # 3 batches per epoch and process: rank 1 dies after batch 4, in the middle of epoch 2
-    killed = train_cli(odd_val_splits, out, "killed", "--epochs", "2", "--patience", "5", kill="4@1")
-    assert killed.returncode == 1, killed.stderr
-    last_line = killed.stderr.strip().splitlines()[-1]
+    status, _, err = train_cli(capfd, monkeypatch, ddp_args(odd_val_splits, out, "killed", "--epochs", "2",
+                                                             "--patience", "5"), kill="4@1")
+    assert status == 1, err
+    last_line = err.strip().splitlines()[-1]
     assert last_line.startswith("medclf train: error: torchrun: a training process failed")
     assert f"medclf train --resume --out {out} --run-name killed --nproc 2" in last_line
     assert [r["epoch"] for r in history(out / "killed")] == ["1"]
-    resumed = subprocess.run([PYTHON, "-m", "medclf", "train", "--resume", "--out", str(out), "--run-name", "killed",
-                              "--nproc", "2", "--no-progress"], env={**os.environ, **ONE_THREAD},
-                             capture_output=True, text=True, timeout=600)
-    assert resumed.returncode == 0, resumed.stderr
-    assert "resuming" in resumed.stderr
+    status, _, err = train_cli(capfd, monkeypatch, ["--resume", "--out", str(out), "--run-name", "killed",
+                                                    "--nproc", "2", "--no-progress"])
+    assert status == 0, err
+    assert "resuming" in err
     assert history(out / "killed") == history(out / "whole")
     for name, key in (("last.pt", "model"), ("best.pt", "state_dict")):
         a, b = load_checkpoint(out / "killed" / name)[key], load_checkpoint(out / "whole" / name)[key]

@@ -2,20 +2,21 @@
 from outside medclf, for the --resume tests):
 
     python train_killed_after_batches.py N train --splits ... --run-name killed
-    python train_killed_after_batches.py N@R train --splits ... --run-name killed --nproc 2
+    (torchrun ...) train_killed_after_batches.py N@R train --splits ... --run-name killed
 
 The wrapper replaces medclf.training.train_one_epoch with one that hands the real function a
 loader counting the batches it yields; the process kills itself when asked for batch N + 1,
 that is after N batches were trained, mid-epoch, before any checkpoint of that epoch is written.
-With N@R and --nproc, the launching process has torchrun start this wrapper (instead of
-`python -m medclf`) in every training process, and only rank R kills itself.
+With N@R the wrapper runs as one of torchrun's training processes (the test makes the --nproc
+launcher start it instead of `python -m medclf`: medclf.distributed.WORKER), and only the
+process of rank R kills itself.
 """
 
 import os
 import signal
 import sys
 
-from medclf import cli, distributed, training
+from medclf import cli, training
 
 
 def kill_after(limit):
@@ -38,9 +39,7 @@ def kill_after(limit):
 def main():
     spec = sys.argv[1]
     limit, _, rank = spec.partition("@")
-    if rank and "RANK" not in os.environ:  # the `--nproc` launcher: its processes run this wrapper
-        distributed.WORKER = [os.path.abspath(__file__), spec]
-    elif not rank or os.environ["RANK"] == rank:
+    if not rank or os.environ.get("RANK") == rank:
         kill_after(int(limit))
     return cli.main(sys.argv[2:])
 
