@@ -65,6 +65,7 @@ def build_parser():
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
+    args._argv = list(sys.argv[1:] if argv is None else argv)  # as typed: `train --nproc` passes it on
     try:
         return int(args._run(args) or 0)
     except MedclfError as exc:

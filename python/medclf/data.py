@@ -2,13 +2,12 @@
 
 Each image of a split is read once per run through `medclf.imageio.read_image`, resized with
 its aspect ratio kept (shorter side -> `side`), centre-cropped to `side` x `side` and stored as
-uint8 (N, 3, side, side): in memory, or in a file-backed numpy memmap under the run folder for
-large sets (reused by `medclf test` and `--resume` when the file list matches). Augmentation then
-works on these small tensors, never on the original files.
+uint8 (N, 3, side, side): in memory, or for large sets and several processes in a shared
+memory-mapped file keyed by the files' contents and the preprocessing (`shared_cache`), which
+every process of a run, `medclf test`, `--resume` and later runs on the same images map instead
+of decoding again. Augmentation then works on these small tensors, never on the original files.
 """
 
-import hashlib
-import json
 import os
 import random
 from concurrent.futures import ThreadPoolExecutor
@@ -18,44 +17,36 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from medclf import schemas
-from medclf.errors import MedclfError, UnreadableImageError
-from medclf.fileio import write_json
-from medclf.imageio import read_image
-from medclf.preprocess import resize_and_crop  # torch-free, shared with medclf.onnx_model
+from medclf.errors import MedclfError
+from medclf.image_cache import decode, shared_cache
+from medclf.preprocess import resize_and_crop  # noqa: F401  re-exported; torch-free, shared with medclf.onnx_model
 
 MEMORY_CACHE_LIMIT_BYTES = 1 << 30  # --cache auto: memory below 1 GiB, memmap above
 
 
-def _decode(path, side):
+def cache_root(cache_dir, out_dir):
+    """Where the shared image caches live: --cache-dir, else OUT/image-cache (runs under one --out share it)."""
+    return Path(cache_dir) if cache_dir else Path(out_dir) / "image-cache"
+
+
+def resolve_cache_workers(workers):
+    """--cache-workers auto: one decoding process per CPU core, at most 8."""
+    if workers in (None, "auto"):
+        return min(8, os.cpu_count() or 1)
     try:
-        img = read_image(path)
-    except UnreadableImageError as exc:
-        raise MedclfError(
-            f"{path}: cannot read image ({exc.reason}); remove it from splits.csv "
-            "(re-run `medclf partition`, which excludes unreadable files)"
-        ) from exc
-    return np.asarray(resize_and_crop(img, side), dtype=np.uint8).transpose(2, 0, 1)
+        workers = int(workers)
+    except ValueError:
+        raise MedclfError(f"--cache-workers {workers}: give a number or auto") from None
+    if workers < 0:
+        raise MedclfError(f"--cache-workers {workers}: must be 0 (decode in this process) or more")
+    return workers
 
 
-def _file_list_key(paths, side):
-    digest = hashlib.sha256()
-    for p in paths:
-        digest.update(str(p).encode("utf-8") + b"\0")
-        try:
-            stat = os.stat(p)
-            digest.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
-        except OSError:
-            pass
-    digest.update(str(side).encode())
-    return digest.hexdigest()
-
-
-def build_cache(paths, side, mode="auto", cache_dir=None, name="cache", progress=True, threads=2):
+def build_cache(paths, side, mode="auto", cache_dir=None, name="cache", progress=True, threads=2, workers=0):
     """Decode every file once into a uint8 array (N, 3, side, side).
-    mode: memory | disk | auto (disk needs cache_dir)."""
-    from tqdm import tqdm
-
+    mode: memory | disk | auto (disk above MEMORY_CACHE_LIMIT_BYTES; disk needs cache_dir).
+    disk: the shared memory-mapped cache under `cache_dir` (see `shared_cache`), built with
+    `workers` processes."""
     paths = [Path(p) for p in paths]
     n_bytes = len(paths) * 3 * side * side
     if mode == "auto":
@@ -64,31 +55,22 @@ def build_cache(paths, side, mode="auto", cache_dir=None, name="cache", progress
         raise MedclfError(f"--cache {mode}: use memory, disk or auto")
     if mode == "disk":
         if cache_dir is None:
-            raise MedclfError("--cache disk needs a run folder to hold the cache file")
-        cache_dir = Path(cache_dir)
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        data_file, meta_file = cache_dir / f"{name}.npy", cache_dir / f"{name}.json"
-        key = _file_list_key(paths, side)
-        if data_file.is_file() and meta_file.is_file():
-            meta = json.loads(meta_file.read_text(encoding="utf-8"))
-            if meta.get("key") == key and meta.get("complete"):
-                return np.load(data_file, mmap_mode="r")
-        meta_file.unlink(missing_ok=True)
-        array = np.lib.format.open_memmap(data_file, mode="w+", dtype=np.uint8, shape=(len(paths), 3, side, side))
-    else:
-        array = np.empty((len(paths), 3, side, side), dtype=np.uint8)
+            raise MedclfError("--cache disk needs a folder to hold the cache file (--cache-dir)")
+        return shared_cache(paths, side, cache_dir, name, progress, workers)
+    return _memory_cache(paths, side, name, progress, threads)
+
+
+def _memory_cache(paths, side, name, progress, threads):
+    from tqdm import tqdm
+
+    array = np.empty((len(paths), 3, side, side), dtype=np.uint8)
     # PIL releases the GIL while decoding, so two threads use both cores.
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         bar = tqdm(total=len(paths), desc=f"cache {name} {side}px", unit="img", disable=not progress, leave=False)
-        for i, pixels in enumerate(pool.map(lambda p: _decode(p, side), paths)):
+        for i, pixels in enumerate(pool.map(lambda p: decode(p, side), paths)):
             array[i] = pixels
             bar.update()
         bar.close()
-    if mode == "disk":
-        array.flush()
-        del array
-        write_json(meta_file, {"schema": schemas.CACHE, "key": key, "n": len(paths), "side": side, "complete": True})
-        return np.load(data_file, mmap_mode="r")
     return array
 
 

@@ -15,6 +15,7 @@ from medclf.precision import Precision
 
 FP32_CPU = Precision(torch.device("cpu"), "fp32", "default")
 
+
 def probabilities_from_logits(logits):
     """(N, K) softmax, or (N, 1) -> two columns [1 - sigmoid, sigmoid]."""
     logits = torch.as_tensor(logits, dtype=torch.float64)
@@ -37,10 +38,11 @@ def epoch_metrics(loss_sum, n, labels, logits):
 
 
 def train_one_epoch(model, criterion, optimizer, loader, precision=FP32_CPU, scheduler=None, scaler=None,
-                    progress=None):
+                    progress=None, gather=None):
     """Train for one pass over `loader`; `scheduler` (if given) is stepped after every batch;
     `scaler` is the fp16 GradScaler (None otherwise). Returns the epoch's loss (mean per image)
-    and metrics on the training outputs."""
+    and metrics on the training outputs (of every process: `gather(loss_sum, n, labels, logits)`
+    collects them, see medclf.distributed)."""
     model.train()
     loss_sum, n = 0.0, 0
     all_logits, all_labels = [], []
@@ -70,7 +72,9 @@ def train_one_epoch(model, criterion, optimizer, loader, precision=FP32_CPU, sch
             progress.set_postfix(loss=f"{loss_sum / n:.4f}")
     if not all_logits:
         return epoch_metrics(0.0, 0, [], torch.zeros(0, 2))
-    return epoch_metrics(loss_sum, n, torch.cat(all_labels).numpy(), torch.cat(all_logits))
+    outputs = (loss_sum, n, torch.cat(all_labels), torch.cat(all_logits))
+    loss_sum, n, labels, logits = gather(*outputs) if gather is not None else outputs
+    return epoch_metrics(loss_sum, n, labels.numpy(), logits)
 
 
 @torch.inference_mode()
@@ -89,9 +93,12 @@ def predict(model, loader, precision=FP32_CPU):
 
 
 @torch.inference_mode()
-def evaluate(model, criterion, loader, precision=FP32_CPU):
-    """Loss (mean per image, from the float32 logits) and epoch-level metrics on a split."""
+def evaluate(model, criterion, loader, precision=FP32_CPU, gather=None):
+    """Loss (mean per image, from the float32 logits) and epoch-level metrics on a split (on every
+    process's outputs: `gather(logits, labels)` collects them in split order, see medclf.distributed)."""
     logits, labels = predict(model, loader, precision)
+    if gather is not None:
+        logits, labels = gather(logits, labels)
     n = labels.shape[0]
     device = precision.device
     loss = float(criterion(logits.to(device), labels.to(device))) * n if n else 0.0

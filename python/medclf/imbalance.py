@@ -3,6 +3,7 @@
   sampler       WeightedRandomSampler over the train split, each image weighted 1 / (its class
                 count), so every class is drawn equally often in expectation (with replacement,
                 one epoch = as many draws as train images). Validation and test are never resampled.
+                With several processes, DistributedWeightedSampler splits that epoch between them.
   loss-weights  inverse-frequency class weights n / (k * count_c) (scikit-learn's "balanced")
                 in the cross-entropy (or pos_weight = count_negative / count_positive for a
                 single-logit head).
@@ -18,6 +19,8 @@ A single-logit head's logit is the log-odds of classes[1], so its two probabilit
 [1 - sigmoid, sigmoid] follow the class order like a softmax head's; its loss puts pos_weight
 on the named positive, whichever index that is.
 """
+
+import math
 
 import numpy as np
 import torch
@@ -51,10 +54,38 @@ def sample_weights(train_labels, n_classes):
     return 1.0 / counts[labels].astype(np.float64)
 
 
-def make_sampler(train_labels, n_classes, generator=None):
+def make_sampler(train_labels, n_classes, generator=None, num_replicas=1, rank=0):
+    """The class-balanced sampler; with several processes (`num_replicas`) each gets its share."""
     weights = torch.as_tensor(sample_weights(train_labels, n_classes), dtype=torch.double)
+    if num_replicas > 1:
+        return DistributedWeightedSampler(weights, num_replicas, rank)
     return torch.utils.data.WeightedRandomSampler(weights, num_samples=len(weights), replacement=True,
                                                   generator=generator)
+
+
+class DistributedWeightedSampler(torch.utils.data.Sampler):
+    """WeightedRandomSampler for several processes. Every rank draws the same len(weights) indices
+    (with replacement) from a generator seeded by `set_epoch`, pads them from the start to a
+    multiple of `num_replicas` and keeps every num_replicas-th from `rank`: together the ranks see
+    one epoch of a one-process weighted sampler, split without overlap (as DistributedSampler splits)."""
+
+    def __init__(self, weights, num_replicas, rank):
+        self.weights = torch.as_tensor(weights, dtype=torch.double)
+        self.num_replicas, self.rank, self.epoch = int(num_replicas), int(rank), 0
+        self.num_samples = math.ceil(len(self.weights) / self.num_replicas)
+
+    def set_epoch(self, epoch):
+        self.epoch = int(epoch)
+
+    def __iter__(self):
+        generator = torch.Generator()
+        generator.manual_seed(self.epoch)
+        draws = torch.multinomial(self.weights, len(self.weights), replacement=True, generator=generator).tolist()
+        draws += draws[:self.num_samples * self.num_replicas - len(draws)]
+        return iter(draws[self.rank::self.num_replicas])
+
+    def __len__(self):
+        return self.num_samples
 
 
 class FocalLoss(nn.Module):

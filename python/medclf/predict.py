@@ -233,7 +233,8 @@ def run_test(run_dir, split="test", splits=None, data_root=None, device="auto", 
         files, labels, rel = data_mod.split_paths(table, name)
         if not files:
             raise MedclfError(f"{table.source}: the {name} split is empty; nothing to predict")
-        cache = data_mod.build_cache(files, side, args.get("cache", "auto"), run_dir / "cache", name, progress)
+        cache = data_mod.build_cache(files, side, args.get("cache", "auto"),
+                                     data_mod.cache_root(args.get("cache_dir"), run_dir.parent), name, progress)
         loader = data_mod.make_loader(data_mod.CachedImageDataset(cache, labels, transform),
                                       batch_size or args["batch_size"], workers=workers)
         logits, _ = predict_probabilities(model, loader, precision, views)

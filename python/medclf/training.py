@@ -31,8 +31,7 @@ import numpy as np
 import torch
 
 from medclf import data as data_mod
-from medclf import device_data
-from medclf import imbalance, models, schemas, transforms
+from medclf import device_data, distributed, imbalance, models, schemas, transforms
 from medclf.early_stopping import MONITOR_MODES, EarlyStopping
 from medclf.engine import evaluate, train_one_epoch
 from medclf.errors import MedclfError
@@ -52,10 +51,11 @@ DEFAULTS = {
     "weight_decay": 0.0, "scheduler": "none", "warmup_epochs": 0, "warmup_fraction": 0.1, "resume": False,
     "seed": 0, "deterministic": False, "tensorboard": False, "amp": None, "balance": "none",
     "focal_gamma": 2.0, "focal_alpha": None, "head": "softmax", "workers": "auto", "cache": "auto",
-    "threads": None, "progress": True,
+    "threads": None, "progress": True, "cache_dir": None, "cache_workers": "auto", "sync_bn": False,
 }
 # Arguments that may differ on --resume without changing the run's results.
-_RESUME_FREE = {"resume", "progress", "tensorboard", "cache", "device", "out", "run_name"}
+_RESUME_FREE = {"resume", "progress", "tensorboard", "cache", "cache_dir", "cache_workers", "device", "out",
+                "run_name"}
 
 
 # ---------------------------------------------------------------- environment and seeding
@@ -80,6 +80,12 @@ def seed_everything(seed):
 def epoch_seed(seed, epoch):
     """The seed of epoch `epoch` (1-based): every random draw of an epoch derives from it."""
     return (int(seed) * 1_000_003 + int(epoch)) % 2**63
+
+
+def rank_seed(seed, rank):
+    """The seed of one training process: rank 0 keeps `seed` (a one-process run is unchanged), other
+    ranks get their own streams, so their augmentations differ."""
+    return (int(seed) + 7_919 * int(rank)) % 2**63
 
 
 def git_commit():
@@ -273,6 +279,8 @@ def resolve_config(config):
     models.check_weights(cfg["weights"], arch)
     transforms.check_preset(cfg["augment"])
     cfg["workers"] = resolve_workers(cfg["workers"], cfg["augment"])
+    data_mod.resolve_cache_workers(cfg["cache_workers"])
+    distributed.check_sync_bn(cfg["sync_bn"], cfg["device"])
     if cfg["tensorboard"]:
         _tensorboard_writer_class()
     if cfg["run_name"] is None:
@@ -398,38 +406,74 @@ def read_run_splits(cfg):
     return table
 
 
-def load_data(cfg, table, run_dir, model_info, resuming, images=None):
+def load_caches(cfg, files_by_split, side, run_dir, world):
+    """The decoded-image cache of each split. With several processes the caches are the shared
+    memory-mapped files: local rank 0 of each machine builds them while the others wait, then
+    every process maps the same files."""
+    mode = "disk" if world.distributed and cfg["cache"] == "auto" else cfg["cache"]
+    if world.distributed and mode == "memory" and world.is_main:
+        print("medclf train: --cache memory with several processes: each decodes its own copy", file=sys.stderr)
+    cache_dir = data_mod.cache_root(cfg["cache_dir"], run_dir.parent)
+
+    def build():
+        return {name: data_mod.build_cache(files, side, mode, cache_dir, name, cfg["progress"] and world.is_main,
+                                           workers=data_mod.resolve_cache_workers(cfg["cache_workers"]))
+                for name, files in files_by_split.items()}
+
+    caches = build() if world.local_rank == 0 else None
+    distributed.barrier(world)
+    return caches if caches is not None else build()
+
+
+def run_normalisation(cfg, model_info, run_dir, train_cache, resuming):
+    """ImageNet statistics for ImageNet weights, else the train split's (kept in config.json)."""
+    if model_info["mean"] is not None:
+        return {"mean": model_info["mean"], "std": model_info["std"], "source": "imagenet weights"}
+    if resuming:
+        return read_json(run_dir / "config.json")["normalisation"]
+    mean, std = data_mod.channel_stats(train_cache)
+    return {"mean": mean, "std": std, "source": "train split"}
+
+
+def build_train_sampler(cfg, train_set, train_labels, n_classes, generator, world):
+    """None (a shuffling loader), the class-balanced sampler, or with several processes a
+    distributed sampler (each process its share; `set_epoch` reshuffles)."""
+    if cfg["balance"] == "sampler":
+        return imbalance.make_sampler(train_labels, n_classes, generator, world.size, world.rank)
+    if world.distributed:
+        return torch.utils.data.DistributedSampler(train_set, world.size, world.rank, shuffle=True, seed=0)
+    return None
+
+
+def load_data(cfg, table, run_dir, model_info, resuming, world=distributed.World(), images=None):
     """Decode each image once into the cache, fix the normalisation, build the loaders.
     `images(files, side, name)`, when given, supplies the decoded images instead (medclf.cv:
     one cache shared by every fold)."""
     side = transforms.cache_side(cfg["augment"], cfg["img_size"])
     train_files, train_labels, _ = data_mod.split_paths(table, "train")
     val_files, val_labels, _ = data_mod.split_paths(table, "val")
-    cache_dir = run_dir / "cache"
-    images = images or (lambda files, side_, name: data_mod.build_cache(files, side_, cfg["cache"], cache_dir, name,
-                                                                         cfg["progress"]))
-    train_cache, val_cache = images(train_files, side, "train"), images(val_files, side, "val")
-    if model_info["mean"] is not None:
-        norm = {"mean": model_info["mean"], "std": model_info["std"], "source": "imagenet weights"}
-    elif resuming:
-        norm = read_json(run_dir / "config.json")["normalisation"]
-    else:
-        mean, std = data_mod.channel_stats(train_cache)
-        norm = {"mean": mean, "std": std, "source": "train split"}
+    files_by_split = {"train": train_files, "val": val_files}
+    caches = ({name: images(files, side, name) for name, files in files_by_split.items()} if images is not None
+              else load_caches(cfg, files_by_split, side, run_dir, world))
+    norm = run_normalisation(cfg, model_info, run_dir, caches["train"], resuming)
     mean, std = norm["mean"], norm["std"]
-    train_set = data_mod.CachedImageDataset(train_cache, train_labels,
+    train_set = data_mod.CachedImageDataset(caches["train"], train_labels,
                                             transforms.train_transform(cfg["augment"], cfg["img_size"], mean, std))
-    val_set = data_mod.CachedImageDataset(val_cache, val_labels,
+    val_set = data_mod.CachedImageDataset(caches["val"], val_labels,
                                           transforms.eval_transform(cfg["augment"], cfg["img_size"], mean, std))
     generator = torch.Generator()
     generator.manual_seed(epoch_seed(cfg["seed"], 0))
-    n_classes = len(table.classes)
-    sampler = imbalance.make_sampler(train_labels, n_classes, generator) if cfg["balance"] == "sampler" else None
+    sampler = build_train_sampler(cfg, train_set, train_labels, len(table.classes), generator, world)
+    per_process = len(sampler) if sampler is not None else len(train_set)
     train_loader = data_mod.make_loader(train_set, cfg["batch_size"], shuffle=True, sampler=sampler,
                                         workers=int(cfg["workers"]), generator=generator,
-                                        drop_last=len(train_set) % cfg["batch_size"] == 1)
+                                        drop_last=per_process % cfg["batch_size"] == 1)
+    # Each process evaluates its share of val in order (padded to equal shares); the outputs are
+    # gathered back into the split's order (distributed.gather_in_order).
+    val_sampler = (torch.utils.data.DistributedSampler(val_set, world.size, world.rank, shuffle=False)
+                   if world.distributed else None)
     # Evaluation transforms are a crop and a normalisation: cheaper than starting a worker.
-    val_loader = data_mod.make_loader(val_set, cfg["batch_size"], workers=0)
+    val_loader = data_mod.make_loader(val_set, cfg["batch_size"], sampler=val_sampler, workers=0)
     return RunData(table, [str(c) for c in table.classes], train_labels, train_loader, val_loader, sampler,
                    generator, side, {"mean": list(mean), "std": list(std), "source": norm["source"]})
 
@@ -454,6 +498,8 @@ class Trainer:
     stopper: EarlyStopping
     history: list
     writer: object = None
+    world: distributed.World = distributed.World()
+    net: object = None  # what trains: the model, or its DistributedDataParallel wrapper
 
     @property
     def device(self):
@@ -464,10 +510,13 @@ class Trainer:
         return 1 if self.cfg["head"] == "single-logit" else len(self.data.classes)
 
 
-def build_trainer(cfg, run_dir, precision, data, model, model_info):
-    """Loss, optimiser, schedule, scaler and early stopping for `model`, on the precision's device."""
+def build_trainer(cfg, run_dir, precision, data, model, model_info, world=distributed.World()):
+    """Loss, optimiser, schedule, scaler and early stopping for `model`, on the precision's device;
+    with several processes the model trains through DistributedDataParallel (SyncBatchNorm with --sync-bn)."""
     device = precision.device
     n_classes = len(data.classes)
+    if cfg["sync_bn"]:
+        model = distributed.sync_batchnorm(model)
     single_logit = cfg["head"] == "single-logit"
     criterion = imbalance.build_criterion(cfg["balance"], data.train_labels, n_classes, single_logit,
                                           cfg["focal_gamma"], cfg["focal_alpha"], data.classes,
@@ -482,7 +531,7 @@ def build_trainer(cfg, run_dir, precision, data, model, model_info):
     scaler = precision.grad_scaler()
     stopper = EarlyStopping(cfg["patience"], MONITOR_MODES[cfg["monitor"]], cfg["min_delta"])
     return Trainer(cfg, run_dir, precision, data, model, model_info, criterion, optimizer, scheduler, per_batch,
-                   scaler, stopper, history=[])
+                   scaler, stopper, history=[], world=world, net=distributed.wrap_model(model, world))
 
 
 def config_record(trainer, split_binding):
@@ -498,7 +547,7 @@ def config_record(trainer, split_binding):
         "counts": {s: int((table.frame["split"] == s).sum()) for s in ("train", "val", "test")},
         "normalisation": data.normalisation,
         "cache_side": data.side, "seed": cfg["seed"], "device": str(trainer.device),
-        "amp": trainer.precision.amp, "precision": trainer.precision.name,
+        "amp": trainer.precision.amp, "precision": trainer.precision.name, "world_size": trainer.world.size,
         "versions": library_versions(), "git_commit": git_commit(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
@@ -517,7 +566,8 @@ def restore_from_last(trainer):
     trainer.stopper.load_state_dict(state["early_stopping"])
     trainer.history = list(state["history"])
     _set_rng_state(state["rng"], trainer.data.generator)
-    print(f"medclf train: resuming {trainer.run_dir} after epoch {state['epoch']}", file=sys.stderr)
+    if trainer.world.is_main:
+        print(f"medclf train: resuming {trainer.run_dir} after epoch {state['epoch']}", file=sys.stderr)
     return int(state["epoch"]) + 1
 
 
@@ -541,25 +591,48 @@ def run_training(config, on_epoch=None, images=None):
 def _run_training(config, on_epoch=None, images=None):
     cfg, run_dir, resuming = _prepare_config(config)
     precision = setup_torch(cfg)
+    world = distributed.start(distributed.world_from_env(), precision.device)
+    if world.device != precision.device:  # a CUDA rank trains on its own GPU
+        precision = choose_precision(world.device, cfg["amp"])
+    try:
+        if world.distributed:  # every process names the run as rank 0 does (the default holds the time)
+            cfg["run_name"] = distributed.broadcast_object(world, cfg["run_name"])
+            run_dir = run_folder(cfg)
+        return _train_in_world(cfg, run_dir, resuming, world, precision, on_epoch, images)
+    finally:
+        distributed.stop(world)
+
+
+def _train_in_world(cfg, run_dir, resuming, world, precision, on_epoch=None, images=None):
+    """The run on this process: rank 0 alone writes the run folder and prints."""
     table = read_run_splits(cfg)
     single_logit = cfg["head"] == "single-logit"
     model, model_info = models.build_model(cfg["arch"], 1 if single_logit else len(table.classes), cfg["weights"])
     run_dir.mkdir(parents=True, exist_ok=True)
-    data = load_data(cfg, table, run_dir, model_info, resuming, images)
+    data = load_data(cfg, table, run_dir, model_info, resuming, world, images)
     data.train_loader = device_data.for_device(data.train_loader, precision.device)  # CUDA: see device_data
     data.val_loader = device_data.for_device(data.val_loader, precision.device)
-    trainer = build_trainer(cfg, run_dir, precision, data, model, model_info)
-    # After the images and the loss were accepted: a refused run leaves no copy behind.
-    split_binding = bind_splits_to_run(table, run_dir)  # the run carries its own split (config.json)
+    trainer = build_trainer(cfg, run_dir, precision, data, model, model_info, world)
     start_epoch = restore_from_last(trainer) if resuming else 1
-    write_run_config(trainer, resuming, split_binding)
-    if cfg["tensorboard"]:
-        trainer.writer = _tensorboard_writer_class()(log_dir=str(run_dir / "tensorboard"))
+    if resuming and world.is_main:
+        trained_with = read_json(run_dir / "config.json").get("world_size", 1)
+        if trained_with != world.size:
+            print(f"medclf train: warning: resuming with {world.size} process(es), the run was trained with "
+                  f"{trained_with}: later epochs sample and batch differently", file=sys.stderr)
+    if world.is_main:
+        # After the images and the loss were accepted: a refused run leaves no copy behind.
+        split_binding = bind_splits_to_run(table, run_dir)  # the run carries its own split (config.json)
+        write_run_config(trainer, resuming, split_binding)
+        if cfg["tensorboard"]:
+            trainer.writer = _tensorboard_writer_class()(log_dir=str(run_dir / "tensorboard"))
     try:
         stop_reason = train_epochs(trainer, start_epoch, on_epoch)
     except KeyboardInterrupt:
-        _finish(trainer, "interrupted")
+        if world.is_main:
+            _finish(trainer, "interrupted")
         raise
+    if not world.is_main:
+        return {"run": str(run_dir), "rank": world.rank, "epochs": len(trainer.history), "stopped": stop_reason}
     return _finish(trainer, stop_reason)
 
 
@@ -571,30 +644,47 @@ def train_epochs(trainer, start_epoch, on_epoch=None):
     for epoch in range(start_epoch, cfg["epochs"] + 1):
         if trainer.stopper.should_stop:
             break
-        row = run_epoch(trainer, epoch)
+        row = agree_on_epoch(trainer, run_epoch(trainer, epoch))
         trainer.history.append(row)
-        save_epoch(trainer, row)
+        if trainer.world.is_main:
+            save_epoch(trainer, row)
         if on_epoch is not None:
             on_epoch(row, trainer.stopper.best)
     return "patience" if trainer.stopper.should_stop else "max epochs"
+
+
+def agree_on_epoch(trainer, row):
+    """With several processes, rank 0's history row and early-stopping verdict hold on every rank,
+    so all stop together (their gathered validation values are the same; the time is rank 0's)."""
+    if not trainer.world.distributed:
+        return row
+    row, stopper_state = distributed.broadcast_object(trainer.world, (row, trainer.stopper.state_dict()))
+    trainer.stopper.load_state_dict(stopper_state)
+    return row
 
 
 def run_epoch(trainer, epoch):
     """Train one epoch, evaluate on val, step the schedule and early stopping; the history row."""
     from tqdm import tqdm
 
-    cfg, data = trainer.cfg, trainer.data
-    # Every random draw of this epoch derives from (seed, epoch): exact resume.
-    seed_everything(epoch_seed(cfg["seed"], epoch))
-    data.generator.manual_seed(epoch_seed(cfg["seed"], epoch))
+    cfg, data, world = trainer.cfg, trainer.data, trainer.world
+    # Every random draw of this epoch derives from (seed, epoch, rank): exact resume.
+    seed_everything(rank_seed(epoch_seed(cfg["seed"], epoch), world.rank))
+    data.generator.manual_seed(rank_seed(epoch_seed(cfg["seed"], epoch), world.rank))
+    if hasattr(data.sampler, "set_epoch"):  # distributed samplers: the same permutation on every rank
+        data.sampler.set_epoch(epoch_seed(cfg["seed"], epoch))
     started = time.perf_counter()
     lr = trainer.optimizer.param_groups[0]["lr"]
     bar = tqdm(total=len(data.train_loader.dataset) if data.sampler is None else len(data.sampler),
-               desc=f"epoch {epoch}/{cfg['epochs']}", unit="img", disable=not cfg["progress"], leave=False)
-    train_m = train_one_epoch(trainer.model, trainer.criterion, trainer.optimizer, data.train_loader,
-                              trainer.precision, trainer.scheduler if trainer.per_batch else None, trainer.scaler, bar)
+               desc=f"epoch {epoch}/{cfg['epochs']}", unit="img", disable=not (cfg["progress"] and world.is_main),
+               leave=False)
+    gather_train, gather_val = distributed.epoch_gatherers(world, len(data.val_loader.dataset))
+    train_m = train_one_epoch(trainer.net, trainer.criterion, trainer.optimizer, data.train_loader, trainer.precision,
+                              trainer.scheduler if trainer.per_batch else None, trainer.scaler, bar,
+                              gather=gather_train)
     bar.close()
-    val_m = evaluate(trainer.model, trainer.criterion, data.val_loader, trainer.precision)
+    distributed.share_buffers(world, trainer.model)  # every rank validates rank 0's BatchNorm statistics
+    val_m = evaluate(trainer.model, trainer.criterion, data.val_loader, trainer.precision, gather=gather_val)
     monitored = val_m[cfg["monitor"][len("val_"):]]
     if trainer.scheduler is not None and not trainer.per_batch:
         trainer.scheduler.step(monitored)

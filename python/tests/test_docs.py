@@ -29,6 +29,7 @@ and ADDED below; the failure message shows the original and the rewritten comman
 | medclf demo / bash scripts/demo.sh          | + --n-per-class 8 --epochs 1 --img-size 32 where absent |
 | benchmarks/duplicates.py                    | + --max-per-dataset 40 --n-speed 200 where absent; --n-speed N -> 200 |
 | benchmarks/serve_load.py                    | + --seconds 3 where absent; --seconds N -> 3       |
+| benchmarks/cache_build.py                   | + --limit 40 --sizes 32 where absent               |
 | bash scripts/test.sh ...                    | bash scripts/setup.sh (the test suite cannot run itself from inside itself) |
 
 The environment: OMP/MKL threads 1, no bytecode, no progress bars, and VIRTUAL_ENV = TMP, so
@@ -73,6 +74,7 @@ ADDED = {
     "demo": [["--n-per-class", "8"], ["--epochs", "1"], ["--img-size", "32"]],
     "benchmarks/duplicates.py": [["--max-per-dataset", "40"], ["--n-speed", "200"]],
     "benchmarks/serve_load.py": [["--seconds", "3"]],
+    "benchmarks/cache_build.py": [["--limit", "40"], ["--sizes", "32"]],
 }
 # scripts whose extra arguments go to a medclf subcommand (so they get that subcommand's rewrites)
 SCRIPT_SUBCOMMAND = {"scripts/demo.sh": "demo"}

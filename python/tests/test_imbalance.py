@@ -135,9 +135,9 @@ def test_training_computes_balance_from_train_only_and_predicts_every_val_test_i
     seen = {}
     real_sampler, real_criterion = imbalance.make_sampler, imbalance.build_criterion
 
-    def spy_sampler(labels, n_classes, generator=None):
+    def spy_sampler(labels, n_classes, *args, **kwargs):
         seen["sampler"] = list(labels)
-        return real_sampler(labels, n_classes, generator)
+        return real_sampler(labels, n_classes, *args, **kwargs)
 
     def spy_criterion(mode, labels, *args, **kwargs):
         seen["criterion"] = list(labels)

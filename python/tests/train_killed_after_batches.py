@@ -2,10 +2,14 @@
 from outside medclf, for the --resume tests):
 
     python train_killed_after_batches.py N train --splits ... --run-name killed
+    (torchrun ...) train_killed_after_batches.py N@R train --splits ... --run-name killed
 
 The wrapper replaces medclf.training.train_one_epoch with one that hands the real function a
 loader counting the batches it yields; the process kills itself when asked for batch N + 1,
 that is after N batches were trained, mid-epoch, before any checkpoint of that epoch is written.
+With N@R the wrapper runs as one of torchrun's training processes (the test makes the --nproc
+launcher start it instead of `python -m medclf`: medclf.distributed.WORKER), and only the
+process of rank R kills itself.
 """
 
 import os
@@ -15,8 +19,7 @@ import sys
 from medclf import cli, training
 
 
-def main():
-    limit = int(sys.argv[1])
+def kill_after(limit):
     real_train_one_epoch = training.train_one_epoch
     batches = {"done": 0}
 
@@ -31,6 +34,13 @@ def main():
         return real_train_one_epoch(model, criterion, optimizer, counted(loader), *args, **kwargs)
 
     training.train_one_epoch = train_one_epoch
+
+
+def main():
+    spec = sys.argv[1]
+    limit, _, rank = spec.partition("@")
+    if not rank or os.environ.get("RANK") == rank:
+        kill_after(int(limit))
     return cli.main(sys.argv[2:])
 
 

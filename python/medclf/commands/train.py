@@ -31,7 +31,14 @@ def add_arguments(parser):
     data.add_argument("--focal-alpha", default=None,
                       help="focal loss alpha: positive-class weight in (0,1) for binary studies, or `balanced`")
     data.add_argument("--cache", default="auto", choices=["auto", "memory", "disk"],
-                      help="decoded-image cache: memory, a memmap file in the run folder, or auto by size")
+                      help="decoded-image cache: memory, or disk: a memory-mapped file shared by the processes "
+                           "of a run and by later runs on the same images and size; auto = disk above 1 GiB "
+                           "or with several processes")
+    data.add_argument("--cache-dir", default=None,
+                      help="folder of the disk caches (default: OUT/image-cache); one cache per file contents "
+                           "and preprocessing")
+    data.add_argument("--cache-workers", default="auto",
+                      help="processes decoding images into a disk cache; auto = one per CPU core, at most 8")
     data.add_argument("--workers", default="auto",
                       help="DataLoader worker processes; auto = 1 for standard/lesion augmentation, else 0 "
                            "(measured on 2 cores, see docs/training.md)")
@@ -71,11 +78,18 @@ def add_arguments(parser):
     run.add_argument("--use_GPU", "-use_GPU", dest="use_gpu", action="store_true", help="alias of --device cuda")
     add_amp_arguments(run, "on where supported")
     run.add_argument("--tensorboard", action="store_true", help="also log to <run>/tensorboard (needs tensorboard)")
+    dist = parser.add_argument_group("several processes (see docs/training.md)")
+    dist.add_argument("--nproc", type=int, default=1,
+                      help="train with DistributedDataParallel in N processes on this machine (runs torchrun; "
+                           "CPU: gloo, CUDA: one GPU each); --batch-size is per process")
+    dist.add_argument("--sync-bn", action="store_true",
+                      help="SyncBatchNorm: BatchNorm statistics over all processes' batches (CUDA only)")
     run.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 
 
 def config_from_args(args):
-    config = {k: v for k, v in vars(args).items() if not k.startswith("_") and k not in ("command", "use_gpu")}
+    config = {k: v for k, v in vars(args).items()
+              if not k.startswith("_") and k not in ("command", "use_gpu", "nproc")}
     if getattr(args, "use_gpu", False):
         config["device"] = "cuda"
     if args.resume:
@@ -83,7 +97,8 @@ def config_from_args(args):
         # anything else typed is reported as ignored by run_training.
         from medclf.training import DEFAULTS
 
-        keep = ("out", "run_name", "resume", "progress", "device", "cache", "tensorboard")
+        keep = ("out", "run_name", "resume", "progress", "device", "cache", "cache_dir", "cache_workers",
+                "tensorboard")
         config = {k: v for k, v in config.items() if k in keep or (k in DEFAULTS and v != DEFAULTS[k])}
     return config
 
@@ -102,6 +117,28 @@ def run(args):
 
     if args.resume and not args.run_name:
         raise MedclfError("--resume needs --run-name (and the same --out) of the run to continue")
+    if args.nproc > 1:
+        launch_processes(args)
+        return 0
+    if args.nproc < 1:
+        raise MedclfError(f"--nproc {args.nproc}: give a whole number of at least 1")
     summary = run_training(config_from_args(args))
-    print(summary["run"])
+    if summary.get("rank", 0) == 0:
+        print(summary["run"])
     return 0
+
+
+def launch_processes(args):
+    """--nproc N: check the arguments here, name the run, and run torchrun with the same arguments."""
+    import shlex
+
+    from medclf import distributed
+    from medclf.training import resolve_config
+
+    cfg = resolve_config(config_from_args(args))
+    argv = distributed.without_option(args._argv, "--nproc")
+    if not args.run_name:
+        argv += ["--run-name", cfg["run_name"]]  # the processes must agree, and the user needs it to resume
+    resume = ["medclf", "train", "--resume", "--out", str(cfg["out"]), "--run-name", cfg["run_name"],
+              "--nproc", str(args.nproc)]
+    distributed.launch(argv, args.nproc, shlex.join(resume))
