@@ -34,6 +34,18 @@ def epoch_metrics(loss_sum, n, labels, logits):
     }
 
 
+def to_device(inputs, device):
+    """A batch's model inputs on `device`: the images, or (images, metadata) for a metadata run."""
+    if isinstance(inputs, (list, tuple)):
+        return [x.to(device, non_blocking=True) for x in inputs]
+    return inputs.to(device, non_blocking=True)
+
+
+def forward(model, inputs):
+    """model(images), or model(images, metadata) for a batch of a metadata run (medclf.metadata)."""
+    return model(*inputs) if isinstance(inputs, (list, tuple)) else model(inputs)
+
+
 def _autocast(device, amp):
     if amp and device.type == "cuda":
         return torch.autocast(device_type="cuda", dtype=torch.float16)
@@ -48,10 +60,10 @@ def train_one_epoch(model, criterion, optimizer, loader, device, scheduler=None,
     loss_sum, n = 0.0, 0
     all_logits, all_labels = [], []
     for images, labels in loader:
-        images = images.to(device, non_blocking=True)
+        images = to_device(images, device)
         labels = labels.to(device, non_blocking=True)
         with _autocast(device, amp):
-            logits = model(images)
+            logits = forward(model, images)
             loss = criterion(logits, labels)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
@@ -83,7 +95,7 @@ def predict(model, loader, device, amp=False):
     all_logits, all_labels = [], []
     for images, labels in loader:
         with _autocast(device, amp):
-            logits = model(images.to(device, non_blocking=True))
+            logits = forward(model, to_device(images, device))
         all_logits.append(logits.float().cpu())
         all_labels.append(torch.as_tensor(labels).cpu())
     if not all_logits:

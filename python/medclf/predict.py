@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from medclf import data as data_mod
-from medclf import models, transforms, uncertainty
+from medclf import metadata, models, transforms, uncertainty
 from medclf.engine import predict, probabilities_from_logits
 from medclf.errors import MedclfError
 from medclf.fileio import write_json
@@ -37,6 +37,7 @@ def load_run(run_dir, device="cpu"):
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
         raise MedclfError(f"{run_dir / 'best.pt'}: not a medclf checkpoint (no state_dict); re-run `medclf train`")
     model, _ = models.build_model(config["architecture"], config["n_outputs"], "none")
+    model = metadata.fuse(model, config.get("metadata"), config["n_outputs"])
     try:
         model.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as exc:
@@ -54,7 +55,7 @@ def dropout_layers(model):
 @torch.inference_mode()
 def mc_dropout_samples(model, loader, device, passes, seed=0, amp=False):
     """(passes, N, K) probabilities with dropout active and everything else (batch norm) in eval mode."""
-    from medclf.engine import _autocast
+    from medclf.engine import _autocast, forward, to_device
 
     model.eval()
     for layer in dropout_layers(model):
@@ -62,9 +63,10 @@ def mc_dropout_samples(model, loader, device, passes, seed=0, amp=False):
     torch.manual_seed(seed)
     batches = []
     for images, _ in loader:
-        images = images.to(device, non_blocking=True)
+        images = to_device(images, device)
         with _autocast(device, amp):
-            batches.append(torch.stack([probabilities_from_logits(model(images).float()).cpu() for _ in range(passes)]))
+            batches.append(torch.stack([probabilities_from_logits(forward(model, images).float()).cpu()
+                                        for _ in range(passes)]))
     model.eval()
     return torch.cat(batches, dim=1).double().numpy()
 
@@ -142,8 +144,9 @@ def run_test(run_dir, split="test", splits=None, data_root=None, device="auto", 
         if not files:
             raise MedclfError(f"{table.source}: the {name} split is empty; nothing to predict")
         cache = data_mod.build_cache(files, side, args.get("cache", "auto"), run_dir / "cache", name, progress)
-        loader = data_mod.make_loader(data_mod.CachedImageDataset(cache, labels, transform),
-                                      batch_size or args["batch_size"], workers=workers)
+        dataset = metadata.attach(config.get("metadata"), table, name,
+                                  data_mod.CachedImageDataset(cache, labels, transform), run_dir)
+        loader = data_mod.make_loader(dataset, batch_size or args["batch_size"], workers=workers)
         logits, _ = predict(model, loader, device, amp=bool(config.get("amp")))
         samples = (mc_dropout_samples(model, loader, device, mc_dropout, int(config.get("seed") or 0), bool(config.get("amp")))
                    if mc_dropout else None)

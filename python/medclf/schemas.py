@@ -15,3 +15,4 @@ ORGANIZE_MANIFEST = "medclf.organize-manifest/1"  # .medclf-organize.json (medcl
 STUDY = "medclf.study/1"               # study_resolved.json (medclf study)
 CALIBRATION = "medclf.calibration/1"   # calibration.json (medclf calibrate)
 CONFORMAL = "medclf.conformal/1"       # conformal.json (medclf conformal)
+METADATA_ENCODER = "medclf.metadata-encoder/1"  # config.json "metadata" (medclf train --metadata-features)

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from medclf import data as data_mod
-from medclf import imbalance, models, schemas, transforms
+from medclf import imbalance, metadata, models, schemas, transforms
 from medclf.early_stopping import MONITOR_MODES, EarlyStopping
 from medclf.engine import evaluate, train_one_epoch
 from medclf.errors import MedclfError
@@ -51,6 +51,7 @@ DEFAULTS = {
     "seed": 0, "deterministic": False, "tensorboard": False, "amp": None, "balance": "none",
     "focal_gamma": 2.0, "focal_alpha": None, "head": "softmax", "workers": "auto", "cache": "auto",
     "threads": None, "progress": True,
+    "metadata_features": None, "allow_feature": None, "lr_backbone": None, "lr_metadata": None, "lr_head": None,
 }
 # Arguments that may differ on --resume without changing the run's results.
 _RESUME_FREE = {"resume", "progress", "tensorboard", "cache", "device", "out", "run_name"}
@@ -265,8 +266,12 @@ def resolve_config(config):
     for key, smallest in (("epochs", 1), ("patience", 1), ("batch_size", 1), ("img_size", 8), ("threads", 1)):
         if cfg[key] is not None and (not isinstance(cfg[key], int) or cfg[key] < smallest):
             raise MedclfError(f"--{key.replace('_', '-')} {cfg[key]}: give a whole number of at least {smallest}")
-    if not cfg["lr"] > 0:
-        raise MedclfError(f"--lr {cfg['lr']}: the learning rate must be above 0")
+    for key in ("lr", "lr_backbone", "lr_metadata", "lr_head"):
+        if cfg[key] is not None and not cfg[key] > 0:
+            raise MedclfError(f"--{key.replace('_', '-')} {cfg[key]}: a learning rate must be above 0")
+    if cfg["lr_metadata"] is not None and not cfg["metadata_features"]:
+        raise MedclfError(f"--lr-metadata {cfg['lr_metadata']}: there is no metadata branch without "
+                          "--metadata-features; add the columns or drop --lr-metadata")
     arch = models.canonical_name(cfg["arch"])
     models.check_weights(cfg["weights"], arch)
     transforms.check_preset(cfg["augment"])
@@ -285,7 +290,7 @@ def resolve_workers(workers, augment):
     thread. Flips and normalisation are cheap enough in the main process, where a worker's start-up
     each epoch would cost more than it saves."""
     if workers in (None, "auto"):
-        return 1 if augment in ("standard", "lesion") else 0
+        return 1 if transforms.base_preset(augment) in ("standard", "lesion") else 0
     try:
         workers = int(workers)
     except ValueError:
@@ -377,6 +382,7 @@ class RunData:
     generator: object
     side: int
     normalisation: dict
+    metadata: dict = None  # the metadata encoder (medclf.metadata), None for an image-only run
 
 
 def read_run_splits(cfg):
@@ -394,7 +400,7 @@ def read_run_splits(cfg):
     return table
 
 
-def load_data(cfg, table, run_dir, model_info, resuming):
+def load_data(cfg, table, run_dir, model_info, resuming, encoder=None):
     """Decode each image once into the cache, fix the normalisation, build the loaders."""
     side = transforms.cache_side(cfg["augment"], cfg["img_size"])
     train_files, train_labels, _ = data_mod.split_paths(table, "train")
@@ -414,6 +420,7 @@ def load_data(cfg, table, run_dir, model_info, resuming):
                                             transforms.train_transform(cfg["augment"], cfg["img_size"], mean, std))
     val_set = data_mod.CachedImageDataset(val_cache, val_labels,
                                           transforms.eval_transform(cfg["augment"], cfg["img_size"], mean, std))
+    train_set, val_set = (metadata.attach(encoder, table, s, d) for s, d in (("train", train_set), ("val", val_set)))
     generator = torch.Generator()
     generator.manual_seed(epoch_seed(cfg["seed"], 0))
     n_classes = len(table.classes)
@@ -424,7 +431,7 @@ def load_data(cfg, table, run_dir, model_info, resuming):
     # Evaluation transforms are a crop and a normalisation: cheaper than starting a worker.
     val_loader = data_mod.make_loader(val_set, cfg["batch_size"], workers=0)
     return RunData(table, [str(c) for c in table.classes], train_labels, train_loader, val_loader, sampler,
-                   generator, side, {"mean": list(mean), "std": list(std), "source": norm["source"]})
+                   generator, side, {"mean": list(mean), "std": list(std), "source": norm["source"]}, encoder)
 
 
 # ---------------------------------------------------------------- the run
@@ -465,7 +472,8 @@ def build_trainer(cfg, run_dir, device, amp, data, model, model_info):
     if cfg["freeze_backbone"]:
         models.set_backbone_trainable(model, False)
         models.freeze_batchnorm_stats(model)
-    params = [p for p in model.parameters() if p.requires_grad]
+    lr_by_role = {"backbone": cfg["lr_backbone"], "metadata": cfg["lr_metadata"], "head": cfg["lr_head"]}
+    params = models.parameter_groups(model, cfg["lr"], lr_by_role)
     optimizer = build_optimizer(cfg["optimizer"], params, cfg["lr"], cfg["weight_decay"])
     scheduler, per_batch = build_scheduler(cfg, optimizer, len(data.train_loader))
     scaler = torch.amp.GradScaler("cuda") if amp else None
@@ -485,7 +493,7 @@ def config_record(trainer, split_binding):
         **split_binding,
         "data_root": str(Path(table.data_root).resolve()),
         "counts": {s: int((table.frame["split"] == s).sum()) for s in ("train", "val", "test")},
-        "normalisation": data.normalisation,
+        "normalisation": data.normalisation, "metadata": data.metadata,
         "cache_side": data.side, "seed": cfg["seed"], "device": str(trainer.device), "amp": trainer.amp,
         "versions": library_versions(), "git_commit": git_commit(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -528,9 +536,12 @@ def _run_training(config):
     device, amp = setup_torch(cfg)
     table = read_run_splits(cfg)
     single_logit = cfg["head"] == "single-logit"
-    model, model_info = models.build_model(cfg["arch"], 1 if single_logit else len(table.classes), cfg["weights"])
+    n_outputs = 1 if single_logit else len(table.classes)
+    model, model_info = models.build_model(cfg["arch"], n_outputs, cfg["weights"])
+    encoder = metadata.fit_run_encoder(cfg, table)  # train rows only
+    model = metadata.fuse(model, encoder, n_outputs)
     run_dir.mkdir(parents=True, exist_ok=True)
-    data = load_data(cfg, table, run_dir, model_info, resuming)
+    data = load_data(cfg, table, run_dir, model_info, resuming, encoder)
     trainer = build_trainer(cfg, run_dir, device, amp, data, model, model_info)
     # After the images and the loss were accepted: a refused run leaves no copy behind.
     split_binding = bind_splits_to_run(table, run_dir)  # the run carries its own split (config.json)
