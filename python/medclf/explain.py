@@ -299,7 +299,8 @@ def run_explain(run_dir, split="test", method="gradcam", n=24, paths=None, targe
     targets = target_classes(record, indices, target)
     images, shown = load_images(config, [record["paths"][i] for i in indices])
     images = images.to(device)
-    table = read_splits(config.get("splits_file") or config["arguments"]["splits"], data_root=config.get("data_root"))
+    table = read_splits(config.get("splits_file") or config["arguments"]["splits"],
+                        data_root=config.get("data_root")) if fused else None  # the metadata columns
     scorers = metadata.image_only_models(model, config, table, [record["paths"][i] for i in indices])
     _log(f"{method} on {len(indices)} {split} images, target layer {layer}")
     maps = _batched_maps(scorers, images, targets, method, layer)

@@ -278,3 +278,13 @@ def test_hair_touches_train_images_only(fused_run, ham_root):
     assert len(haired) == 16  # one epoch: each train image once
     assert set(haired) == keys["train"]
     assert not set(haired) & (keys["val"] | keys["test"])  # validation and test never got hair
+
+
+def test_explain_holds_each_images_metadata(fused_run):
+    from medclf.explain import run_explain
+
+    _, _, summary = run_explain(fused_run["run"], n=2, steps=4, out_dir=fused_run["base"] / "explain",
+                                progress=False)
+    assert summary["target_layer"] == "backbone.layer4"
+    assert len(summary["images"]) == 2 and summary["faithfulness"]["n_images"] == 2
+    assert [s["randomised"][-1] for s in summary["sanity_check"]["stages"]] == ["head", "metadata_branch", "backbone"]
