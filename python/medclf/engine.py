@@ -37,6 +37,11 @@ def epoch_metrics(loss_sum, n, labels, logits):
     }
 
 
+def forward(model, inputs):
+    """model(images), or model(images, metadata) for a batch of a metadata run (medclf.metadata)."""
+    return model(*inputs) if isinstance(inputs, (list, tuple)) else model(inputs)
+
+
 def train_one_epoch(model, criterion, optimizer, loader, precision=FP32_CPU, scheduler=None, scaler=None,
                     progress=None, gather=None):
     """Train for one pass over `loader`; `scheduler` (if given) is stepped after every batch;
@@ -50,7 +55,7 @@ def train_one_epoch(model, criterion, optimizer, loader, precision=FP32_CPU, sch
         images = precision.to_device(images)
         labels = labels.to(precision.device, non_blocking=True)
         with precision.autocast():
-            logits = model(images)
+            logits = forward(model, images)
             loss = criterion(logits, labels)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
@@ -84,7 +89,7 @@ def predict(model, loader, precision=FP32_CPU):
     all_logits, all_labels = [], []
     for images, labels in loader:
         with precision.autocast():
-            logits = model(precision.to_device(images))
+            logits = forward(model, precision.to_device(images))
         all_logits.append(logits.float().cpu())
         all_labels.append(torch.as_tensor(labels).cpu())
     if not all_logits:

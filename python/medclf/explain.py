@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from medclf import faithfulness as F
-from medclf import heatmap, transforms
+from medclf import heatmap, metadata, transforms
 from medclf.data import resize_and_crop
 from medclf.errors import MedclfError, UnreadableImageError
 from medclf.fileio import atomic_path, read_json, write_json
@@ -208,9 +208,33 @@ def write_faithfulness_plot(path, result, title):
     _save(fig, path)
 
 
-def _batched_maps(model, images, targets, method, layer, batch=16):
-    return np.concatenate([heatmap.heatmaps(model, images[i:i + batch], targets[i:i + batch], method, layer)
+def _batched_maps(scorers, images, targets, method, layer, batch=16):
+    """Maps in batches of `batch`, or one image at a time when each has its own model (metadata runs)."""
+    if len({id(m) for m in scorers}) > 1:
+        return np.concatenate([heatmap.heatmaps(m, images[i:i + 1], targets[i:i + 1], method, layer)
+                               for i, m in enumerate(scorers)])
+    return np.concatenate([heatmap.heatmaps(scorers[0], images[i:i + batch], targets[i:i + batch], method, layer)
                            for i in range(0, len(images), batch)])
+
+
+def _mean(values):
+    """Element-wise mean of equally shaped JSON records (numbers averaged, anything else from the first)."""
+    first = values[0]
+    if isinstance(first, dict):
+        return {k: _mean([v[k] for v in values]) for k in first}
+    if isinstance(first, list) and first and all(isinstance(v, list) and len(v) == len(first) for v in values):
+        return [_mean(list(column)) for column in zip(*values)]
+    if isinstance(first, (int, float)) and not isinstance(first, bool):
+        return float(np.mean(values))
+    return first
+
+
+def _check(scorers, check, images, targets, maps):
+    """`check(model, images, targets, maps)` on the batch, or per image (each with its own
+    model) averaged over the images: the batched checks' means, image by image."""
+    if len({id(m) for m in scorers}) == 1:
+        return check(scorers[0], images, targets, maps)
+    return _mean([check(m, images[i:i + 1], targets[i:i + 1], maps[i:i + 1]) for i, m in enumerate(scorers)])
 
 
 def _image_entries(record, indices, groups, targets, files):
@@ -237,17 +261,21 @@ def write_pictures(out, record, indices, targets, shown, maps, title, progress=T
     return _image_entries(record, indices, groups, targets, files)
 
 
-def run_checks(summary, model, images, targets, maps, out, title, steps, seed, sanity_threshold, faithfulness, sanity,
-               precision):
+def run_checks(summary, scorers, images, targets, maps, out, title, steps, seed, sanity_threshold, faithfulness,
+               sanity, precision):
     """Deletion/insertion (with faithfulness.png; its forward passes in `precision`) and the
     cascading-randomisation check, into summary."""
     method, layer = summary["method"], summary["target_layer"]
     if faithfulness:
         with precision.autocast():
-            summary["faithfulness"] = F.faithfulness(model, images, targets, maps, steps, seed)
+            summary["faithfulness"] = _check(scorers, lambda m, x, t, h: F.faithfulness(m, x, t, h, steps, seed),
+                                             images, targets, maps)
+        summary["faithfulness"]["n_images"] = len(images)
         write_faithfulness_plot(out / "faithfulness.png", summary["faithfulness"], title)
     if sanity:
-        check = F.sanity_check(model, images, targets, maps, method, layer, seed, sanity_threshold)
+        check = _check(scorers, lambda m, x, t, h: F.sanity_check(m, x, t, h, method, layer, seed, sanity_threshold),
+                       images, targets, maps)
+        check["passed"] = bool(abs(check["final_rank_correlation"]) < sanity_threshold)
         summary["sanity_check"] = check
         if not check["passed"]:
             _log(f"warning: {method} FAILED the randomisation sanity check (rank correlation "
@@ -269,15 +297,20 @@ def run_explain(run_dir, split="test", method="gradcam", n=24, paths=None, targe
     record = read_predictions(run_dir, split)
     model, config, _ = load_run(run_dir, device)
     precision = inference_precision(config, device, amp)
-    layer = target_layer or heatmap.find_target_layer(model, config["architecture"])
+    fused = config.get("metadata") is not None
+    layer = target_layer or (metadata.target_layer(model, config["architecture"]) if fused
+                             else heatmap.find_target_layer(model, config["architecture"]))
     indices = select_images(record, n, paths)
     if not indices:
         raise MedclfError(f"{run_dir}/predictions_{split}.json: no images to explain; use --n 1 or more")
     targets = target_classes(record, indices, target)
     images, shown = load_images(config, [record["paths"][i] for i in indices])
     images = images.to(device)
+    table = read_splits(config.get("splits_file") or config["arguments"]["splits"],
+                        data_root=config.get("data_root")) if fused else None  # the metadata columns
+    scorers = metadata.image_only_models(model, config, table, [record["paths"][i] for i in indices])
     _log(f"{method} on {len(indices)} {split} images, target layer {layer}")
-    maps = _batched_maps(model, images, targets, method, layer)
+    maps = _batched_maps(scorers, images, targets, method, layer)
     out = Path(out_dir) if out_dir else run_dir / "explain" / split / method
     title = f"{method}, {config['architecture']} {run_dir.name}, {split} split"
     summary = {"schema": EXPLAIN_SCHEMA, "run": str(run_dir), "split": split, "method": method,
@@ -288,7 +321,7 @@ def run_explain(run_dir, split="test", method="gradcam", n=24, paths=None, targe
                "arguments": {"n": n, "paths": paths, "steps": steps, "seed": seed,
                              "sanity_threshold": sanity_threshold},
                "library_versions": _versions(library_versions()), "git_commit": git_commit()}
-    run_checks(summary, model, images, targets, maps, out, title, steps, seed, sanity_threshold, faithfulness, sanity,
+    run_checks(summary, scorers, images, targets, maps, out, title, steps, seed, sanity_threshold, faithfulness, sanity,
                precision)
     write_json(out / "explain.json", summary)
     return out / "explain.json", out / "contact_sheet.png", summary

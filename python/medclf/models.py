@@ -196,11 +196,40 @@ def _drop_auxiliary_heads(model):
                 setattr(model, attr, None)
 
 
+PARAMETER_ROLES = ("backbone", "metadata", "head")
+
+
+def parameter_roles(model):
+    """{backbone, metadata, head: [parameters]}: a metadata FusionModel's three parts, or a plain
+    classifier's head (the layer --freeze-backbone trains) and everything else."""
+    if hasattr(model, "metadata_branch"):
+        return {"backbone": list(model.backbone.parameters()),
+                "metadata": list(model.metadata_branch.parameters()), "head": list(model.head.parameters())}
+    head = {id(p) for p in head_module(model).parameters()}
+    return {"backbone": [p for p in model.parameters() if id(p) not in head], "metadata": [],
+            "head": [p for p in model.parameters() if id(p) in head]}
+
+
+def parameter_groups(model, lr, lr_by_role=None):
+    """Optimizer parameter groups, one per role with trainable parameters: the role's learning rate
+    from `lr_by_role` ({role: lr or None}) or `lr` (--lr-backbone, --lr-metadata, --lr-head)."""
+    lr_by_role = {role: rate for role, rate in (lr_by_role or {}).items() if rate is not None}
+    if not lr_by_role:  # one learning rate: one group, as before these options existed (resume keeps working)
+        return [{"params": [p for p in model.parameters() if p.requires_grad], "lr": float(lr)}]
+    groups = []
+    for role, params in parameter_roles(model).items():
+        params = [p for p in params if p.requires_grad]
+        if params:
+            rate = lr_by_role.get(role)
+            groups.append({"params": params, "lr": float(lr if rate is None else rate), "name": role})
+    return groups
+
+
 def set_backbone_trainable(model, trainable):
-    """--freeze-backbone: only the head's parameters get gradients."""
-    head_params = {id(p) for p in head_module(model).parameters()}
+    """--freeze-backbone: only the head (and a metadata branch) get gradients."""
+    backbone = {id(p) for p in parameter_roles(model)["backbone"]}
     for p in model.parameters():
-        p.requires_grad = trainable or id(p) in head_params
+        p.requires_grad = trainable or id(p) not in backbone
 
 
 def freeze_batchnorm_stats(model):

@@ -58,11 +58,13 @@ class Precision:
         """The model on the device, channels_last under mixed precision (in place; returned)."""
         return model.to(self.device, memory_format=self.memory_format)
 
-    def to_device(self, images):
-        """A batch on the device in the model's layout; non-blocking (the copy overlaps the
-        previous step when the loader pins memory)."""
-        images = images.to(self.device, non_blocking=True)
-        return images.contiguous(memory_format=self.memory_format) if images.ndim == 4 else images
+    def to_device(self, inputs):
+        """A batch on the device, images in the model's layout; non-blocking (the copy overlaps the
+        previous step when the loader pins memory). (images, metadata) of a metadata run: each."""
+        if isinstance(inputs, (list, tuple)):
+            return [self.to_device(x) for x in inputs]
+        inputs = inputs.to(self.device, non_blocking=True)
+        return inputs.contiguous(memory_format=self.memory_format) if inputs.ndim == 4 else inputs
 
     def grad_scaler(self):
         """fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none."""

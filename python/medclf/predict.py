@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 
 from medclf import data as data_mod
-from medclf import models, transforms, uncertainty
-from medclf.engine import predict, probabilities_from_logits
+from medclf import metadata, models, transforms, uncertainty
+from medclf.engine import forward, predict, probabilities_from_logits
 from medclf.errors import MedclfError
 from medclf.fileio import write_json
 from medclf.precision import choose_precision, log_precision
@@ -45,6 +45,7 @@ def load_run(run_dir, device="cpu"):
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
         raise MedclfError(f"{run_dir / 'best.pt'}: not a medclf checkpoint (no state_dict); re-run `medclf train`")
     model, _ = models.build_model(config["architecture"], config["n_outputs"], "none")
+    model = metadata.fuse(model, config.get("metadata"), config["n_outputs"])
     try:
         model.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as exc:
@@ -78,7 +79,8 @@ def mc_dropout_samples(model, loader, precision, passes, seed=0):
     for images, _ in loader:
         images = precision.to_device(images)
         with precision.autocast():
-            batches.append(torch.stack([probabilities_from_logits(model(images).float()).cpu() for _ in range(passes)]))
+            batches.append(torch.stack([probabilities_from_logits(forward(model, images).float()).cpu()
+                                        for _ in range(passes)]))
     model.eval()
     return torch.cat(batches, dim=1).double().numpy()
 
@@ -118,6 +120,13 @@ def tta_name(views):
     return by_count.get(len(views), str(len(views)))
 
 
+def _tta_view(name, inputs):
+    """The view of the images; a metadata run's (images, metadata) keeps its metadata."""
+    if isinstance(inputs, (list, tuple)):
+        return [TTA_VIEWS[name](inputs[0]), *inputs[1:]]
+    return TTA_VIEWS[name](inputs)
+
+
 @torch.inference_mode()
 def tta_probabilities(model, loader, precision, views):
     """(N, K) float64 mean of the softmax probabilities over `views` (names of TTA_VIEWS)."""
@@ -128,7 +137,7 @@ def tta_probabilities(model, loader, precision, views):
         total = 0
         for name in views:
             with precision.autocast():
-                logits = model(TTA_VIEWS[name](images))
+                logits = forward(model, _tta_view(name, images))
             total = total + probabilities_from_logits(logits.float().cpu())
         batches.append(total / len(views))
     return torch.cat(batches).double() if batches else torch.zeros(0, 2, dtype=torch.float64)
@@ -235,8 +244,9 @@ def run_test(run_dir, split="test", splits=None, data_root=None, device="auto", 
             raise MedclfError(f"{table.source}: the {name} split is empty; nothing to predict")
         cache = data_mod.build_cache(files, side, args.get("cache", "auto"),
                                      data_mod.cache_root(args.get("cache_dir"), run_dir.parent), name, progress)
-        loader = data_mod.make_loader(data_mod.CachedImageDataset(cache, labels, transform),
-                                      batch_size or args["batch_size"], workers=workers)
+        dataset = metadata.attach(config.get("metadata"), table, name,
+                                  data_mod.CachedImageDataset(cache, labels, transform), run_dir)
+        loader = data_mod.make_loader(dataset, batch_size or args["batch_size"], workers=workers)
         logits, _ = predict_probabilities(model, loader, precision, views)
         samples = (mc_dropout_samples(model, loader, precision, mc_dropout, int(config.get("seed") or 0))
                    if mc_dropout else None)

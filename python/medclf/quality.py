@@ -323,6 +323,9 @@ def run_degradation_study(run_dir, gate, out_dir, device="cpu", progress=True):
     from medclf.training import git_commit, library_versions
 
     model, config, _ = load_run(run_dir, device)
+    if config.get("metadata"):  # the degraded copies are images alone
+        raise MedclfError(f"{run_dir}: trained with --metadata-features; the degradation study scores image-only "
+                          "runs, so run it on a run trained without metadata")
     table = read_splits(config.get("splits_file") or config["arguments"]["splits"], data_root=config.get("data_root"))
     test = table.rows("test")
     if test.empty:

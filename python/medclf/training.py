@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from medclf import data as data_mod
-from medclf import device_data, distributed, imbalance, models, schemas, transforms
+from medclf import device_data, distributed, imbalance, metadata, models, schemas, transforms
 from medclf.early_stopping import MONITOR_MODES, EarlyStopping
 from medclf.engine import evaluate, train_one_epoch
 from medclf.errors import MedclfError
@@ -52,6 +52,7 @@ DEFAULTS = {
     "seed": 0, "deterministic": False, "tensorboard": False, "amp": None, "balance": "none",
     "focal_gamma": 2.0, "focal_alpha": None, "head": "softmax", "workers": "auto", "cache": "auto",
     "threads": None, "progress": True, "cache_dir": None, "cache_workers": "auto", "sync_bn": False,
+    "metadata_features": None, "allow_feature": None, "lr_backbone": None, "lr_metadata": None, "lr_head": None,
 }
 # Arguments that may differ on --resume without changing the run's results.
 _RESUME_FREE = {"resume", "progress", "tensorboard", "cache", "cache_dir", "cache_workers", "device", "out",
@@ -273,8 +274,12 @@ def resolve_config(config):
     for key, smallest in (("epochs", 1), ("patience", 1), ("batch_size", 1), ("img_size", 8), ("threads", 1)):
         if cfg[key] is not None and (not isinstance(cfg[key], int) or cfg[key] < smallest):
             raise MedclfError(f"--{key.replace('_', '-')} {cfg[key]}: give a whole number of at least {smallest}")
-    if not cfg["lr"] > 0:
-        raise MedclfError(f"--lr {cfg['lr']}: the learning rate must be above 0")
+    for key in ("lr", "lr_backbone", "lr_metadata", "lr_head"):
+        if cfg[key] is not None and not cfg[key] > 0:
+            raise MedclfError(f"--{key.replace('_', '-')} {cfg[key]}: a learning rate must be above 0")
+    if cfg["lr_metadata"] is not None and not cfg["metadata_features"]:
+        raise MedclfError(f"--lr-metadata {cfg['lr_metadata']}: there is no metadata branch without "
+                          "--metadata-features; add the columns or drop --lr-metadata")
     arch = models.canonical_name(cfg["arch"])
     models.check_weights(cfg["weights"], arch)
     transforms.check_preset(cfg["augment"])
@@ -295,7 +300,7 @@ def resolve_workers(workers, augment):
     thread. Flips and normalisation are cheap enough in the main process, where a worker's start-up
     each epoch would cost more than it saves."""
     if workers in (None, "auto"):
-        return 1 if augment in ("standard", "lesion") else 0
+        return 1 if transforms.base_preset(augment) in ("standard", "lesion") else 0
     try:
         workers = int(workers)
     except ValueError:
@@ -389,6 +394,7 @@ class RunData:
     generator: object
     side: int
     normalisation: dict
+    metadata: dict = None  # the metadata encoder (medclf.metadata), None for an image-only run
 
 
 def read_run_splits(cfg):
@@ -445,7 +451,7 @@ def build_train_sampler(cfg, train_set, train_labels, n_classes, generator, worl
     return None
 
 
-def load_data(cfg, table, run_dir, model_info, resuming, world=distributed.World(), images=None):
+def load_data(cfg, table, run_dir, model_info, resuming, world=distributed.World(), images=None, encoder=None):
     """Decode each image once into the cache, fix the normalisation, build the loaders.
     `images(files, side, name)`, when given, supplies the decoded images instead (medclf.cv:
     one cache shared by every fold)."""
@@ -461,6 +467,7 @@ def load_data(cfg, table, run_dir, model_info, resuming, world=distributed.World
                                             transforms.train_transform(cfg["augment"], cfg["img_size"], mean, std))
     val_set = data_mod.CachedImageDataset(caches["val"], val_labels,
                                           transforms.eval_transform(cfg["augment"], cfg["img_size"], mean, std))
+    train_set, val_set = (metadata.attach(encoder, table, s, d) for s, d in (("train", train_set), ("val", val_set)))
     generator = torch.Generator()
     generator.manual_seed(epoch_seed(cfg["seed"], 0))
     sampler = build_train_sampler(cfg, train_set, train_labels, len(table.classes), generator, world)
@@ -475,7 +482,7 @@ def load_data(cfg, table, run_dir, model_info, resuming, world=distributed.World
     # Evaluation transforms are a crop and a normalisation: cheaper than starting a worker.
     val_loader = data_mod.make_loader(val_set, cfg["batch_size"], sampler=val_sampler, workers=0)
     return RunData(table, [str(c) for c in table.classes], train_labels, train_loader, val_loader, sampler,
-                   generator, side, {"mean": list(mean), "std": list(std), "source": norm["source"]})
+                   generator, side, {"mean": list(mean), "std": list(std), "source": norm["source"]}, encoder)
 
 
 # ---------------------------------------------------------------- the run
@@ -525,7 +532,8 @@ def build_trainer(cfg, run_dir, precision, data, model, model_info, world=distri
     if cfg["freeze_backbone"]:
         models.set_backbone_trainable(model, False)
         models.freeze_batchnorm_stats(model)
-    params = [p for p in model.parameters() if p.requires_grad]
+    lr_by_role = {"backbone": cfg["lr_backbone"], "metadata": cfg["lr_metadata"], "head": cfg["lr_head"]}
+    params = models.parameter_groups(model, cfg["lr"], lr_by_role)
     optimizer = build_optimizer(cfg["optimizer"], params, cfg["lr"], cfg["weight_decay"])
     scheduler, per_batch = build_scheduler(cfg, optimizer, len(data.train_loader))
     scaler = precision.grad_scaler()
@@ -545,7 +553,7 @@ def config_record(trainer, split_binding):
         **split_binding,
         "data_root": str(Path(table.data_root).resolve()),
         "counts": {s: int((table.frame["split"] == s).sum()) for s in ("train", "val", "test")},
-        "normalisation": data.normalisation,
+        "normalisation": data.normalisation, "metadata": data.metadata,
         "cache_side": data.side, "seed": cfg["seed"], "device": str(trainer.device),
         "amp": trainer.precision.amp, "precision": trainer.precision.name, "world_size": trainer.world.size,
         "versions": library_versions(), "git_commit": git_commit(),
@@ -607,9 +615,12 @@ def _train_in_world(cfg, run_dir, resuming, world, precision, on_epoch=None, ima
     """The run on this process: rank 0 alone writes the run folder and prints."""
     table = read_run_splits(cfg)
     single_logit = cfg["head"] == "single-logit"
-    model, model_info = models.build_model(cfg["arch"], 1 if single_logit else len(table.classes), cfg["weights"])
+    n_outputs = 1 if single_logit else len(table.classes)
+    model, model_info = models.build_model(cfg["arch"], n_outputs, cfg["weights"])
+    encoder = metadata.fit_run_encoder(cfg, table)  # train rows only
+    model = metadata.fuse(model, encoder, n_outputs)
     run_dir.mkdir(parents=True, exist_ok=True)
-    data = load_data(cfg, table, run_dir, model_info, resuming, world, images)
+    data = load_data(cfg, table, run_dir, model_info, resuming, world, images, encoder)
     data.train_loader = device_data.for_device(data.train_loader, precision.device)  # CUDA: see device_data
     data.val_loader = device_data.for_device(data.val_loader, precision.device)
     trainer = build_trainer(cfg, run_dir, precision, data, model, model_info, world)

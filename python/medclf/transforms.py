@@ -14,6 +14,12 @@ Presets:
   lesion    the lesion classifier's Albumentations pipeline: smallest-side resize (the cache),
             Affine(scale 0.9-1.1, translate 5%, rotate 180, shear 15) at p=0.33, random crop,
             RGB shift +-16 at p=0.1, brightness/contrast +-0.1 at p=0.1
+
+Steps composed onto a preset with `+` (`--augment flips+hair`), applied first, on the cached
+image, before the preset's own draws (hair then turns and crops with the lesion):
+  hair      0-6 dark curved strands of random colour, width and opacity (medclf.hair; reproducible
+            per seed, epoch and image); train only, like every augmentation
+Alias: lesion-hair = lesion+hair (the attention-guided-cropping seed's DrawHair with its pipeline).
 """
 
 import torch
@@ -23,19 +29,46 @@ from torchvision.transforms import v2
 from medclf.errors import MedclfError
 
 PRESETS = ("none", "flip", "flips", "standard", "lesion")
+STEPS = ("hair",)
+SPEC_ALIASES = {"lesion-hair": "lesion+hair"}
 _CROP_PRESETS = {"standard", "lesion"}
 SEED_RESIZE_RATIO = 256 / 224
 
 
+def parse_spec(spec):
+    """(preset, [steps]) of an --augment value `PRESET[+STEP...]` (or an alias); refused with the choices."""
+    spec = str(spec)
+    preset, *steps = SPEC_ALIASES.get(spec, spec).split("+")
+    if preset not in PRESETS:
+        raise MedclfError(f"--augment {spec}: unknown preset {preset!r}; use one of {', '.join(PRESETS)}, optionally "
+                          f"with steps {', '.join('+' + s for s in STEPS)} (e.g. flips+hair), or the alias "
+                          f"{', '.join(SPEC_ALIASES)}")
+    unknown = [s for s in steps if s not in STEPS]
+    if unknown or len(set(steps)) != len(steps):
+        raise MedclfError(f"--augment {spec}: step {(unknown or steps)[0]!r} unknown or repeated; "
+                          f"steps are {', '.join(STEPS)}, each at most once (e.g. flips+hair)")
+    return preset, steps
+
+
+def base_preset(spec):
+    """The preset of an --augment value: what the cache size and the evaluation transform depend on."""
+    return parse_spec(spec)[0]
+
+
 def cache_side(preset, img_size):
     """Side of the cached square for a preset (larger than img_size when it random-crops)."""
-    check_preset(preset)
+    preset = base_preset(preset)
     return int(round(img_size * SEED_RESIZE_RATIO)) if preset in _CROP_PRESETS else int(img_size)
 
 
 def check_preset(preset):
-    if preset not in PRESETS:
-        raise MedclfError(f"--augment {preset}: unknown preset; use one of {', '.join(PRESETS)}")
+    parse_spec(preset)
+
+
+def _steps(steps):
+    from medclf.hair import RandomHair
+
+    return [RandomHair() for name in steps if name == "hair"]
 
 
 class RandomRGBShift(torch.nn.Module):
@@ -96,15 +129,17 @@ def _normalise(mean, std):
     return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(mean), std=list(std))]
 
 
-def train_transform(preset, img_size, mean, std):
-    check_preset(preset)
-    steps = _augmentations(preset, img_size)
+def train_transform(spec, img_size, mean, std):
+    preset, steps = parse_spec(spec)
+    augmentations = _steps(steps) + _augmentations(preset, img_size)
     if preset not in _CROP_PRESETS and cache_side(preset, img_size) != img_size:  # pragma: no cover
-        steps.append(v2.CenterCrop(img_size))
-    return v2.Compose(steps + _normalise(mean, std))
+        augmentations.append(v2.CenterCrop(img_size))
+    return v2.Compose(augmentations + _normalise(mean, std))
 
 
-def eval_transform(preset, img_size, mean, std):
-    check_preset(preset)
+def eval_transform(spec, img_size, mean, std):
+    """The deterministic transform of val, test and prediction: a centre crop and the
+    normalisation, never a step of the augmentation."""
+    preset = base_preset(spec)
     steps = [v2.CenterCrop(img_size)] if cache_side(preset, img_size) != img_size else []
     return v2.Compose(steps + _normalise(mean, std))

@@ -23,8 +23,10 @@ def add_arguments(parser):
     data.add_argument("--splits", help="splits.csv from `medclf partition` (or a seed split file/folder)")
     data.add_argument("--data-root", help="folder the splits paths are relative to (default: partition.json's)")
     data.add_argument("--img-size", type=int, default=224, help="square input size in pixels")
-    data.add_argument("--augment", default="none", choices=["none", "flip", "flips", "standard", "lesion"],
-                      help="augmentation preset (see docs/training.md)")
+    data.add_argument("--augment", default="none", metavar="PRESET[+STEP]",
+                      help="augmentation of the train split: preset none|flip|flips|standard|lesion, optionally "
+                           "+hair (synthetic hair, e.g. flips+hair); lesion-hair = lesion+hair "
+                           "(see docs/training.md, docs/derm_models.md)")
     data.add_argument("--balance", default="none", choices=["none", "sampler", "loss-weights", "focal"],
                       help="class-imbalance handling, computed from the train split only")
     data.add_argument("--focal-gamma", type=float, default=2.0, help="focal loss gamma")
@@ -52,6 +54,13 @@ def add_arguments(parser):
     model.add_argument("--freeze-backbone", action="store_true", help="train the classifier head only")
     model.add_argument("--head", default="softmax", choices=["softmax", "single-logit"],
                        help="K logits with cross-entropy, or one logit with BCEWithLogits (binary)")
+    model.add_argument("--metadata-features", metavar="COL,COL",
+                       help="splits.csv columns fused with the image (e.g. age,sex,localization): numbers "
+                            "standardised + a missing indicator, categories one-hot + a missing level, fitted on "
+                            "the train split; test and explain then need the same columns (docs/derm_models.md)")
+    model.add_argument("--allow-feature", action="append", metavar="COL",
+                       help="accept a --metadata-features column refused for leaking the label (e.g. dx_type); "
+                            "repeat for several")
     opt = parser.add_argument_group("optimisation")
     opt.add_argument("--epochs", type=int, default=50, help="maximum number of epochs")
     opt.add_argument("--patience", type=int, default=5, help="epochs without improvement before stopping")
@@ -59,6 +68,10 @@ def add_arguments(parser):
     opt.add_argument("--monitor", default="val_loss", choices=["val_loss", "val_auc", "val_balanced_accuracy"],
                      help="validation value for early stopping and best.pt")
     opt.add_argument("--lr", type=float, default=1e-3, help="learning rate")
+    for role, what in (("backbone", "the backbone (everything but the head and the metadata branch)"),
+                       ("metadata", "the metadata branch (with --metadata-features)"), ("head", "the classifier head")):
+        opt.add_argument(f"--lr-{role}", type=float, metavar="LR",
+                         help=f"learning rate of {what}; default --lr (schedules scale every group alike)")
     opt.add_argument("--batch-size", type=int, default=32)
     opt.add_argument("--optimizer", default="adam", choices=["adam", "adamw", "sgd"])
     opt.add_argument("--weight-decay", type=float, default=0.0)
