@@ -15,3 +15,6 @@ ORGANIZE_MANIFEST = "medclf.organize-manifest/1"  # .medclf-organize.json (medcl
 STUDY = "medclf.study/1"               # study_resolved.json (medclf study)
 CALIBRATION = "medclf.calibration/1"   # calibration.json (medclf calibrate)
 CONFORMAL = "medclf.conformal/1"       # conformal.json (medclf conformal)
+CROP = "medclf.crop/1"                 # crop.json (medclf crop)
+EMBEDDINGS = "medclf.embeddings/1"     # embeddings .npz (medclf embed)
+PROBE = "medclf.probe/1"               # probe.json (medclf probe)
