@@ -242,13 +242,14 @@ def crop_split_images(model, config, table, out, layer, device, k, margin, min_s
 
 
 def run_crop(run_dir, splits, out, k=DEFAULT_K, margin=DEFAULT_MARGIN, min_side=DEFAULT_MIN_SIDE, target_layer=None,
-             data_root=None, device="cpu", batch=32, progress=True):
+             data_root=None, device="auto", batch=32, progress=True):
     """Write OUT/images/, boxes.csv, splits.csv, partition.json and crop.json; returns crop.json's dict."""
     from medclf import heatmap
     from medclf.predict import load_run
     from medclf.splits import read_splits
-    from medclf.training import git_commit, library_versions
+    from medclf.training import git_commit, library_versions, select_device
 
+    device = select_device(device)
     if not 0 <= margin <= 1 or not 0 < min_side <= 1:
         raise MedclfError(f"--margin {margin} / --min-side {min_side}: use 0 <= margin <= 1 and 0 < min-side <= 1")
     out = Path(out)

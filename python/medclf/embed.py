@@ -131,10 +131,11 @@ def read_embeddings(path):
 
 
 def run_embed(out, run_dir=None, arch=None, weights="none", splits=None, data_root=None, img_size=224,
-              device="cpu", batch_size=64, progress=True):
+              device="auto", batch_size=64, progress=True):
     """Write OUT (.npz) with the embeddings of every image of the splits file; returns its meta."""
-    from medclf.training import git_commit, library_versions
+    from medclf.training import git_commit, library_versions, select_device
 
+    device = select_device(device)
     if (run_dir is None) == (arch is None):
         raise MedclfError("give either --run RUN or --arch ARCH (with --weights and --splits)")
     if run_dir is not None:

@@ -27,7 +27,8 @@ def add_arguments(parser):
     parser.add_argument("--data-root", help="folder the splits paths are relative to (default: partition.json's)")
     parser.add_argument("--batch-size", dest="batch", type=int, default=32, help="images per Grad-CAM batch")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: one per core)")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                        help="auto picks CUDA when present")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
 

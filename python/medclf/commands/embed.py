@@ -19,7 +19,8 @@ def add_arguments(parser):
     parser.add_argument("--out", required=True, help="the .npz file to write")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: one per core)")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                        help="auto picks CUDA when present")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 
 
