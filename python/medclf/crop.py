@@ -24,12 +24,13 @@ image folders; originals are only read):
                                   relative path, so compare joins crop and plain runs by path);
                                   partition.json's data_root is OUT/images, `crop` records how
   crop.json                       medclf.crop/1: run, splits, k, margin, min_side, method, layer,
-                                  counts per source, library versions, git commit
+                                  counts per source, seconds, library versions, git commit
 """
 
 import csv
 import io
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -261,13 +262,14 @@ def run_crop(run_dir, splits, out, k=DEFAULT_K, margin=DEFAULT_MARGIN, min_side=
                           "crop with the splits file of the run's study")
     layer = target_layer or heatmap.find_target_layer(model, config["architecture"])
     _log(f"Grad-CAM of {run_dir} (layer {layer}) on {len(table.frame)} images, k = {k}")
+    started = time.perf_counter()
     names, records = crop_split_images(model, config, table, out, layer, device, k, margin, min_side, batch, progress)
     write_boxes(out / "boxes.csv", records)
     write_cropped_split(out, table, names)
     counts = {s: sum(r[4].source == s for r in records) for s in (ATTENTION, UNIFORM, EMPTY)}
     summary = {"schema": schemas.CROP, "run": str(run_dir), "splits": str(table.source), "k": k, "margin": margin,
                "min_side": min_side, "method": "gradcam", "target": "predicted", "target_layer": layer,
-               "n": len(records), "sources": counts, "library_versions": library_versions(),
+               "n": len(records), "sources": counts, "seconds": round(time.perf_counter() - started, 3), "library_versions": library_versions(),
                "git_commit": git_commit()}
     write_json(out / "crop.json", summary)
     return summary

@@ -11,11 +11,12 @@ The .npz (medclf.embeddings/1; numpy.load(path) reads it without pickle):
   labels      int64 (N,) class indices      classes (K,) class names
   meta        JSON text: schema, source (run or arch/weights), architecture, img_size,
               normalisation, splits file, data_root, positive_class, checkpoint epoch,
-              library_versions, git_commit
+              seconds (decoding and the forward passes), library_versions, git_commit
 """
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -145,9 +146,11 @@ def run_embed(out, run_dir=None, arch=None, weights="none", splits=None, data_ro
                                                               progress)
     model = headless(model).to(device).eval()
     _log(f"{meta['architecture']} on {len(table.frame)} images of {table.source}")
+    started = time.perf_counter()
     embeddings, paths, split_names, labels = embed_table(model, table, side, transform, device, batch_size, progress)
     meta = {"schema": schemas.EMBEDDINGS, **meta, "splits_file": str(table.source),
             "data_root": str(table.data_root), "positive_class": table.positive_class, "dim": int(embeddings.shape[1]),
+            "seconds": round(time.perf_counter() - started, 3),
             "library_versions": library_versions(), "git_commit": git_commit()}
     write_embeddings(out, embeddings, paths, split_names, labels, list(table.classes), meta)
     return meta

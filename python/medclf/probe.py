@@ -11,10 +11,11 @@ Steps, each on the split it names and no other:
   4. predictions_val.json and predictions_test.json in the standard contract (medclf.predictions/1;
      logits = log probabilities), so `medclf report` and `medclf compare` read them unchanged;
      probe.json (medclf.probe/1): model, C grid with val scores, chosen C, calibration, the
-     embeddings file's SHA-256 and meta.
+     embeddings file's SHA-256 and meta, seconds spent fitting (grid + calibration).
 """
 
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -154,10 +155,12 @@ def run_probe(embeddings, out, model="logreg", grid=DEFAULT_GRID, class_weight=N
     if len(np.unique(y[rows["train"]])) < 2:
         raise MedclfError(f"{embeddings}: the train split has a single class; a probe needs two or more")
     _log(f"{model} on {X.shape[1]}-d embeddings: C from {len(grid)} values on {len(rows['val'])} val images")
+    started = time.perf_counter()
     pipeline, table = choose_C(model, grid, (X[rows["train"]], y[rows["train"]]), (X[rows["val"]], y[rows["val"]]),
                                n_classes, class_weight, seed)
     chosen = pipeline[-1].C
     calibration = fit_calibration(model, pipeline, X[rows["val"]], y[rows["val"]], n_classes)
+    seconds = time.perf_counter() - started
     info = {"architecture": f"probe:{model} on {data['meta'].get('architecture')}", "checkpoint": None, "epoch": None,
             "probe": {"model": model, "C": chosen, "embeddings": str(embeddings)}}
     out = Path(out)
@@ -170,7 +173,7 @@ def run_probe(embeddings, out, model="logreg", grid=DEFAULT_GRID, class_weight=N
                "selection": "mean one-vs-rest val ROC-AUC of the decision values; ties -> smaller C",
                "calibration": calibration, "embeddings": {"path": str(embeddings), "sha256": sha256_file(embeddings),
                                                           "meta": data["meta"]},
-               "counts": {s: int(len(r)) for s, r in rows.items()},
+               "counts": {s: int(len(r)) for s, r in rows.items()}, "seconds": round(seconds, 3),
                "library_versions": library_versions(), "git_commit": git_commit()}
     write_json(out / "probe.json", summary)
     return summary

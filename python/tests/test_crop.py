@@ -175,3 +175,20 @@ def test_crop_refuses_an_out_folder_inside_the_images_or_not_empty(tiny, tmp_pat
     with pytest.raises(MedclfError, match="exists and is not empty"):
         C.run_crop(tiny["run"], tiny["splits"], tmp_path / "used", progress=False)
     assert (tmp_path / "used" / "keep.txt").read_text() == "mine"
+
+
+def test_embed_of_a_run_lists_every_image_with_its_split_and_label(tiny, tmp_path, capsys):
+    from medclf.embed import read_embeddings
+
+    out = tmp_path / "emb.npz"
+    assert cli.main(["embed", "--run", str(tiny["run"]), "--out", str(out), "--threads", "1", "--no-progress"]) == 0
+    assert "512-d embeddings of resnet18" in capsys.readouterr().out
+    data = read_embeddings(out)
+    table = read_splits(tiny["splits"])
+    assert data["embeddings"].shape == (16, 512) and data["embeddings"].dtype == np.float32
+    assert data["paths"].tolist() == table.frame["path"].tolist()
+    assert data["splits"].tolist() == table.frame["split"].tolist()
+    assert data["labels"].tolist() == table.frame["label_index"].tolist()
+    assert data["classes"].tolist() == ["benign", "malignant"] and data["meta"]["positive_class"] == "malignant"
+    assert data["meta"]["source"] == {"run": str(tiny["run"])} and data["meta"]["img_size"] == 32
+    assert np.isfinite(data["embeddings"]).all() and data["embeddings"].std(axis=0).max() > 0

@@ -21,7 +21,7 @@ and ADDED below; the failure message shows the original and the rewritten comman
 | --img-size N, --epochs N, --patience N      | --img-size 32, --epochs 1, --patience 1            |
 | --n-per-class N, --boot N                   | --n-per-class 8, --boot 200                        |
 | -num_epochs N, -img_shape/-img_size 3 H W   | -num_epochs 1, -img_shape/-img_size 3 32 32 (seed-002 scripts) |
-| medclf train (without --threads)            | + --threads 1 --no-progress                        |
+| medclf train, crop, embed (without --threads) | + --threads 1 --no-progress                      |
 | medclf study FILE                           | + --set train.epochs=1 train.img-size=32 train.patience=1 train.threads=1 |
 | --set train.epochs=N (and the keys above)   | the shrunk value                                   |
 | medclf demo / bash scripts/demo.sh          | + --n-per-class 8 --epochs 1 --img-size 32 where absent |
@@ -66,6 +66,8 @@ SET_SHRINK = {"train.epochs": "1", "train.img-size": "32", "train.patience": "1"
 # medclf subcommand or Python script -> options added where absent
 ADDED = {
     "train": [["--threads", "1"], ["--no-progress"]],
+    "crop": [["--threads", "1"], ["--no-progress"]],
+    "embed": [["--threads", "1"], ["--no-progress"]],
     "demo": [["--n-per-class", "8"], ["--epochs", "1"], ["--img-size", "32"]],
     "benchmarks/duplicates.py": [["--max-per-dataset", "40"], ["--n-speed", "200"]],
 }
