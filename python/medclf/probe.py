@@ -1,7 +1,8 @@
 """`medclf probe`: a linear probe (logistic regression or linear SVM) on `medclf embed` embeddings.
 
 Steps, each on the split it names and no other:
-  1. StandardScaler + model fitted on train, for every C of the grid (default 1e-4 .. 1e2);
+  1. StandardScaler + model fitted on train, for every C of the grid (default 1e-6 .. 1e2; a
+     choice at either end of the grid is warned about: extend --C);
   2. C chosen on val: the highest mean one-vs-rest ROC-AUC of the decision values (binary: the
      AUC), ties to the smaller C (stronger regularisation);
   3. probabilities: binary (both models): Platt scaling, a one-feature logistic regression of the
@@ -27,7 +28,7 @@ from medclf.errors import MedclfError
 from medclf.fileio import sha256_file, write_json
 
 MODELS = ("logreg", "linear-svm")
-DEFAULT_GRID = tuple(10.0 ** e for e in range(-4, 3))
+DEFAULT_GRID = tuple(10.0 ** e for e in range(-6, 3))
 
 
 def _log(message):
@@ -159,6 +160,8 @@ def run_probe(embeddings, out, model="logreg", grid=DEFAULT_GRID, class_weight=N
     pipeline, table = choose_C(model, grid, (X[rows["train"]], y[rows["train"]]), (X[rows["val"]], y[rows["val"]]),
                                n_classes, class_weight, seed)
     chosen = pipeline[-1].C
+    if len(grid) > 1 and chosen in (min(grid), max(grid)):
+        _log(f"warning: C = {chosen:g} is at the end of the grid; the best C may lie beyond it: extend --C")
     calibration = fit_calibration(model, pipeline, X[rows["val"]], y[rows["val"]], n_classes)
     seconds = time.perf_counter() - started
     info = {"architecture": f"probe:{model} on {data['meta'].get('architecture')}", "checkpoint": None, "epoch": None,

@@ -20,6 +20,7 @@ and ADDED below; the failure message shows the original and the rewritten comman
 |--------------------------------------------|----------------------------------------------------|
 | --img-size N, --epochs N, --patience N      | --img-size 32, --epochs 1, --patience 1            |
 | --n-per-class N, --boot N                   | --n-per-class 8, --boot 200                        |
+| --C GRID (medclf probe)                     | --C 0.01 (one value: no grid search)               |
 | -num_epochs N, -img_shape/-img_size 3 H W   | -num_epochs 1, -img_shape/-img_size 3 32 32 (seed-002 scripts) |
 | medclf train, crop, embed (without --threads) | + --threads 1 --no-progress                      |
 | medclf study FILE                           | + --set train.epochs=1 train.img-size=32 train.patience=1 train.threads=1 |
@@ -59,7 +60,7 @@ COMMAND_TIMEOUT_S = 600
 REWRITES = {
     "--img-size": ["32"], "--epochs": ["1"], "--patience": ["1"], "--n-per-class": ["8"], "--boot": ["200"],
     "-num_epochs": ["1"], "-img_shape": ["3", "32", "32"], "-img_size": ["3", "32", "32"],
-    "--n-speed": ["200"],
+    "--n-speed": ["200"], "--C": ["0.01"],
 }
 # `medclf study --set KEY=V`: the shrunk value of each key (added where the command lacks it)
 SET_SHRINK = {"train.epochs": "1", "train.img-size": "32", "train.patience": "1", "train.threads": "1"}

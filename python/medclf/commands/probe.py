@@ -28,7 +28,7 @@ def add_arguments(parser):
     parser.add_argument("--embeddings", required=True, help=".npz written by `medclf embed`")
     parser.add_argument("--model", default="logreg", choices=MODELS)
     parser.add_argument("--C", dest="grid", type=_grid, default=list(DEFAULT_GRID),
-                        help="C value(s) to choose from on val, comma-separated (default: 1e-4,1e-3,...,100)")
+                        help="C value(s) to choose from on val, comma-separated (default: 1e-6,1e-5,...,100)")
     parser.add_argument("--class-weight", dest="class_weight", default="none", choices=["none", "balanced"],
                         help="balanced: weights inversely proportional to the train class frequencies")
     parser.add_argument("--seed", type=int, default=0, help="seed of the linear SVM's coordinate descent")
