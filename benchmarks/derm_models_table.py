@@ -7,7 +7,8 @@ runs: the summed probability of mel, bcc and akiec, from results_test_grouped.js
 accuracy with its interval (7-class: macro over the 7 diagnoses), precision at recall >= 0.999
 (the report's operating point), the paired DeLong p against the plain model (compare.json), and the
 time: training (sum of history.csv's seconds, epochs run) or probe fitting (probe.json) after
-the embedding (embed's .npz meta); crop rows add the crop stage (crop.json).
+the embedding (embed's .npz meta); crop rows add the crop stage (crop.json). A second table
+summarises the crops (boxes.csv): boxes from attention, centre fallbacks, median box side.
 """
 
 import argparse
@@ -92,10 +93,29 @@ def table(root):
     return "\n".join(lines)
 
 
+def crop_summary(root):
+    """Per framing: boxes by source and the median box side over the image's shorter side."""
+    lines = ["| framing | images | boxes from attention | centre fallbacks | median box side / shorter side |",
+             "|---|---|---|---|---|"]
+    for framing in FRAMINGS:
+        path = Path(root) / f"crops_{framing}" / "boxes.csv"
+        if not path.is_file():
+            continue
+        with open(path, newline="") as fh:
+            boxes = list(csv.DictReader(fh))
+        fallback = sum(b["source"] != "attention" for b in boxes)
+        ratio = np.median([(int(b["x1"]) - int(b["x0"])) / min(int(b["width"]), int(b["height"])) for b in boxes])
+        lines.append(f"| {framing} | {len(boxes)} | {len(boxes) - fallback} | {fallback} | {ratio:.2f} |")
+    return "\n".join(lines)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("root", nargs="?", default="results/derm", help="folder the documented commands wrote")
-    print(table(parser.parse_args().root))
+    root = parser.parse_args().root
+    print(table(root))
+    print()
+    print(crop_summary(root))
 
 
 if __name__ == "__main__":
