@@ -51,8 +51,10 @@ def p_against_plain(compare_dir, run_name):
     for pair in result["pairwise"]:
         names = (pair["a"], pair["b"])
         if any(n.endswith(run_name) for n in names) and any("plain_" in n for n in names):
-            diff = pair["difference"] if pair["b"].endswith(run_name) else -pair["difference"]
-            return f"{diff:+.3f}, p = {pair['p_value']:.3g}"
+            d = pair["difference"]  # AUC a - AUC b with its interval; shown as idea - plain
+            sign = -1 if pair["b"].endswith(run_name) else 1
+            low, high = sorted((sign * d["lower"], sign * d["upper"]))
+            return f"{sign * d['estimate']:+.3f} ({low:+.3f} to {high:+.3f}), p = {pair['p_value']:.3g}"
     return "n/a"
 
 
