@@ -13,7 +13,7 @@ from medclf import __version__
 from medclf.errors import MedclfError
 
 COMMANDS = ["partition", "organize", "train", "test", "report", "compare", "study", "demo", "explain", "quality",
-            "calibrate", "conformal", "serve", "ensemble", "sweep", "export", "cv"]
+            "calibrate", "conformal", "serve", "ensemble", "sweep", "export", "cv", "crop", "embed", "probe"]
 
 
 def _available_commands():

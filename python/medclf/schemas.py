@@ -22,3 +22,6 @@ ONNX_EXPORT = "medclf.onnx-export/1"  # model.onnx metadata + <model>.export.jso
 CV = "medclf.cv/1"                     # cv.json (medclf cv)
 CV_RESULTS = "medclf.cv-results/1"     # results_oof.json (medclf cv)
 METADATA_ENCODER = "medclf.metadata-encoder/1"  # config.json "metadata" (medclf train --metadata-features)
+CROP = "medclf.crop/1"                 # crop.json (medclf crop)
+EMBEDDINGS = "medclf.embeddings/1"     # embeddings .npz (medclf embed)
+PROBE = "medclf.probe/1"               # probe.json (medclf probe)

@@ -21,8 +21,9 @@ and ADDED below; the failure message shows the original and the rewritten comman
 | --img-size N, --epochs N, --patience N      | --img-size 32, --epochs 1, --patience 1            |
 | --n-per-class N, --boot N                   | --n-per-class 8, --boot 200                        |
 | --folds K, --repeats R (partition, cv)      | --folds 2, --repeats 1                             |
+| --C GRID (medclf probe)                     | --C 0.01 (one value: no grid search)               |
 | -num_epochs N, -img_shape/-img_size 3 H W   | -num_epochs 1, -img_shape/-img_size 3 32 32 (seed-002 scripts) |
-| medclf train / cv (without --threads)       | + --threads 1 --no-progress                        |
+| medclf train, cv, crop, embed (without --threads) | + --threads 1 --no-progress                |
 | medclf study FILE, medclf sweep FILE         | + --set train.epochs=1 train.img-size=32 train.patience=1 train.threads=1 |
 | --trials N (medclf sweep)                   | --trials 2                                         |
 | --set train.epochs=N (and the keys above)   | the shrunk value                                   |
@@ -63,7 +64,7 @@ COMMAND_TIMEOUT_S = 600
 REWRITES = {
     "--img-size": ["32"], "--epochs": ["1"], "--patience": ["1"], "--n-per-class": ["8"], "--boot": ["200"],
     "-num_epochs": ["1"], "-img_shape": ["3", "32", "32"], "-img_size": ["3", "32", "32"],
-    "--n-speed": ["200"], "--seconds": ["3"], "--trials": ["2"], "--folds": ["2"], "--repeats": ["1"],
+    "--n-speed": ["200"], "--seconds": ["3"], "--trials": ["2"], "--folds": ["2"], "--repeats": ["1"], "--C": ["0.01"],
 }
 # `medclf study|sweep --set KEY=V`: the shrunk value of each key (added where the command lacks it)
 SET_SHRINK = {"train.epochs": "1", "train.img-size": "32", "train.patience": "1", "train.threads": "1"}
@@ -71,6 +72,8 @@ SET_SHRINK = {"train.epochs": "1", "train.img-size": "32", "train.patience": "1"
 ADDED = {
     "train": [["--threads", "1"], ["--no-progress"]],
     "cv": [["--threads", "1"], ["--no-progress"]],
+    "crop": [["--threads", "1"], ["--no-progress"]],
+    "embed": [["--threads", "1"], ["--no-progress"]],
     "demo": [["--n-per-class", "8"], ["--epochs", "1"], ["--img-size", "32"]],
     "benchmarks/duplicates.py": [["--max-per-dataset", "40"], ["--n-speed", "200"]],
     "benchmarks/serve_load.py": [["--seconds", "3"]],

@@ -1,0 +1,38 @@
+"""medclf embed: penultimate-layer embeddings of every image of a splits file (logic in medclf.embed)."""
+
+HELP = "penultimate-layer embeddings of every image (paths, splits, labels) in one .npz, for `medclf probe`"
+DESCRIPTION = (
+    "Run a model without its classifier head over every image of a splits file and write one .npz: embeddings "
+    "(N, D), paths, splits, labels, classes and a JSON meta record. The model is a run's best.pt (--run; its own "
+    "split unless --splits) or a torchvision architecture with weights (--arch A --weights imagenet|PATH "
+    "--splits S). See docs/derm_models.md."
+)
+
+
+def add_arguments(parser):
+    parser.add_argument("--run", help="run folder written by `medclf train` (results/NAME)")
+    parser.add_argument("--arch", help="instead of --run: a torchvision architecture (with --weights, --splits)")
+    parser.add_argument("--weights", default="none", help="with --arch: none | imagenet | PATH to a state dict")
+    parser.add_argument("--splits", help="splits.csv to embed (default with --run: the run's own split)")
+    parser.add_argument("--data-root", help="folder the splits paths are relative to (default: partition.json's)")
+    parser.add_argument("--img-size", type=int, default=224, help="with --arch: square input size in pixels")
+    parser.add_argument("--out", required=True, help="the .npz file to write")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: one per core)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                        help="auto picks CUDA when present")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+
+
+def run(args):
+    import torch
+
+    from medclf.embed import run_embed
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    meta = run_embed(args.out, args.run, args.arch, args.weights, args.splits, args.data_root, args.img_size,
+                     args.device, args.batch_size, args.progress)
+    print(f"{meta['dim']}-d embeddings of {meta['architecture']}")
+    print(args.out)
+    return 0
