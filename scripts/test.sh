@@ -8,4 +8,6 @@ cd "$repo"
 echo "== R tests (testthat)"
 Rscript --vanilla -e 'res <- as.data.frame(testthat::test_dir("R/tests/testthat", reporter = "summary", stop_on_failure = TRUE)); cat(sprintf("R: %d passed, %d failed\n", sum(res$nb) - sum(res$failed), sum(res$failed)))'
 echo "== Python tests (pytest)"
-"$py" -m pytest -q -p no:cacheprovider "$@"
+# One pytest worker per core (at most 4): most tests train or decode on one thread.
+workers="$("$py" -c 'import os; print(max(1, min(4, len(os.sched_getaffinity(0)))))')"
+"$py" -m pytest -q -p no:cacheprovider -n "$workers" --durations=30 "$@"
