@@ -17,6 +17,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from medclf.errors import MedclfError
+
 
 @runtime_checkable
 class Classifier(Protocol):
@@ -44,11 +46,18 @@ class TorchClassifier:
         import torch
 
         from medclf import heatmap, transforms
-        from medclf.predict import load_run
+        from medclf.predict import inference_precision, load_run
 
         self.run_dir = Path(run_dir)
         self.device = torch.device(device)
         self.model, self.config, self.checkpoint = load_run(self.run_dir, self.device)
+        if self.config.get("metadata"):
+            names = ", ".join(spec["name"] for spec in self.config["metadata"]["columns"])
+            raise MedclfError(f"{self.run_dir}: trained with metadata features ({names}); the app takes images "
+                              "only: serve a run trained without --metadata-features")
+        # as `medclf test` predicts: the run's own precision (bf16 where it trained with --amp)
+        self.precision = inference_precision(self.config, self.device)
+        self.precision.prepare_model(self.model)
         args, norm = self.config["arguments"], self.config["normalisation"]
         self.class_names = [str(c) for c in self.config["classes"]]
         self.img_size = int(args["img_size"])
@@ -63,7 +72,7 @@ class TorchClassifier:
     def describe(self):
         return {"backend": "torch", "run": str(self.run_dir), "architecture": self.architecture,
                 "checkpoint": "best.pt", "epoch": int(self.checkpoint.get("epoch", 0)) or None,
-                "img_size": self.img_size, "classes": self.class_names}
+                "img_size": self.img_size, "classes": self.class_names, "inference": self.precision.record()}
 
     def _pixels(self, img):
         """The uint8 (3, side, side) tensor `medclf test` caches for this image."""
@@ -87,8 +96,8 @@ class TorchClassifier:
         if not images:
             return np.zeros((0, len(self.class_names)))
         batch = self._batch(images)
-        with self._lock, torch.inference_mode():
-            logits = self.model(batch).float().cpu()
+        with self._lock, torch.inference_mode(), self.precision.autocast():
+            logits = self.model(self.precision.to_device(batch)).float().cpu()
         return probabilities_from_logits(logits).numpy()
 
     def heatmaps(self, images, targets):

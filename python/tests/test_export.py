@@ -54,7 +54,8 @@ def splits(brain_mri_root, base):
 def resnet18_run(splits, base):
     """Trained, exported and tested with the commands a user types."""
     run = base / "resnet18"
-    assert cli.main(["train", "--splits", str(splits), "--arch", "resnet18", "--img-size", str(IMG_SIZE),
+    # --no-amp: the ONNX model computes in fp32, so it is compared with `medclf test` in fp32
+    assert cli.main(["train", "--no-amp", "--splits", str(splits), "--arch", "resnet18", "--img-size", str(IMG_SIZE),
                      "--epochs", "1", "--batch-size", "8", "--threads", "1", "--no-progress", "--out", str(base),
                      "--run-name", "resnet18"]) == 0
     assert cli.main(["export", "--run", str(run), "--format", "onnx", "--no-progress"]) == 0
@@ -66,6 +67,7 @@ def densenet121_run(splits, base):
     from medclf.training import run_training
 
     run_training({"splits": str(splits), "arch": "densenet121", "head": "single-logit", "img_size": IMG_SIZE,
+                  "amp": False,
                   "epochs": 1, "batch_size": 8, "out": str(base), "run_name": "densenet121", "progress": False,
                   "device": "cpu", "threads": 1})
     return base / "densenet121"
