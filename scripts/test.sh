@@ -10,4 +10,4 @@ Rscript --vanilla -e 'res <- as.data.frame(testthat::test_dir("R/tests/testthat"
 echo "== Python tests (pytest)"
 # One pytest worker per core (at most 4): most tests train or decode on one thread.
 workers="$("$py" -c 'import os; print(max(1, min(4, len(os.sched_getaffinity(0)))))')"
-"$py" -m pytest -q -p no:cacheprovider -n "$workers" --durations=30 "$@"
+"$py" -m pytest -q -p no:cacheprovider -n "$workers" --dist worksteal --durations=30 "$@"

@@ -218,7 +218,6 @@ def run_test(run_dir, split="test", splits=None, data_root=None, device="auto", 
     device = select_device(device)
     model, config, checkpoint = load_run(run_dir, device)
     precision = inference_precision(config, device, amp)
-    log_precision("test", precision)
     precision.prepare_model(model)
     if mc_dropout:
         if mc_dropout < 2:
@@ -253,6 +252,7 @@ def run_test(run_dir, split="test", splits=None, data_root=None, device="auto", 
         records[Path(out_dir or run_dir) / f"predictions_{name}.json"] = \
             predictions_record(name, config, checkpoint, "best.pt", rel, labels, logits, samples, views,
                                precision.record())
+    log_precision("test", precision)  # after every refusal: an error stays one line
     # Written only once every split has been predicted: a refusal on val leaves test's file as it was.
     for path, record in records.items():
         write_json(path, record)

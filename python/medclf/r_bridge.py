@@ -10,6 +10,7 @@ reason to fall back: they stop as MedclfError. The result's "engine" records whi
 ("route": "rpy2" | "Rscript" | "Python").
 """
 
+import contextlib
 import json
 import os
 import platform
@@ -67,6 +68,22 @@ def decode_r_result(text):
     return result
 
 
+@contextlib.contextmanager
+def keep_library_path():
+    """Importing rpy2 starts embedded R, which writes R's LD_LIBRARY_PATH (R's lib and the system
+    library folders) into this process's environment. Children started later inherit it and may
+    load another Python's libpython (a pyenv python then fails at `import ssl`). R's libraries
+    are loaded by then, so the variable is put back as it was."""
+    before = os.environ.get("LD_LIBRARY_PATH")
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("LD_LIBRARY_PATH", None)
+        else:
+            os.environ["LD_LIBRARY_PATH"] = before
+
+
 def quiet_r_console():
     """Route embedded R's console output (e.g. start-up notes about empty site libraries) into a
     list instead of stderr; returns the list."""
@@ -82,7 +99,8 @@ def rpy2_errors():
     """Exceptions that mean "the rpy2 route cannot run": rpy2's RRuntimeError is not a RuntimeError."""
     basic = (ImportError, OSError, ValueError, RuntimeError)
     try:
-        from rpy2.rinterface_lib.embedded import RRuntimeError
+        with keep_library_path():
+            from rpy2.rinterface_lib.embedded import RRuntimeError
     except basic:
         return basic
     return basic + (RRuntimeError,)
@@ -94,8 +112,9 @@ _RPY2_FUNCTIONS = {}  # R function name -> the sourced function (R is embedded o
 def _rpy2_function(task):
     if task.r_function in _RPY2_FUNCTIONS:
         return _RPY2_FUNCTIONS[task.r_function]
-    quiet_r_console()
-    import rpy2.robjects as ro
+    with keep_library_path():
+        quiet_r_console()
+        import rpy2.robjects as ro
 
     for package in task.r_packages:
         if not ro.r(f'isTRUE(suppressWarnings(requireNamespace("{package}", quietly = TRUE)))')[0]:

@@ -367,7 +367,6 @@ def setup_torch(cfg):
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg["threads"]))  # part of the run's arguments: sums may depend on it
     precision = choose_precision(select_device(cfg["device"]), cfg["amp"])
-    log_precision("train", precision)
     if precision.device.type == "cuda":
         # cuDNN's autotuner picks the fastest kernels for the fixed input size, not a reproducible one.
         torch.backends.cudnn.benchmark = not cfg["deterministic"]
@@ -624,6 +623,8 @@ def _train_in_world(cfg, run_dir, resuming, world, precision, on_epoch=None, ima
     data.train_loader = device_data.for_device(data.train_loader, precision.device)  # CUDA: see device_data
     data.val_loader = device_data.for_device(data.val_loader, precision.device)
     trainer = build_trainer(cfg, run_dir, precision, data, model, model_info, world)
+    if world.is_main:  # once the images and the loss were accepted: a refusal stays one line
+        log_precision("train", precision)
     start_epoch = restore_from_last(trainer) if resuming else 1
     if resuming and world.is_main:
         trained_with = read_json(run_dir / "config.json").get("world_size", 1)

@@ -31,3 +31,14 @@ def brain_mri_root():
 def ham_root():
     """1,983 HAM10000 images in images/ plus HAM10000_metadata.csv (read-only)."""
     return _dataset("ham10000_dev")
+
+
+def pytest_collection_modifyitems(items):
+    """The docs test's per-file runs take minutes each: start them first, longest pages first, so
+    that `pytest -n` spreads them over the workers instead of ending on one of them."""
+    def weight(item):
+        if not item.nodeid.startswith("python/tests/test_docs.py::test_every_command_block_runs["):
+            return 0
+        page = REPO / item.nodeid.split("[", 1)[1].rstrip("]")
+        return -page.stat().st_size if page.is_file() else -1
+    items.sort(key=weight)

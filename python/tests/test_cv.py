@@ -46,8 +46,9 @@ def brain_cv_splits(brain_mri_root, tmp_path_factory):
 def brain_cv(brain_cv_splits, tmp_path_factory):
     """A finished 3-fold x 2-repeat CV (2 epochs per fold)."""
     out = tmp_path_factory.mktemp("cv_runs")
+    # --no-amp: the best-epoch test recomputes the val probabilities in fp32, in one batch
     assert cli.main(["cv", "--splits", str(brain_cv_splits), "--out", str(out), "--run-name", "cv", "--epochs", "2",
-                     "--patience", "2", *TRAIN_ARGS]) == 0
+                     "--patience", "2", "--no-amp", *TRAIN_ARGS]) == 0
     return out / "cv"
 
 
@@ -216,7 +217,7 @@ def test_a_killed_cv_resumes_skipping_finished_folds_and_continuing_the_started_
     resumed = []
     real_run = training.run_training
     monkeypatch.setattr(training, "run_training", lambda config, images=None: (
-        resumed.append((config["run_name"], config["resume"])), real_run(config, images))[1])
+        resumed.append((config["run_name"], config["resume"])), real_run(config, images=images))[1])
     assert cli.main(args) == 0
     assert resumed == [("fold1", True), ("fold2", False)]  # fold0 skipped, fold1 continued from last.pt
     assert (cv_dir / "fold0" / "best.pt").stat().st_mtime_ns == fold0

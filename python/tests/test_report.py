@@ -1,7 +1,10 @@
 """`medclf report`: outputs, engines and fallback, clinical grouping, multi-class, bad input."""
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -243,3 +246,28 @@ def test_one_group_parser_refuses_malformed_groups():
     for bad in ("malignant", "=mel", "malignant=", "malignant=mel,,bcc", "a=b=c"):
         with pytest.raises(MedclfError, match="expected NAME=CLASS,CLASS"):
             R.parse_group(bad)
+
+
+def test_embedding_r_leaves_the_library_path_of_later_subprocesses_as_it_was(tmp_path):
+    """rpy2 writes R's LD_LIBRARY_PATH (with the system library folders) into os.environ; a child
+    started afterwards (`medclf serve` in a test, a torchrun worker) then loaded Debian's
+    libpython under a pyenv python and failed at `import ssl`. The bridge puts the variable back."""
+    pytest.importorskip("rpy2")
+    code = ("import os, sys\n"
+            "from medclf import r_bridge\n"
+            "if sys.argv[1] == 'kept':\n"
+            "    with r_bridge.keep_library_path():\n"
+            "        import rpy2.robjects\n"
+            "else:\n"
+            "    import rpy2.robjects\n"
+            "print(os.environ.get('LD_LIBRARY_PATH', '<unset>'))\n")
+    env = {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"}
+    outputs = {}
+    for mode in ("bare", "kept"):
+        done = subprocess.run([sys.executable, "-c", code, mode], capture_output=True, text=True, env=env, timeout=120)
+        if done.returncode != 0 and "R_HOME" in done.stderr:
+            pytest.skip("R is not installed")
+        assert done.returncode == 0, done.stderr
+        outputs[mode] = done.stdout.strip().splitlines()[-1]
+    assert outputs["bare"] != "<unset>"  # rpy2 does write it: the test can see the leak
+    assert outputs["kept"] == "<unset>"

@@ -320,7 +320,7 @@ def test_run_training_gives_the_caller_its_torch_switches_back(monkeypatch):
 
     before = (torch.are_deterministic_algorithms_enabled(), torch.get_num_threads())
 
-    def flips_everything_then_fails(config):
+    def flips_everything_then_fails(config, *rest):
         torch.use_deterministic_algorithms(True)
         torch.set_num_threads(1 if before[1] != 1 else 2)
         raise MedclfError("stage failed")
