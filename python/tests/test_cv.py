@@ -15,8 +15,9 @@ from medclf.errors import MedclfError
 from medclf.fileio import read_json
 
 HAM_ARGS = ["--image-col", "image_id", "--label-col", "dx", "--group-col", "lesion_id", "--image-ext", ".jpg"]
+# --no-amp: the best-epoch test recomputes the val probabilities in fp32, in one batch
 TRAIN_ARGS = ["--arch", "resnet18", "--img-size", "32", "--batch-size", "8", "--seed", "2", "--threads", "1",
-              "--device", "cpu", "--no-progress", "--deterministic"]
+              "--device", "cpu", "--no-progress", "--deterministic", "--no-amp"]
 
 
 def _read_splits(folder):
@@ -46,9 +47,8 @@ def brain_cv_splits(brain_mri_root, tmp_path_factory):
 def brain_cv(brain_cv_splits, tmp_path_factory):
     """A finished 3-fold x 2-repeat CV (2 epochs per fold)."""
     out = tmp_path_factory.mktemp("cv_runs")
-    # --no-amp: the best-epoch test recomputes the val probabilities in fp32, in one batch
     assert cli.main(["cv", "--splits", str(brain_cv_splits), "--out", str(out), "--run-name", "cv", "--epochs", "2",
-                     "--patience", "2", "--no-amp", *TRAIN_ARGS]) == 0
+                     "--patience", "2", *TRAIN_ARGS]) == 0
     return out / "cv"
 
 
