@@ -165,7 +165,8 @@ def test_rscript_matches_python_on_every_number(cases):
 
 
 def test_rpy2_matches_python_on_every_number(cases):
-    pytest.importorskip("rpy2.robjects")
+    with r_bridge.keep_library_path():  # rpy2 would leak R's LD_LIBRARY_PATH into later subprocesses
+        pytest.importorskip("rpy2.robjects")
     try:
         first = r_bridge.run_rpy2(R.REPORT_TASK, cases["binary"])
     except r_bridge.EngineUnavailable as exc:

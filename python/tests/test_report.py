@@ -142,7 +142,8 @@ def test_r_directory_override(monkeypatch, tmp_path):
 
 
 def test_an_r_error_inside_rpy2_is_an_unavailable_engine(binary_run, monkeypatch, tmp_path):
-    pytest.importorskip("rpy2.robjects")
+    with r_bridge.keep_library_path():  # rpy2 would leak R's LD_LIBRARY_PATH into later subprocesses
+        pytest.importorskip("rpy2.robjects")
     broken = tmp_path / "R"
     broken.mkdir()
     (broken / "report.R").write_text('medclf_report_json <- function(request_json) stop("simulated R failure")\n')
@@ -210,7 +211,8 @@ def test_zero_width_intervals_are_marked_with_their_reason(tmp_path, engine):
 @pytest.mark.parametrize("engine, route", [("python", "Python"), ("rscript", "Rscript"), ("rpy2", "rpy2")])
 def test_report_names_the_engine_that_ran(binary_run, engine, route):
     if engine == "rpy2":
-        pytest.importorskip("rpy2.robjects")
+        with r_bridge.keep_library_path():  # rpy2 would leak R's LD_LIBRARY_PATH into later subprocesses
+            pytest.importorskip("rpy2.robjects")
         try:
             r_bridge.run_rpy2(R.REPORT_TASK, R.build_request(binary_run / "predictions_test.json"))
         except r_bridge.EngineUnavailable as exc:
