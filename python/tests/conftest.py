@@ -1,6 +1,7 @@
 """Shared fixtures: the real datasets in ../shared/data (beside the repository)."""
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,31 @@ def brain_mri_root():
 def ham_root():
     """1,983 HAM10000 images in images/ plus HAM10000_metadata.csv (read-only)."""
     return _dataset("ham10000_dev")
+
+
+_MODULES_WITH_FAILURES = set()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if report.failed:
+        _MODULES_WITH_FAILURES.add(item.module.__name__)
+    return report
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _remove_module_temp_dirs(request, tmp_path_factory):
+    """A module's own fixtures (trained runs, exported models) live until the module ends; then
+    their directories go unless one of its tests failed, so that disk use does not grow with the
+    suite (pytest removes a passed test's own tmp_path itself)."""
+    basetemp = tmp_path_factory.getbasetemp()
+    before = set(basetemp.iterdir())
+    yield
+    if request.module.__name__ in _MODULES_WITH_FAILURES:
+        return
+    for path in set(basetemp.iterdir()) - before:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(items):
