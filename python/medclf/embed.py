@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medclf import schemas
+from medclf import models, schemas
 from medclf.errors import MedclfError
 from medclf.fileio import atomic_path
 
@@ -30,24 +30,6 @@ ARRAYS = ("embeddings", "paths", "splits", "labels", "classes", "meta")
 
 def _log(message):
     print(f"medclf embed: {message}", file=sys.stderr, flush=True)
-
-
-def headless(model):
-    """The model with its classifier head replaced by the identity (in place); returns it."""
-    from torch import nn
-
-    from medclf.models import _last_linear
-
-    found = _last_linear(model)
-    if found is None:
-        raise MedclfError(f"{type(model).__name__}: no classifier head found (fc/classifier/heads); "
-                          "embed needs a torchvision classification model")
-    parent, attr, _ = found
-    if attr.isdigit():
-        parent[int(attr)] = nn.Identity()
-    else:
-        setattr(parent, attr, nn.Identity())
-    return model
 
 
 def _run_source(run_dir, splits, data_root, device):
@@ -68,7 +50,7 @@ def _run_source(run_dir, splits, data_root, device):
 
 def _weights_source(arch, weights, splits, data_root, img_size, device, progress):
     from medclf import data as data_mod
-    from medclf import models, transforms
+    from medclf import transforms
     from medclf.splits import read_splits
 
     if not splits:
@@ -144,7 +126,8 @@ def run_embed(out, run_dir=None, arch=None, weights="none", splits=None, data_ro
     else:
         model, table, side, transform, meta = _weights_source(arch, weights, splits, data_root, img_size, device,
                                                               progress)
-    model = headless(model).to(device).eval()
+    models.remove_head(model, "embed needs a torchvision classification model")
+    model = model.to(device).eval()
     _log(f"{meta['architecture']} on {len(table.frame)} images of {table.source}")
     started = time.perf_counter()
     embeddings, paths, split_names, labels = embed_table(model, table, side, transform, device, batch_size, progress)

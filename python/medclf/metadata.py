@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from medclf import schemas
+from medclf import models, schemas
 from medclf.errors import MedclfError
 
 ENCODER_SCHEMA = schemas.METADATA_ENCODER
@@ -169,29 +169,12 @@ def attach(encoder, table, split, dataset, run=None):
 
 # ---------------------------------------------------------------- model
 
-def _remove_head(backbone):
-    """Replace the backbone's head by an identity; returns the width of the features it received."""
-    from medclf.models import _last_linear
-
-    found = _last_linear(backbone)
-    if found is None:
-        raise MedclfError(f"{type(backbone).__name__}: no classifier head found (fc/classifier/heads) to fuse "
-                          "metadata with; use another --arch")
-    parent, attr, layer = found
-    width = layer.in_features if isinstance(layer, nn.Linear) else layer.in_channels
-    if attr.isdigit():
-        parent[int(attr)] = nn.Identity()
-    else:
-        setattr(parent, attr, nn.Identity())
-    return width
-
-
 class FusionModel(nn.Module):
     """head(concat(backbone features, MLP(metadata))). forward(images, metadata) -> logits."""
 
     def __init__(self, backbone, n_metadata, n_outputs, branch_width=BRANCH_WIDTH):
         super().__init__()
-        width = _remove_head(backbone)
+        width = models.remove_head(backbone, "fusing metadata needs one; use another --arch")
         self.backbone = backbone
         self.metadata_branch = nn.Sequential(nn.Linear(n_metadata, branch_width), nn.ReLU(),
                                              nn.Linear(branch_width, branch_width), nn.ReLU())

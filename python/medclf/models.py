@@ -84,6 +84,22 @@ def _last_linear(module):
     return None
 
 
+def remove_head(model, needed_for):
+    """Replace the classifier head by the identity, in place (the model then returns its pooled
+    features); returns the width of those features. `needed_for` completes the refusal when the
+    architecture has no head medclf can find."""
+    found = _last_linear(model)
+    if found is None:
+        raise MedclfError(f"{type(model).__name__}: no classifier head found (fc/classifier/heads); {needed_for}")
+    parent, attr, layer = found
+    width = layer.in_features if isinstance(layer, nn.Linear) else layer.in_channels
+    if attr.isdigit():
+        parent[int(attr)] = nn.Identity()
+    else:
+        setattr(parent, attr, nn.Identity())
+    return width
+
+
 def head_module(model):
     """The head layer itself (its parameters are what --freeze-backbone trains)."""
     found = _last_linear(model)
