@@ -1,5 +1,7 @@
 """medclf crop: attention-guided crops of every image of a splits file (logic in medclf.crop)."""
 
+from medclf.commands import add_compute_arguments, apply_threads
+
 HELP = "crop every image around a run's Grad-CAM attention; writes the crops, boxes.csv and a new splits.csv"
 DESCRIPTION = (
     "Stage 1 of the two-stage model: the Grad-CAM map of the run's predicted class is thresholded at "
@@ -26,19 +28,13 @@ def add_arguments(parser):
                         help="Grad-CAM layer, e.g. layer3 (default: the architecture's last conv block)")
     parser.add_argument("--data-root", help="folder the splits paths are relative to (default: partition.json's)")
     parser.add_argument("--batch-size", dest="batch", type=int, default=32, help="images per Grad-CAM batch")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: one per core)")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
-                        help="auto picks CUDA when present")
-    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    add_compute_arguments(parser)
 
 
 def run(args):
-    import torch
-
     from medclf.crop import run_crop
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
     summary = run_crop(args.run, args.splits, args.out, args.k, args.margin, args.min_side, args.target_layer,
                        args.data_root, args.device, args.batch, args.progress)
     sources = ", ".join(f"{n} {s}" for s, n in summary["sources"].items())

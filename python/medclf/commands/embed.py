@@ -1,5 +1,7 @@
 """medclf embed: penultimate-layer embeddings of every image of a splits file (logic in medclf.embed)."""
 
+from medclf.commands import add_compute_arguments, apply_threads
+
 HELP = "penultimate-layer embeddings of every image (paths, splits, labels) in one .npz, for `medclf probe`"
 DESCRIPTION = (
     "Run a model without its classifier head over every image of a splits file and write one .npz: embeddings "
@@ -18,19 +20,13 @@ def add_arguments(parser):
     parser.add_argument("--img-size", type=int, default=224, help="with --arch: square input size in pixels")
     parser.add_argument("--out", required=True, help="the .npz file to write")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: one per core)")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
-                        help="auto picks CUDA when present")
-    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    add_compute_arguments(parser)
 
 
 def run(args):
-    import torch
-
     from medclf.embed import run_embed
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
     meta = run_embed(args.out, args.run, args.arch, args.weights, args.splits, args.data_root, args.img_size,
                      args.device, args.batch_size, args.progress)
     print(f"{meta['dim']}-d embeddings of {meta['architecture']}")
