@@ -536,9 +536,13 @@ def best_study_text(plan, best):
     return header + yaml.safe_dump(study, sort_keys=False, allow_unicode=True)
 
 
-def _save(fig, path):
+def _save_and_close(fig, path):
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=90)
+    plt.close(fig)
 
 
 def plot_history(rows, plan, path):
@@ -564,9 +568,7 @@ def plot_history(rows, plan, path):
     ax.set_ylabel(f"best validation {plan.monitor}")
     ax.set_title(f"{plan.name}: optimisation history")
     ax.legend()
-    fig.tight_layout()
-    _save(fig, path)
-    plt.close(fig)
+    _save_and_close(fig, path)
 
 
 def plot_importance(study, plan, path):
@@ -592,9 +594,7 @@ def plot_importance(study, plan, path):
     ax.barh(names, [importances[n] for n in names])
     ax.set_xlabel("importance (fANOVA, share of the variance of the objective)")
     ax.set_title(f"{plan.name}: parameter importances")
-    fig.tight_layout()
-    _save(fig, path)
-    plt.close(fig)
+    _save_and_close(fig, path)
     return importances
 
 
@@ -632,9 +632,7 @@ def plot_lr_batch(rows, plan, path):
     if groups != [""]:
         ax.legend(title="arch")
     ax.set_title(f"{plan.name}: {plan.monitor} over learning rate x batch size")
-    fig.tight_layout()
-    _save(fig, path)
-    plt.close(fig)
+    _save_and_close(fig, path)
     return path
 
 
