@@ -28,20 +28,21 @@ r_packages_present() {
     Rscript --vanilla -e 'q(status = !all(sapply(c("pROC","jsonlite","optparse","testthat"), requireNamespace, quietly = TRUE)))' >/dev/null 2>&1
 }
 
+# apt_install PKG...: Debian packages, as root or through sudo; fails without apt-get or rights.
+apt_install() {
+  command -v apt-get >/dev/null 2>&1 || return 1
+  local sudo=""
+  if [ "$(id -u)" != 0 ]; then command -v sudo >/dev/null 2>&1 || return 1; sudo="sudo"; fi
+  $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null
+}
+
 if [ "$want_r" = 1 ] && ! r_packages_present; then
   pkgs="r-base-core r-cran-proc r-cran-jsonlite r-cran-optparse r-cran-testthat"
-  if command -v apt-get >/dev/null 2>&1; then
-    sudo=""
-    if [ "$(id -u)" != 0 ]; then
-      if command -v sudo >/dev/null 2>&1; then sudo="sudo"; else
-        log "R is missing and I am not root. Install it with: apt-get install -y $pkgs"; exit 1; fi
-    fi
-    log "installing R from Debian packages: $pkgs"
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq $pkgs >/dev/null
-  else
-    log "R with pROC, jsonlite, optparse and testthat is needed for the R report and its tests."
-    log "No apt-get here: install R (https://cran.r-project.org) and those packages, or run with --no-r."
+  log "installing R from Debian packages: $pkgs"
+  if ! apt_install $pkgs; then
+    log "R with pROC, jsonlite, optparse and testthat is needed for the R report and its tests, and could not"
+    log "be installed here (no apt-get, or not root): apt-get install -y $pkgs (or https://cran.r-project.org),"
+    log "or run with --no-r."
     exit 1
   fi
 fi
@@ -52,12 +53,8 @@ test_pkgs=""
 [ -x /usr/bin/chromium ] || test_pkgs="chromium"
 if [ "$want_postgres" = 1 ] && ! postgres_present; then test_pkgs="$test_pkgs postgresql"; fi
 if [ -n "$test_pkgs" ]; then
-  if command -v apt-get >/dev/null 2>&1 && { [ "$(id -u)" = 0 ] || command -v sudo >/dev/null 2>&1; }; then
-    sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
-    log "installing Debian packages that tests drive (serve's browser test, sweep's PostgreSQL storage):$test_pkgs"
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq $test_pkgs >/dev/null
-  else
+  log "installing Debian packages that tests drive (serve's browser test, sweep's PostgreSQL storage):$test_pkgs"
+  if ! apt_install $test_pkgs; then
     log "missing and not installable here (no apt-get, or not root):$test_pkgs;"
     log "the tests that need them are skipped outside CI, with the reason"
   fi
