@@ -220,8 +220,10 @@ def test_the_page_shows_one_input_per_column_and_sends_them(app, client, meta_ru
             page.click("#submit")
             page.wait_for_selector("table.probabilities, #error:not([hidden])", timeout=60_000)
             shown = [float(t) for t in page.locator("table.probabilities td.p").all_inner_texts()]
+            used = page.locator(".metadata-used").inner_text()
             browser.close()
     finally:
         server.should_exit = True
         thread.join(timeout=10)
     np.testing.assert_allclose(shown, expected["probabilities"], atol=6e-5)  # shown with 4 decimals
+    assert used == "Metadata as the model read it: age 45, sex male, localization missing."

@@ -41,6 +41,13 @@ function operatingPointText(op) {
     " [" + op.report + "].";
 }
 
+function metadataText(metadata) {
+  // what the run's encoder made of each value: a value it could not place is read as missing
+  const parts = Object.entries(metadata).map(([name, v]) => name + " " + v.read_as +
+    (v.read_as === "missing" && v.value ? " (sent " + JSON.stringify(v.value) + ")" : ""));
+  return "Metadata as the model read it: " + parts.join(", ") + ".";
+}
+
 function imageCard(entry, classes, heatmapNote) {
   const rejected = entry.quality.verdict !== "passed";
   const card = el("article", { class: "card" + (rejected ? " rejected" : "") }, [
@@ -53,6 +60,7 @@ function imageCard(entry, classes, heatmapNote) {
     return card;
   }
   const left = el("div", {}, [probabilityTable(classes, entry.probabilities, entry.predicted_class)]);
+  if (entry.metadata) left.appendChild(el("p", { class: "metadata-used", text: metadataText(entry.metadata) }));
   if (entry.operating_point) left.appendChild(el("p", { class: "operating-point", text: operatingPointText(entry.operating_point) }));
   const right = el("div", {});
   if (entry.heatmap) {
