@@ -173,6 +173,11 @@ def run_export(run_dir, fmt="onnx", out=None, check=16, data_root=None, opset=No
     if out.is_dir():
         raise MedclfError(f"{out}: is a folder; give --out the path of the .onnx file to write")
     model, config, checkpoint = load_run(run_dir, "cpu")
+    if config.get("metadata"):
+        names = ",".join(spec["name"] for spec in config["metadata"]["columns"])
+        raise MedclfError(f"{run_dir}: trained with --metadata-features {names}; an ONNX export takes images only "
+                          "(one input), so it cannot feed the metadata branch: serve this run with "
+                          f"`medclf serve --run {run_dir}`, or export a run trained without --metadata-features")
     inputs, source = check_batch(run_dir, config, preprocessing_of(config), check, data_root)
     return export_model(model, config, provenance_of(run_dir, config, checkpoint), out, inputs, source, opset, progress)
 

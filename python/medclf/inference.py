@@ -7,6 +7,11 @@ then the evaluation transform (centre crop to `img_size` for cropping presets, s
 the run's mean and std). `predict_proba` returns an (N, C) float array whose rows sum to 1, columns
 in `class_names` order.
 
+A classifier whose `metadata` is not None (a run trained with --metadata-features; its
+medclf.metadata-encoder/1) also needs one metadata row per image: `predict_proba(images, rows)`
+with each row a dict {column: value as text}, encoded by the run's own encoder
+(`medclf.metadata.encode`, the path `medclf test` takes for a splits.csv row).
+
 A `HeatmapClassifier` can also explain its decisions (Grad-CAM through `medclf.heatmap`); only
 the PyTorch model can, so `medclf serve --onnx` shows no heat maps.
 """
@@ -26,7 +31,7 @@ class Classifier(Protocol):
     img_size: int
 
     def predict_proba(self, images) -> np.ndarray:
-        """(N, C) probabilities of N PIL images; rows sum to 1."""
+        """(N, C) probabilities of N PIL images; rows sum to 1 (a metadata run: `predict_proba(images, rows)`)."""
 
 
 @runtime_checkable
@@ -35,7 +40,7 @@ class HeatmapClassifier(Classifier, Protocol):
 
     def heatmaps(self, images, targets):
         """(views, maps): the (N, S, S, 3) uint8 crops the model saw and (N, S, S) maps in [0, 1]
-        of the class index `targets[i]` for image i."""
+        of the class index `targets[i]` for image i (a metadata run: `heatmaps(images, targets, rows)`)."""
 
 
 class TorchClassifier:
@@ -45,16 +50,13 @@ class TorchClassifier:
     def __init__(self, run_dir, device="cpu", heatmap_method="gradcam"):
         import torch
 
-        from medclf import heatmap, transforms
+        from medclf import heatmap, metadata, transforms
         from medclf.predict import inference_precision, load_run
 
         self.run_dir = Path(run_dir)
         self.device = torch.device(device)
         self.model, self.config, self.checkpoint = load_run(self.run_dir, self.device)
-        if self.config.get("metadata"):
-            names = ", ".join(spec["name"] for spec in self.config["metadata"]["columns"])
-            raise MedclfError(f"{self.run_dir}: trained with metadata features ({names}); the app takes images "
-                              "only: serve a run trained without --metadata-features")
+        self.metadata = self.config.get("metadata")  # the run's fitted encoder, or None
         # as `medclf test` predicts: the run's own precision (bf16 where it trained with --amp)
         self.precision = inference_precision(self.config, self.device)
         self.precision.prepare_model(self.model)
@@ -66,7 +68,8 @@ class TorchClassifier:
         self._transform = transforms.eval_transform(args["augment"], self.img_size, norm["mean"], norm["std"])
         self._view = transforms.eval_transform(args["augment"], self.img_size, [0, 0, 0], [1, 1, 1])
         self.heatmap_method = heatmap_method
-        self.target_layer = heatmap.find_target_layer(self.model, self.architecture)
+        self.target_layer = (metadata.target_layer(self.model, self.architecture) if self.metadata
+                             else heatmap.find_target_layer(self.model, self.architecture))
         self._lock = threading.Lock()
 
     def describe(self):
@@ -88,28 +91,58 @@ class TorchClassifier:
 
         return torch.stack([self._transform(self._pixels(img)) for img in images]).to(self.device)
 
-    def predict_proba(self, images):
+    def encode_metadata(self, rows, count):
+        """(N, width) float32 tensor of the images' metadata rows (dicts column -> text) by the
+        run's encoder; None for an image-only run."""
+        import pandas as pd
         import torch
 
-        from medclf.engine import probabilities_from_logits
+        from medclf import metadata
+
+        if self.metadata is None:
+            return None
+        names = [spec["name"] for spec in self.metadata["columns"]]
+        rows = list(rows or [])
+        if len(rows) != count:
+            raise MedclfError(f"{self.run_dir}: trained with --metadata-features {','.join(names)}; give one "
+                              f"metadata row per image ({count} images, {len(rows)} rows)")
+        # a column some row lacks is absent, as in a splits file without it: encode refuses it by name
+        present = [n for n in names if all(n in row for row in rows)]
+        frame = pd.DataFrame([{n: row[n] for n in present} for row in rows], columns=present)
+        return torch.from_numpy(metadata.encode(self.metadata, frame, "metadata rows", self.run_dir))
+
+    def predict_proba(self, images, rows=None):
+        import torch
+
+        from medclf.engine import forward, probabilities_from_logits
 
         if not images:
             return np.zeros((0, len(self.class_names)))
-        batch = self._batch(images)
+        features = self.encode_metadata(rows, len(images))
+        inputs = self._batch(images) if features is None else [self._batch(images), features]
         with self._lock, torch.inference_mode(), self.precision.autocast():
-            logits = self.model(self.precision.to_device(batch)).float().cpu()
+            logits = forward(self.model, self.precision.to_device(inputs)).float().cpu()
         return probabilities_from_logits(logits).numpy()
 
-    def heatmaps(self, images, targets):
+    def heatmaps(self, images, targets, rows=None):
+        """Grad-CAM as `medclf explain` computes it: a metadata run's image i is explained with its
+        own row held fixed (medclf.metadata.BoundMetadata), one image at a time."""
         import torch
 
-        from medclf import heatmap
+        from medclf import heatmap, metadata
 
         if not images:
             return np.zeros((0, self.img_size, self.img_size, 3), np.uint8), np.zeros((0, self.img_size, self.img_size))
+        features = self.encode_metadata(rows, len(images))
         pixels = [self._pixels(img) for img in images]
         views = torch.stack([self._view(p) for p in pixels]).permute(0, 2, 3, 1).numpy()
         batch = torch.stack([self._transform(p) for p in pixels]).to(self.device)
         with self._lock:
-            maps = heatmap.heatmaps(self.model, batch, list(targets), self.heatmap_method, self.target_layer)
+            if features is None:
+                maps = heatmap.heatmaps(self.model, batch, list(targets), self.heatmap_method, self.target_layer)
+            else:
+                maps = np.concatenate([heatmap.heatmaps(metadata.BoundMetadata(self.model, row).to(self.device),
+                                                        batch[i:i + 1], [int(targets[i])], self.heatmap_method,
+                                                        self.target_layer)
+                                       for i, row in enumerate(features)])
         return (views * 255).round().astype(np.uint8), maps

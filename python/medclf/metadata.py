@@ -226,3 +226,21 @@ def image_only_models(model, config, table, rel_paths):
     frame = table.frame.set_index("path").loc[list(rel_paths)].reset_index()
     rows = encode(encoder, frame, table.source)
     return [BoundMetadata(model, row) for row in rows]
+
+
+def read_as(encoder, row):
+    """How the encoder reads one row (dict column -> value): per column the number, the category, or
+    MISSING_LEVEL (a missing value, a category train never had, or a numeric column's non-number),
+    decoded from `encode`'s own output so that it shows exactly what the model received."""
+    import pandas as pd
+
+    vector = encode(encoder, pd.DataFrame([row]))[0]
+    out, start = {}, 0
+    for spec in encoder["columns"]:
+        part = vector[start:start + len(spec["features"])]
+        start += len(spec["features"])
+        if spec["kind"] == "numeric":
+            out[spec["name"]] = MISSING_LEVEL if part[1] else float(f"{part[0] * spec['std'] + spec['mean']:.6g}")
+        else:
+            out[spec["name"]] = (spec["levels"] + [MISSING_LEVEL])[int(part.argmax())]
+    return out

@@ -8,6 +8,12 @@ specificity from results_<split>[_<tag>].json) and a Grad-CAM overlay (PyTorch m
 GET / is the page (web/index.html, app.js, style.css: nothing loaded from outside), GET /api/model
 describes the model, /docs is Swagger UI served from local files (the fastapi-offline package's
 copy), /openapi.json the schema. Uploads are checked by medclf.uploads. See docs/serve.md.
+
+A run trained with --metadata-features takes its columns as form fields beside `files`, named as
+in config.json's "metadata": one value for every image of the request, or one per file in the
+files' order. An empty value is missing and a category train never had is read as missing, as
+`medclf test` reads a splits.csv cell (the run's own encoder, medclf.metadata.encode); a column
+not sent at all is refused by name (422), as `medclf test` refuses a splits file without it.
 """
 
 import base64
@@ -95,6 +101,38 @@ def load_operating_point(run_dir, classes, results=None):
     return found[0] if found else None
 
 
+# ------------------------------------------------------------------------------------ metadata
+
+def metadata_inputs(encoder):
+    """The columns a metadata run needs, for /api/model and the page: name, kind and, for a
+    categorical column, the categories seen in training (anything else is read as missing)."""
+    if not encoder:
+        return []
+    return [{"name": spec["name"], "kind": spec["kind"],
+             "categories": list(spec["levels"]) if spec["kind"] == "categorical" else None}
+            for spec in encoder["columns"]]
+
+
+def metadata_rows(encoder, fields, n_files, run=None):
+    """One dict column -> value per file from the form's `fields` (column -> list of values, None when
+    the field was not sent); None for an image-only run. Refuses absent columns by name and value
+    counts other than 1 (every image) or one per file."""
+    if not encoder:
+        return None
+    names = [spec["name"] for spec in encoder["columns"]]
+    absent = [n for n in names if fields.get(n) is None]
+    if absent:
+        trained = f"the run {run} was" if run else "the model was"
+        raise MedclfError(f"form field(s) {', '.join(absent)} missing; {trained} trained with --metadata-features "
+                          f"{','.join(names)}, so every prediction needs them: send each as a form field beside "
+                          "'files' (an empty value is allowed and encoded as missing)")
+    for name in names:
+        if len(fields[name]) not in (1, n_files):
+            raise MedclfError(f"form field {name}: {len(fields[name])} values for {n_files} files; send one value "
+                              "(for every image) or one per file, in the files' order")
+    return [{n: fields[n][0 if len(fields[n]) == 1 else i] for n in names} for i in range(n_files)]
+
+
 # ------------------------------------------------------------------------------------ one request
 
 def _png_data_url(rgb01):
@@ -112,47 +150,64 @@ def _operating_point(source, probabilities, classes):
     return dict(source, probability=p, at_or_above_threshold=bool(p >= source["threshold"]))
 
 
-def _heatmaps(classifier, images, predicted, classes):
+def _predict(classifier, images, rows):
+    """(probabilities, heat maps) of the images that passed the gate; `rows` their metadata or None."""
+    extra = () if rows is None else (rows,)
+    probabilities = np.asarray(classifier.predict_proba(images, *extra), dtype=np.float64)
+    predicted = [int(k) for k in probabilities.argmax(axis=1)]
+    if not isinstance(classifier, HeatmapClassifier):
+        return probabilities, predicted, [None] * len(images)
     from medclf.explain import overlay
 
-    views, maps = classifier.heatmaps(images, predicted)
-    return [{"method": classifier.heatmap_method, "target_class": classes[t], "overlay_png": _png_data_url(overlay(v, m))}
+    classes = list(classifier.class_names)
+    views, maps = classifier.heatmaps(images, predicted, *extra)
+    heat = [{"method": classifier.heatmap_method, "target_class": classes[t], "overlay_png": _png_data_url(overlay(v, m))}
             for v, m, t in zip(views, maps, predicted)]
+    return probabilities, predicted, heat
 
 
-def analyse(classifier, gate, operating_point, uploads):
+def _metadata_echo(encoder, row):
+    """Each column's value as sent and as the run's encoder reads it (a number, a category or missing)."""
+    from medclf.metadata import read_as
+
+    read = read_as(encoder, row)
+    return {name: {"value": None if row[name] is None else str(row[name]), "read_as": read[name]} for name in row}
+
+
+def analyse(classifier, gate, operating_point, uploads, rows=None):
     """One entry per (name, PIL image): gate verdict, then probabilities, operating point and heat map
-    for the images that passed (one batch)."""
+    for the images that passed (one batch). `rows`: one metadata row per upload for a metadata run."""
     from medclf import quality
 
     classes = list(classifier.class_names)
+    encoder = getattr(classifier, "metadata", None)
     entries = []
-    for name, img in uploads:
+    for k, (name, img) in enumerate(uploads):
         verdict = quality.gate_verdict(quality.measure_image(img), gate["rules"])
         reasons = [] if verdict == "passed" else verdict.removeprefix("rejected: ").split("; ")
         entries.append({"name": name, "width": img.width, "height": img.height,
                         "quality": {"verdict": "passed" if not reasons else "rejected", "reasons": reasons},
+                        "metadata": _metadata_echo(encoder, rows[k]) if encoder and rows else None,
                         "probabilities": None, "predicted_class": None, "operating_point": None, "heatmap": None})
     passed = [i for i, e in enumerate(entries) if not e["quality"]["reasons"]]
     if not passed:
         return entries
-    images = [uploads[i][1] for i in passed]
-    probabilities = np.asarray(classifier.predict_proba(images), dtype=np.float64)
-    predicted = [int(k) for k in probabilities.argmax(axis=1)]
-    maps = (_heatmaps(classifier, images, predicted, classes) if isinstance(classifier, HeatmapClassifier)
-            else [None] * len(passed))
+    probabilities, predicted, maps = _predict(classifier, [uploads[i][1] for i in passed],
+                                              None if rows is None else [rows[i] for i in passed])
     for i, p, k, heat in zip(passed, probabilities, predicted, maps):
         entries[i].update(probabilities=[float(x) for x in p], predicted_class=classes[k],
                           operating_point=_operating_point(operating_point, p, classes), heatmap=heat)
     return entries
 
 
-def analyse_upload(classifier, gate, operating_point, name, data, max_pixels):
-    """`analyse` of one uploaded file's bytes (checked by medclf.uploads.read_upload), on IMAGE_WORKER."""
+def analyse_upload(classifier, gate, operating_point, name, data, max_pixels, row=None):
+    """`analyse` of one uploaded file's bytes (checked by medclf.uploads.read_upload) and its metadata
+    row (None for an image-only run), on IMAGE_WORKER."""
     from medclf.uploads import read_upload
 
     def work():
-        return analyse(classifier, gate, operating_point, [(name, read_upload(data, name, max_pixels))])[0]
+        rows = None if row is None else [row]
+        return analyse(classifier, gate, operating_point, [(name, read_upload(data, name, max_pixels))], rows)[0]
 
     return IMAGE_WORKER.submit(work).result()
 
@@ -174,7 +229,12 @@ def load_classifier(run_dir=None, onnx=None, device="cpu"):
     if run_dir is not None:
         from medclf.run_config import read_run_config
 
-        classes = [str(c) for c in read_run_config(Path(run_dir) / "config.json")["classes"]]
+        config = read_run_config(Path(run_dir) / "config.json")
+        if config.get("metadata"):
+            raise MedclfError(f"{onnx}: {run_dir} was trained with --metadata-features, and an ONNX export takes "
+                              "images only (medclf export refuses such runs), so this file is not that run's "
+                              f"model; serve the run itself: medclf serve --run {run_dir}")
+        classes = [str(c) for c in config["classes"]]
         if list(classifier.class_names) != classes:
             raise MedclfError(f"{onnx}: classes {list(classifier.class_names)} differ from {run_dir}'s {classes}; "
                               "serve the ONNX file with the run it was exported from")

@@ -1,11 +1,14 @@
 """The FastAPI application of `medclf serve` (the logic per image is in medclf.serve, upload checks in
 medclf.uploads). `create_app(classifier, gate, gate_source, operating_point, limits)` builds it around an already
-loaded classifier, so tests can hand it any `medclf.inference.Classifier`."""
+loaded classifier, so tests can hand it any `medclf.inference.Classifier`. A metadata run's
+columns become optional form fields of POST /api/predict (`predict_signature`), so /docs and
+/openapi.json list them; an absent one is refused by medclf.serve.metadata_rows, by name."""
 
+import inspect
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 from pydantic import BaseModel, Field
 
@@ -57,11 +60,24 @@ class Heatmap(BaseModel):
     overlay_png: str = Field(description="data: URL of a PNG, the model's input crop with the map over it")
 
 
+class MetadataValue(BaseModel):
+    value: Optional[str] = Field(description="the value as sent")
+    read_as: Union[float, str] = Field(description="what the run's encoder made of it: the number, the category, or "
+                                                   "'missing' (empty, a missing token, a category train never had)")
+
+
+class MetadataColumn(BaseModel):
+    name: str = Field(description="the form field's name (the splits.csv column)")
+    kind: str = Field(description="numeric or categorical")
+    categories: Optional[list[str]] = Field(None, description="categorical: the categories seen in training")
+
+
 class ImageResult(BaseModel):
     name: str
     width: int
     height: int
     quality: Quality
+    metadata: Optional[dict[str, MetadataValue]] = Field(None, description="a metadata run: each column's value")
     probabilities: Optional[list[float]] = Field(None, description="in `classes` order; null when rejected")
     predicted_class: Optional[str] = None
     operating_point: Optional[OperatingPoint] = None
@@ -84,6 +100,8 @@ class ModelInfo(BaseModel):
     notice: str
     model: dict
     classes: list[str]
+    metadata: list[MetadataColumn] = Field(description="form fields POST /api/predict needs beside `files` (a run "
+                                                       "trained with --metadata-features); empty for an image-only run")
     quality_gate: dict
     operating_point: Optional[dict] = None
     heatmaps: bool
@@ -133,6 +151,7 @@ def _model_info(classifier, gate_source, gate, operating_point, limits):
     describe = getattr(classifier, "describe", lambda: {"classes": list(classifier.class_names)})
     explains = isinstance(classifier, HeatmapClassifier)
     return {"notice": serve.NOTICE, "model": describe(), "classes": list(classifier.class_names),
+            "metadata": serve.metadata_inputs(getattr(classifier, "metadata", None)),
             "quality_gate": {"source": gate_source, "preset": gate.get("preset"), "rules": gate["rules"]},
             "operating_point": operating_point, "heatmaps": explains,
             "heatmap_note": None if explains else serve.NO_HEATMAP_NOTE,
@@ -158,8 +177,30 @@ def _add_docs(app):
                                    swagger_ui_parameters={"validatorUrl": None})
 
 
+def predict_signature(columns):
+    """The parameters of POST /api/predict: `files`, then one optional form field per metadata column,
+    aliased to the column's name (any text; the Python names are metadata_<i>). A list, so that an
+    empty value stays distinguishable from a field not sent, and one value per file is possible."""
+    from fastapi import File, Form, UploadFile
+
+    files = inspect.Parameter("files", inspect.Parameter.KEYWORD_ONLY, annotation=list[UploadFile],
+                              default=File(..., description="one or several images (JPEG, PNG, BMP, TIFF, GIF, WebP "
+                                                            "or DICOM); the format is read from the content"))
+    fields = [inspect.Parameter(f"metadata_{i}", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[list[str]],
+                                default=Form(None, alias=column["name"], description=_field_help(column)))
+              for i, column in enumerate(columns)]
+    return inspect.Signature([files, *fields])
+
+
+def _field_help(column):
+    kind = ("numeric" if column["kind"] == "numeric"
+            else f"categorical: {', '.join(column['categories']) or 'no category in training'}")
+    return (f"metadata column {column['name']} ({kind}); required: one value for every image or one per file; "
+            "empty = missing, an unknown category is read as missing")
+
+
 def create_app(classifier, gate, gate_source, operating_point=None, limits=Limits()):
-    from fastapi import FastAPI, File, UploadFile
+    from fastapi import FastAPI
     from fastapi.responses import FileResponse
     from fastapi.staticfiles import StaticFiles
 
@@ -170,6 +211,8 @@ def create_app(classifier, gate, gate_source, operating_point=None, limits=Limit
     _add_error_handlers(app)
     _add_docs(app)
     app.mount("/static/page", StaticFiles(directory=serve.WEB_DIR), name="page")
+    encoder = getattr(classifier, "metadata", None)
+    keys = {f"metadata_{i}": column["name"] for i, column in enumerate(info["metadata"])}
 
     @app.get("/", include_in_schema=False)
     def page():
@@ -180,18 +223,22 @@ def create_app(classifier, gate, gate_source, operating_point=None, limits=Limit
         """The model, its classes, the quality gate, the operating point and the server's limits."""
         return info
 
-    @app.post("/api/predict", response_model=PredictResponse, responses=errors, response_model_by_alias=True)
-    def predict(files: list[UploadFile] = File(..., description="one or several images (JPEG, PNG, BMP, TIFF, "
-                                                                "GIF, WebP or DICOM); the format is read from the content")):
-        """Quality gate, class probabilities, operating point and heat map for each uploaded image."""
+    def predict(files, **fields):
+        """Quality gate, class probabilities, operating point and heat map for each uploaded image; a run
+        trained with --metadata-features also needs its columns as form fields (see /api/model)."""
         if len(files) > limits.max_files:
             raise UploadError(422, f"{len(files)} files in one request; this server takes at most {limits.max_files} "
                                    "(medclf serve --max-files)")
+        rows = serve.metadata_rows(encoder, {column: fields[key] for key, column in keys.items()}, len(files),
+                                   info["model"].get("run"))
         images = [serve.analyse_upload(classifier, gate, operating_point, clean_name(f.filename), f.file.read(),
-                                       limits.max_pixels) for f in files]
+                                       limits.max_pixels, None if rows is None else rows[i])
+                  for i, f in enumerate(files)]
         return {"schema": schemas.SERVE_RESPONSE, "notice": serve.NOTICE, "classes": list(classifier.class_names),
                 "heatmap_note": info["heatmap_note"], "images": images}
 
+    predict.__signature__ = predict_signature(info["metadata"])  # read by FastAPI when the route is added
+    app.post("/api/predict", response_model=PredictResponse, responses=errors, response_model_by_alias=True)(predict)
     app.add_middleware(BodySizeLimit, max_bytes=limits.max_upload_bytes)
     app.add_middleware(SecurityHeaders)
     return app

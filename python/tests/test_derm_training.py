@@ -290,15 +290,6 @@ def test_explain_holds_each_images_metadata(fused_run):
     assert [s["randomised"][-1] for s in summary["sanity_check"]["stages"]] == ["head", "metadata_branch", "backbone"]
 
 
-def test_the_app_refuses_a_metadata_run_naming_its_columns(fused_run):
-    """medclf serve takes images only: a fused run is refused when loaded, not with a shape error
-    on the first request."""
-    from medclf.inference import TorchClassifier
-
-    with pytest.raises(MedclfError, match="age, sex, localization.*without --metadata-features"):
-        TorchClassifier(fused_run["run"])
-
-
 def test_tta_keeps_a_metadata_runs_columns(fused_run):
     """--tta views transform the images and pass each image's metadata row unchanged."""
     from medclf.predict import run_test

@@ -229,6 +229,7 @@ def test_page_docs_and_schema_are_served_from_this_server_only(client, run_dir):
     assert "/api/predict" in schema["paths"] and "413" in schema["paths"]["/api/predict"]["post"]["responses"]
     info = client.get("/api/model").json()
     assert info["model"]["backend"] == "torch" and info["heatmaps"] and info["operating_point"]["name"] == "malignant"
+    assert info["metadata"] == []  # an image-only run: the page shows no metadata inputs
 
 
 def write_results(path, split, source, members=None, positive="malignant", task="binary"):
@@ -344,6 +345,7 @@ def test_the_page_in_chromium_shows_probabilities_and_heat_map_then_an_error(ser
         page.on("request", lambda r: requested.append(r.url))
         page.goto(server + "/")
         page.wait_for_function("document.getElementById('model').textContent.startsWith('Model:')")
+        assert page.locator("#metadata").is_hidden()  # an image-only run: no metadata inputs
         page.set_input_files("#files", str(image))
         page.click("#submit")
         page.wait_for_selector("table.probabilities", timeout=60_000)

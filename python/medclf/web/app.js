@@ -41,6 +41,13 @@ function operatingPointText(op) {
     " [" + op.report + "].";
 }
 
+function metadataText(metadata) {
+  // what the run's encoder made of each value: a value it could not place is read as missing
+  const parts = Object.entries(metadata).map(([name, v]) => name + " " + v.read_as +
+    (v.read_as === "missing" && v.value ? " (sent " + JSON.stringify(v.value) + ")" : ""));
+  return "Metadata as the model read it: " + parts.join(", ") + ".";
+}
+
 function imageCard(entry, classes, heatmapNote) {
   const rejected = entry.quality.verdict !== "passed";
   const card = el("article", { class: "card" + (rejected ? " rejected" : "") }, [
@@ -53,6 +60,7 @@ function imageCard(entry, classes, heatmapNote) {
     return card;
   }
   const left = el("div", {}, [probabilityTable(classes, entry.probabilities, entry.predicted_class)]);
+  if (entry.metadata) left.appendChild(el("p", { class: "metadata-used", text: metadataText(entry.metadata) }));
   if (entry.operating_point) left.appendChild(el("p", { class: "operating-point", text: operatingPointText(entry.operating_point) }));
   const right = el("div", {});
   if (entry.heatmap) {
@@ -80,6 +88,8 @@ async function submitImages(event) {
   if (!files.length) { showError("Choose one or more images first."); return; }
   const form = new FormData();
   for (const file of files) form.append("files", file, file.name);
+  // a metadata run's columns: one value for every image of this upload ("" = missing)
+  for (const input of document.querySelectorAll("#metadata [name]")) form.append(input.name, input.value);
   document.getElementById("status").textContent = "Analysing " + files.length + " image(s)...";
   try {
     const response = await fetch("/api/predict", { method: "POST", body: form });
@@ -94,6 +104,28 @@ async function submitImages(event) {
   }
 }
 
+function metadataInput(column, k) {
+  const id = "metadata-" + k;
+  let input;
+  if (column.kind === "numeric") {
+    input = el("input", { type: "number", step: "any", id: id, name: column.name, placeholder: "empty = unknown" });
+  } else {
+    const options = [el("option", { value: "", text: "unknown" })];
+    for (const category of column.categories) options.push(el("option", { value: category, text: category }));
+    input = el("select", { id: id, name: column.name }, options);
+  }
+  return el("div", { class: "metadata-field" }, [el("label", { for: id, text: column.name }), input]);
+}
+
+function showMetadataInputs(columns) {
+  // a run trained with --metadata-features needs its columns with every image; an image-only run gets none
+  const box = document.getElementById("metadata");
+  if (!columns || !columns.length) return;
+  box.replaceChildren(el("legend", { text: "Metadata the model was trained with (leave unknown when not known; " +
+    "the same values go with every image of this upload)" }), ...columns.map(metadataInput));
+  box.hidden = false;
+}
+
 async function describeModel() {
   const response = await fetch("/api/model");
   const info = await response.json();
@@ -102,7 +134,9 @@ async function describeModel() {
     " classes (" + info.classes.join(", ") + "). Quality gate: " + info.quality_gate.source + ".";
   if (info.operating_point) text += " Operating point: " + info.operating_point.name + " from " + info.operating_point.report + ".";
   if (info.heatmap_note) text += " " + info.heatmap_note + ".";
+  if (info.metadata && info.metadata.length) text += " Metadata: " + info.metadata.map((c) => c.name).join(", ") + ".";
   document.getElementById("model").textContent = text;
+  showMetadataInputs(info.metadata);
 }
 
 document.addEventListener("DOMContentLoaded", () => {
