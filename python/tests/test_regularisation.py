@@ -74,6 +74,26 @@ def test_mixup_blends_the_pair_and_mixes_the_loss_with_lambda():
     assert mixing.dominant_labels(LABELS, mixed.labels_b, 1 / 4).tolist() == [1, 0]
 
 
+@pytest.mark.parametrize("lam", [1 / 4, 3 / 4])
+def test_training_metrics_of_a_mixed_batch_score_the_dominant_label(lam):
+    from medclf.engine import train_one_epoch
+
+    # Images 4 and 8 mixed with each other; the model predicts class 1 exactly when its input is above 6.
+    # lam 1/4: inputs [7, 5] -> predictions [1, 0] = y_b; lam 3/4: inputs [5, 7] -> [0, 1] = y_a. Accuracy 1 both times.
+    model = nn.Sequential(nn.Flatten(), nn.Linear(1, 2))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.tensor([[-1.0], [1.0]]))
+        model[1].bias.copy_(torch.tensor([6.0, -6.0]))
+    batches = [(torch.tensor([[[[4.0]]], [[[8.0]]]]), LABELS)]
+
+    def mixer(images, labels):
+        return mixing.mix(images, labels, "mixup", lam, SWAP)
+
+    metrics = train_one_epoch(model, nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.0), batches,
+                              mixer=mixer)
+    assert metrics["accuracy"] == 1.0
+
+
 @pytest.mark.parametrize("centre, box, lam", [((1, 1), (0, 2, 0, 2), 3 / 4), ((0, 0), (0, 1, 0, 1), 15 / 16),
                                               ((3, 2), (2, 4, 1, 3), 3 / 4)])
 def test_cutmix_box_and_its_area_corrected_lambda(centre, box, lam):
