@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from medclf import mixing
 from medclf.metrics import balanced_accuracy, roc_auc_ovr_macro
 from medclf.precision import Precision
 
@@ -43,20 +44,27 @@ def forward(model, inputs):
 
 
 def train_one_epoch(model, criterion, optimizer, loader, precision=FP32_CPU, scheduler=None, scaler=None,
-                    progress=None, gather=None):
+                    progress=None, gather=None, mixer=None):
     """Train for one pass over `loader`; `scheduler` (if given) is stepped after every batch;
-    `scaler` is the fp16 GradScaler (None otherwise). Returns the epoch's loss (mean per image)
-    and metrics on the training outputs (of every process: `gather(loss_sum, n, labels, logits)`
-    collects them, see medclf.distributed)."""
+    `scaler` is the fp16 GradScaler (None otherwise); `mixer` (medclf.mixing.Mixer) mixes batches
+    (mixup/cutmix; the loss is then mixed too and the metrics use the dominant label). Returns the
+    epoch's loss (mean per image) and metrics on the training outputs (of every process:
+    `gather(loss_sum, n, labels, logits)` collects them, see medclf.distributed)."""
     model.train()
     loss_sum, n = 0.0, 0
     all_logits, all_labels = [], []
     for images, labels in loader:
         images = precision.to_device(images)
         labels = labels.to(precision.device, non_blocking=True)
+        mixed = mixer(images, labels) if mixer is not None else None
         with precision.autocast():
-            logits = forward(model, images)
-            loss = criterion(logits, labels)
+            if mixed is None:
+                logits = forward(model, images)
+                loss = criterion(logits, labels)
+            else:
+                logits = forward(model, mixed.inputs)
+                loss = mixing.mixed_loss(criterion, logits, labels, mixed.labels_b, mixed.lam)
+                labels = mixing.dominant_labels(labels, mixed.labels_b, mixed.lam)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()

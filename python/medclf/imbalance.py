@@ -18,6 +18,14 @@ refused by the options that need one (`--head single-logit`, a numeric `--focal-
 A single-logit head's logit is the log-odds of classes[1], so its two probability columns
 [1 - sigmoid, sigmoid] follow the class order like a softmax head's; its loss puts pos_weight
 on the named positive, whichever index that is.
+
+Label smoothing (`--label-smoothing EPS`, the training loss only; validation and test losses are
+built with EPS = 0 so val_loss and early stopping mean the same with or without it):
+  softmax       torch's CrossEntropyLoss(label_smoothing=EPS): target (1 - EPS) on the label plus
+                EPS / K on every class; with loss-weights each class's term keeps its weight.
+  single logit  BCE against the target y * (1 - EPS) + EPS / 2 (y = 1 for the named positive);
+                pos_weight still weighs the positive side.
+  focal         refused: focal loss is defined on the true class's probability alone.
 """
 
 import math
@@ -119,17 +127,19 @@ class SingleLogitBCE(nn.Module):
     """BCEWithLogits for a (N, 1) head (the log-odds of class index 1) against integer labels
     0/1, with the positive side of the loss being class `positive_index` (pos_weight weighs it)."""
 
-    def __init__(self, pos_weight=None, positive_index=1):
+    def __init__(self, pos_weight=None, positive_index=1, label_smoothing=0.0):
         super().__init__()
         self.register_buffer("pos_weight", None if pos_weight is None else torch.tensor(float(pos_weight)))
         self.positive_index = int(positive_index)
+        self.label_smoothing = float(label_smoothing)
 
     def forward(self, logits, targets):
         logits = logits.reshape(-1).float()
         # log-odds of the positive class: the head's logit, negated when the positive is class 0.
         positive_logits = logits if self.positive_index == 1 else -logits
         is_positive = (targets.long() == self.positive_index).float()
-        return F.binary_cross_entropy_with_logits(positive_logits, is_positive, pos_weight=self.pos_weight)
+        target = is_positive * (1 - self.label_smoothing) + self.label_smoothing / 2
+        return F.binary_cross_entropy_with_logits(positive_logits, target, pos_weight=self.pos_weight)
 
 
 def _alpha(focal_alpha, train_labels, n_classes, positive):
@@ -151,13 +161,25 @@ def _alpha(focal_alpha, train_labels, n_classes, positive):
     return a
 
 
+def check_label_smoothing(label_smoothing, balance):
+    """--label-smoothing: a number in [0, 1), and not with focal loss (see the module docstring)."""
+    if not 0 <= label_smoothing < 1:
+        raise MedclfError(f"--label-smoothing {label_smoothing}: give a number from 0 (off) up to below 1, e.g. 0.1")
+    if label_smoothing > 0 and balance == "focal":
+        raise MedclfError(f"--label-smoothing {label_smoothing} with --balance focal: focal loss is defined on the "
+                          "true class's probability alone; use --balance loss-weights or sampler with smoothing, or "
+                          "drop --label-smoothing")
+
+
 def build_criterion(balance, train_labels, n_classes, single_logit=False, focal_gamma=2.0, focal_alpha=None,
-                    classes=None, positive=None, source="splits"):
-    """The training loss for a --balance mode, with every weight computed from `train_labels`.
-    `classes` and `positive` (the study's named positive class) are needed by the options that
-    weigh the positive class; `source` names the splits file in the refusal."""
+                    classes=None, positive=None, source="splits", label_smoothing=0.0):
+    """The loss for a --balance mode, with every weight computed from `train_labels`, smoothed by
+    `label_smoothing` (the training loss; evaluation uses 0). `classes` and `positive` (the study's
+    named positive class) are needed by the options that weigh the positive class; `source` names
+    the splits file in the refusal."""
     if balance not in MODES:
         raise MedclfError(f"--balance {balance}: use one of {', '.join(MODES)}")
+    check_label_smoothing(label_smoothing, balance)
     if single_logit and n_classes != 2:
         raise MedclfError(f"--head single-logit needs exactly 2 classes (found {n_classes}); use --head softmax")
 
@@ -172,6 +194,8 @@ def build_criterion(balance, train_labels, n_classes, single_logit=False, focal_
         weights = class_weights(train_labels, n_classes)
         if single_logit:
             counts = class_counts(train_labels, n_classes)
-            return SingleLogitBCE(pos_weight=counts[1 - k] / counts[k], positive_index=k)
-        return nn.CrossEntropyLoss(weight=torch.as_tensor(weights, dtype=torch.float32))
-    return SingleLogitBCE(positive_index=k) if single_logit else nn.CrossEntropyLoss()
+            return SingleLogitBCE(counts[1 - k] / counts[k], k, label_smoothing)
+        return nn.CrossEntropyLoss(weight=torch.as_tensor(weights, dtype=torch.float32), label_smoothing=label_smoothing)
+    if single_logit:
+        return SingleLogitBCE(positive_index=k, label_smoothing=label_smoothing)
+    return nn.CrossEntropyLoss(label_smoothing=label_smoothing)

@@ -32,6 +32,7 @@ import torch
 
 from medclf import data as data_mod
 from medclf import device_data, distributed, imbalance, metadata, models, schemas, transforms
+from medclf import mixing
 from medclf.early_stopping import MONITOR_MODES, EarlyStopping
 from medclf.engine import evaluate, train_one_epoch
 from medclf.errors import MedclfError
@@ -53,6 +54,7 @@ DEFAULTS = {
     "focal_gamma": 2.0, "focal_alpha": None, "head": "softmax", "workers": "auto", "cache": "auto",
     "threads": None, "progress": True, "cache_dir": None, "cache_workers": "auto", "sync_bn": False,
     "metadata_features": None, "allow_feature": None, "lr_backbone": None, "lr_metadata": None, "lr_head": None,
+    "label_smoothing": 0.0, "mixup_alpha": 0.0, "cutmix_alpha": 0.0, "mix_prob": 1.0,
 }
 # Arguments that may differ on --resume without changing the run's results.
 _RESUME_FREE = {"resume", "progress", "tensorboard", "cache", "cache_dir", "cache_workers", "device", "out",
@@ -283,6 +285,8 @@ def resolve_config(config):
     arch = models.canonical_name(cfg["arch"])
     models.check_weights(cfg["weights"], arch)
     transforms.check_preset(cfg["augment"])
+    imbalance.check_label_smoothing(cfg["label_smoothing"], cfg["balance"])
+    mixing.check_options(cfg["mixup_alpha"], cfg["cutmix_alpha"], cfg["mix_prob"])
     cfg["workers"] = resolve_workers(cfg["workers"], cfg["augment"])
     data_mod.resolve_cache_workers(cfg["cache_workers"])
     distributed.check_sync_bn(cfg["sync_bn"], cfg["device"])
@@ -506,6 +510,8 @@ class Trainer:
     writer: object = None
     world: distributed.World = distributed.World()
     net: object = None  # what trains: the model, or its DistributedDataParallel wrapper
+    train_criterion: object = None  # the training loss (label smoothing); `criterion` scores val
+    mixer: object = None  # medclf.mixing.Mixer of --mixup-alpha/--cutmix-alpha, or None
 
     @property
     def device(self):
@@ -524,9 +530,11 @@ def build_trainer(cfg, run_dir, precision, data, model, model_info, world=distri
     if cfg["sync_bn"]:
         model = distributed.sync_batchnorm(model)
     single_logit = cfg["head"] == "single-logit"
-    criterion = imbalance.build_criterion(cfg["balance"], data.train_labels, n_classes, single_logit,
-                                          cfg["focal_gamma"], cfg["focal_alpha"], data.classes,
-                                          data.table.positive_class, data.table.source).to(device)
+    criterion, train_criterion = (
+        imbalance.build_criterion(cfg["balance"], data.train_labels, n_classes, single_logit, cfg["focal_gamma"],
+                                  cfg["focal_alpha"], data.classes, data.table.positive_class, data.table.source,
+                                  label_smoothing=eps).to(device)
+        for eps in (0.0, cfg["label_smoothing"]))
     precision.prepare_model(model)
     if cfg["freeze_backbone"]:
         models.set_backbone_trainable(model, False)
@@ -538,7 +546,8 @@ def build_trainer(cfg, run_dir, precision, data, model, model_info, world=distri
     scaler = precision.grad_scaler()
     stopper = EarlyStopping(cfg["patience"], MONITOR_MODES[cfg["monitor"]], cfg["min_delta"])
     return Trainer(cfg, run_dir, precision, data, model, model_info, criterion, optimizer, scheduler, per_batch,
-                   scaler, stopper, history=[], world=world, net=distributed.wrap_model(model, world))
+                   scaler, stopper, history=[], world=world, net=distributed.wrap_model(model, world),
+                   train_criterion=train_criterion, mixer=mixing.build_mixer(cfg))
 
 
 def config_record(trainer, split_binding):
@@ -691,9 +700,9 @@ def run_epoch(trainer, epoch):
                desc=f"epoch {epoch}/{cfg['epochs']}", unit="img", disable=not (cfg["progress"] and world.is_main),
                leave=False)
     gather_train, gather_val = distributed.epoch_gatherers(world, len(data.val_loader.dataset))
-    train_m = train_one_epoch(trainer.net, trainer.criterion, trainer.optimizer, data.train_loader, trainer.precision,
-                              trainer.scheduler if trainer.per_batch else None, trainer.scaler, bar,
-                              gather=gather_train)
+    train_m = train_one_epoch(trainer.net, trainer.train_criterion, trainer.optimizer, data.train_loader,
+                              trainer.precision, trainer.scheduler if trainer.per_batch else None, trainer.scaler,
+                              bar, gather=gather_train, mixer=trainer.mixer)
     bar.close()
     distributed.share_buffers(world, trainer.model)  # every rank validates rank 0's BatchNorm statistics
     val_m = evaluate(trainer.model, trainer.criterion, data.val_loader, trainer.precision, gather=gather_val)

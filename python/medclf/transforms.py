@@ -19,6 +19,12 @@ Steps composed onto a preset with `+` (`--augment flips+hair`), applied first, o
 image, before the preset's own draws (hair then turns and crops with the lesion):
   hair      0-6 dark curved strands of random colour, width and opacity (medclf.hair; reproducible
             per seed, epoch and image); train only, like every augmentation
+The policy steps come last, after the preset's flips and crop, on the final img_size uint8 image
+(as in torchvision's references/classification presets: crop, flip, then the policy), so their
+rotations and shears fill at the final borders and their colour operations see what the model sees:
+  trivialaugment  torchvision TrivialAugmentWide: one random operation at a random strength per image
+  randaugment     torchvision RandAugment: 2 random operations at magnitude 9 (of 31) per image
+Both draw from torch's RNG like the presets; train only. `flips+trivialaugment` = flips, then the policy.
 Alias: lesion-hair = lesion+hair (the attention-guided-cropping seed's DrawHair with its pipeline).
 """
 
@@ -29,7 +35,8 @@ from torchvision.transforms import v2
 from medclf.errors import MedclfError
 
 PRESETS = ("none", "flip", "flips", "standard", "lesion")
-STEPS = ("hair",)
+STEPS = ("hair", "trivialaugment", "randaugment")
+_POLICY_STEPS = ("trivialaugment", "randaugment")  # applied after the preset (see the docstring)
 SPEC_ALIASES = {"lesion-hair": "lesion+hair"}
 _CROP_PRESETS = {"standard", "lesion"}
 SEED_RESIZE_RATIO = 256 / 224
@@ -66,9 +73,16 @@ def check_preset(preset):
 
 
 def _steps(steps):
+    """The steps applied before the preset's draws (on the cached image)."""
     from medclf.hair import RandomHair
 
     return [RandomHair() for name in steps if name == "hair"]
+
+
+def _policy_steps(steps):
+    """The augmentation policies, applied after the preset's draws, in the order written."""
+    policies = {"trivialaugment": v2.TrivialAugmentWide, "randaugment": v2.RandAugment}
+    return [policies[name](interpolation=InterpolationMode.BILINEAR) for name in steps if name in _POLICY_STEPS]
 
 
 class RandomRGBShift(torch.nn.Module):
@@ -134,7 +148,7 @@ def train_transform(spec, img_size, mean, std):
     augmentations = _steps(steps) + _augmentations(preset, img_size)
     if preset not in _CROP_PRESETS and cache_side(preset, img_size) != img_size:  # pragma: no cover
         augmentations.append(v2.CenterCrop(img_size))
-    return v2.Compose(augmentations + _normalise(mean, std))
+    return v2.Compose(augmentations + _policy_steps(steps) + _normalise(mean, std))
 
 
 def eval_transform(spec, img_size, mean, std):

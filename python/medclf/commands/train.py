@@ -25,13 +25,24 @@ def add_arguments(parser):
     data.add_argument("--img-size", type=int, default=224, help="square input size in pixels")
     data.add_argument("--augment", default="none", metavar="PRESET[+STEP]",
                       help="augmentation of the train split: preset none|flip|flips|standard|lesion, optionally "
-                           "+hair (synthetic hair, e.g. flips+hair); lesion-hair = lesion+hair "
+                           "+hair (synthetic hair, e.g. flips+hair), +trivialaugment, +randaugment (torchvision's "
+                           "policies, e.g. flips+trivialaugment); lesion-hair = lesion+hair "
                            "(see docs/training.md, docs/derm_models.md)")
     data.add_argument("--balance", default="none", choices=["none", "sampler", "loss-weights", "focal"],
                       help="class-imbalance handling, computed from the train split only")
     data.add_argument("--focal-gamma", type=float, default=2.0, help="focal loss gamma")
     data.add_argument("--focal-alpha", default=None,
                       help="focal loss alpha: positive-class weight in (0,1) for binary studies, or `balanced`")
+    data.add_argument("--label-smoothing", type=float, default=None, metavar="EPS",
+                      help="label smoothing of the training loss (val/test loss unsmoothed); not with --balance "
+                           "focal; default 0 (off), e.g. 0.1")
+    data.add_argument("--mixup-alpha", type=float, default=None, metavar="A",
+                      help="mixup of training batches, lam ~ Beta(A, A); default 0 (off), e.g. 0.2")
+    data.add_argument("--cutmix-alpha", type=float, default=None, metavar="A",
+                      help="cutmix of training batches, box area from lam ~ Beta(A, A); default 0 (off), e.g. 1.0")
+    data.add_argument("--mix-prob", type=float, default=None, metavar="P",
+                      help="probability that a training batch is mixed (mixup or cutmix, 1/2 each when both "
+                           "alphas are above 0); default 1.0")
     data.add_argument("--cache", default="auto", choices=["auto", "memory", "disk"],
                       help="decoded-image cache: memory, or disk: a memory-mapped file shared by the processes "
                            "of a run and by later runs on the same images and size; auto = disk above 1 GiB "
