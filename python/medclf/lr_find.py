@@ -225,7 +225,7 @@ def run_lr_find(config, out, start_lr=1e-7, end_lr=10.0, steps=100):
     record = lr_find_record(cfg, precision, start_lr, end_lr, steps, rows, stopped, suggestion)
     write_text(out / "lr_find.csv", csv_text(rows))
     plot(out / "lr_find.png", rows, suggestion,
-         f"LR range test: {Path(cfg['splits']).name}, train split, {cfg['arch']} {cfg['img_size']} px, "
+         f"LR range test: {Path(cfg['splits']).parent.name}/{Path(cfg['splits']).name}, train split, {cfg['arch']} {cfg['img_size']} px, "
          f"seed {cfg['seed']}")
     write_json(out / "lr_find.json", record)
     return record
