@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from medclf import schemas
+from medclf.engine import FP32_CPU, train_one_epoch
 from medclf.errors import MedclfError
 from medclf.fileio import atomic_path, write_json, write_text
 
@@ -125,20 +126,18 @@ def endless_batches(loader):
             raise MedclfError("the train split gives no batch (fewer images than --batch-size with drop_last)")
 
 
-def range_test(model, criterion, optimizer, loader, lrs, reference_lr, precision=None, scaler=None, progress=None,
-               diverge_factor=DIVERGE_FACTOR, beta=BETA):
+def range_test(model, criterion, optimizer, loader, lrs, reference_lr, precision=FP32_CPU, scaler=None,
+               progress=None, diverge_factor=DIVERGE_FACTOR, beta=BETA):
     """Train one batch at each learning rate of `lrs` (in the units of `reference_lr`, --lr: every
     parameter group keeps its ratio to it) with medclf.engine's training step, until the smoothed
     loss exceeds `diverge_factor` times its best value or the loss is not finite.
     Returns (rows [{step, lr, loss, smoothed}], stop reason). Changes model and optimiser: see `restored`."""
-    from medclf.engine import FP32_CPU, train_one_epoch
-
     scales = [group["lr"] / reference_lr for group in optimizer.param_groups]
     smoother, best, rows = SmoothedLoss(beta), math.inf, []
     for step, (lr, batch) in enumerate(zip(lrs, endless_batches(loader)), start=1):
         for group, scale in zip(optimizer.param_groups, scales):
             group["lr"] = lr * scale
-        loss = train_one_epoch(model, criterion, optimizer, [batch], precision or FP32_CPU, scaler=scaler)["loss"]
+        loss = train_one_epoch(model, criterion, optimizer, [batch], precision, scaler=scaler)["loss"]
         smoothed = smoother.update(loss)
         rows.append({"step": step, "lr": lr, "loss": loss, "smoothed": smoothed})
         if progress is not None:
@@ -234,9 +233,8 @@ def run_lr_find(config, out, start_lr=1e-7, end_lr=10.0, steps=100):
 def lr_find_record(cfg, precision, start_lr, end_lr, steps, rows, stopped, suggestion):
     from medclf.training import git_commit, library_versions
 
-    finite = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in suggestion.items()}
     return {
-        "schema": schemas.LR_FIND, "suggestion": finite, "start_lr": start_lr, "end_lr": end_lr,
+        "schema": schemas.LR_FIND, "suggestion": suggestion, "start_lr": start_lr, "end_lr": end_lr,
         "steps": steps, "steps_run": len(rows), "stopped": stopped, "beta": BETA, "diverge_factor": DIVERGE_FACTOR,
         "arguments": {k: (str(v) if isinstance(v, Path) else v) for k, v in cfg.items()},
         "precision": precision.record(), "versions": library_versions(), "git_commit": git_commit(),

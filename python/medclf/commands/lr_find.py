@@ -16,7 +16,7 @@ DESCRIPTION = (
 )
 # train options that have no effect here: accepted (a train command line runs unchanged), not listed
 _NO_EFFECT = {"epochs", "patience", "min_delta", "monitor", "scheduler", "warmup_epochs", "warmup_fraction",
-              "run_name", "resume", "tensorboard", "nproc", "sync_bn"}
+              "run_name", "resume", "tensorboard", "nproc", "sync_bn", "ema_decay", "swa_epochs", "swa_lr"}
 
 
 def add_arguments(parser):
