@@ -195,8 +195,8 @@ def markdown_table(rows, caption):
 def caption(args, n):
     design = (f"{len(args.seeds)} seeds ({','.join(map(str, args.seeds))}) of one split, test split ({n} images), "
               "probabilities averaged over the seeds" if args.seeds else
-              f"{args.folds}-fold x {args.repeats}-repeat grouped CV, out-of-fold probabilities averaged over the repeats "
-              f"({n} images)")
+              f"{args.folds}-fold x {args.repeats}-repeat grouped CV, out-of-fold probabilities averaged over the "
+              f"repeats ({n} images)")
     return (f"{args.dataset}, ResNet-18 from scratch at {args.img_size} px, at most {args.epochs} epochs "
             f"(patience {args.patience}); {design}. 95% intervals: DeLong (AUC), MOVER-Wilson (balanced "
             f"accuracy), Clopper-Pearson (accuracy). AUC spread: mean ± SD of the AUC over the "

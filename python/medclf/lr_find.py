@@ -223,9 +223,9 @@ def run_lr_find(config, out, start_lr=1e-7, end_lr=10.0, steps=100):
     suggestion = suggest_lr([row["lr"] for row in rows], [row["smoothed"] for row in rows])
     record = lr_find_record(cfg, precision, start_lr, end_lr, steps, rows, stopped, suggestion)
     write_text(out / "lr_find.csv", csv_text(rows))
-    plot(out / "lr_find.png", rows, suggestion,
-         f"LR range test: {Path(cfg['splits']).parent.name}/{Path(cfg['splits']).name}, train split, {cfg['arch']} {cfg['img_size']} px, "
-         f"seed {cfg['seed']}")
+    splits = Path(cfg["splits"])
+    plot(out / "lr_find.png", rows, suggestion, f"LR range test: {splits.parent.name}/{splits.name}, train split, "
+                                                f"{cfg['arch']} {cfg['img_size']} px, seed {cfg['seed']}")
     write_json(out / "lr_find.json", record)
     return record
 
