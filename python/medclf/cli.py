@@ -13,15 +13,17 @@ from medclf import __version__
 from medclf.errors import MedclfError
 
 COMMANDS = ["partition", "organize", "train", "test", "report", "compare", "study", "demo", "explain", "quality",
-            "calibrate", "conformal", "serve", "ensemble", "sweep", "export", "cv", "crop", "embed", "probe"]
+            "calibrate", "conformal", "serve", "ensemble", "sweep", "export", "cv", "crop", "embed", "probe",
+            "lr-find"]
 
 
 def _available_commands():
     for name in COMMANDS:
+        module = f"medclf.commands.{name.replace('-', '_')}"  # lr-find -> commands/lr_find.py
         try:
-            yield name, importlib.import_module(f"medclf.commands.{name}")
+            yield name, importlib.import_module(module)
         except ModuleNotFoundError as exc:
-            if exc.name != f"medclf.commands.{name}":
+            if exc.name != module:
                 raise
 
 

@@ -25,3 +25,4 @@ METADATA_ENCODER = "medclf.metadata-encoder/1"  # config.json "metadata" (medclf
 CROP = "medclf.crop/1"                 # crop.json (medclf crop)
 EMBEDDINGS = "medclf.embeddings/1"     # embeddings .npz (medclf embed)
 PROBE = "medclf.probe/1"               # probe.json (medclf probe)
+LR_FIND = "medclf.lr-find/1"            # lr_find.json (medclf lr-find)

@@ -619,8 +619,9 @@ def _run_training(config, on_epoch=None, images=None):
         distributed.stop(world)
 
 
-def _train_in_world(cfg, run_dir, resuming, world, precision, on_epoch=None, images=None):
-    """The run on this process: rank 0 alone writes the run folder and prints."""
+def prepare_trainer(cfg, run_dir, resuming, world, precision, images=None):
+    """Splits, model, data and Trainer of a run in `run_dir` (medclf train; `medclf lr-find` builds
+    the same from the same arguments)."""
     table = read_run_splits(cfg)
     single_logit = cfg["head"] == "single-logit"
     n_outputs = 1 if single_logit else len(table.classes)
@@ -631,7 +632,13 @@ def _train_in_world(cfg, run_dir, resuming, world, precision, on_epoch=None, ima
     data = load_data(cfg, table, run_dir, model_info, resuming, world, images, encoder)
     data.train_loader = device_data.for_device(data.train_loader, precision.device)  # CUDA: see device_data
     data.val_loader = device_data.for_device(data.val_loader, precision.device)
-    trainer = build_trainer(cfg, run_dir, precision, data, model, model_info, world)
+    return build_trainer(cfg, run_dir, precision, data, model, model_info, world)
+
+
+def _train_in_world(cfg, run_dir, resuming, world, precision, on_epoch=None, images=None):
+    """The run on this process: rank 0 alone writes the run folder and prints."""
+    trainer = prepare_trainer(cfg, run_dir, resuming, world, precision, images)
+    table = trainer.data.table
     if world.is_main:  # once the images and the loss were accepted: a refusal stays one line
         log_precision("train", precision)
     start_epoch = restore_from_last(trainer) if resuming else 1

@@ -24,6 +24,7 @@ and ADDED below; the failure message shows the original and the rewritten comman
 | --C GRID (medclf probe)                     | --C 0.01 (one value: no grid search)               |
 | -num_epochs N, -img_shape/-img_size 3 H W   | -num_epochs 1, -img_shape/-img_size 3 32 32 (seed-002 scripts) |
 | medclf train, cv, crop, embed (without --threads) | + --threads 1 --no-progress                |
+| medclf lr-find                              | + --threads 1 --no-progress --steps 30 where absent |
 | medclf study FILE, medclf sweep FILE         | + --set train.epochs=1 train.img-size=32 train.patience=1 train.threads=1 |
 | --trials N (medclf sweep)                   | --trials 2                                         |
 | --set train.epochs=N (and the keys above)   | the shrunk value                                   |
@@ -74,6 +75,7 @@ ADDED = {
     "cv": [["--threads", "1"], ["--no-progress"]],
     "crop": [["--threads", "1"], ["--no-progress"]],
     "embed": [["--threads", "1"], ["--no-progress"]],
+    "lr-find": [["--threads", "1"], ["--no-progress"], ["--steps", "30"]],
     "demo": [["--n-per-class", "8"], ["--epochs", "1"], ["--img-size", "32"]],
     "benchmarks/duplicates.py": [["--max-per-dataset", "40"], ["--n-speed", "200"]],
     "benchmarks/serve_load.py": [["--seconds", "3"]],
