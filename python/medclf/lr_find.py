@@ -127,17 +127,19 @@ def endless_batches(loader):
 
 
 def range_test(model, criterion, optimizer, loader, lrs, reference_lr, precision=FP32_CPU, scaler=None,
-               progress=None, diverge_factor=DIVERGE_FACTOR, beta=BETA):
+               progress=None, diverge_factor=DIVERGE_FACTOR, beta=BETA, mixer=None):
     """Train one batch at each learning rate of `lrs` (in the units of `reference_lr`, --lr: every
     parameter group keeps its ratio to it) with medclf.engine's training step, until the smoothed
     loss exceeds `diverge_factor` times its best value or the loss is not finite.
+    `criterion` and `mixer` are the run's training loss and batch mixing (label smoothing, mixup,
+    cutmix), so the curve is the loss that training will descend.
     Returns (rows [{step, lr, loss, smoothed}], stop reason). Changes model and optimiser: see `restored`."""
     scales = [group["lr"] / reference_lr for group in optimizer.param_groups]
     smoother, best, rows = SmoothedLoss(beta), math.inf, []
     for step, (lr, batch) in enumerate(zip(lrs, endless_batches(loader)), start=1):
         for group, scale in zip(optimizer.param_groups, scales):
             group["lr"] = lr * scale
-        loss = train_one_epoch(model, criterion, optimizer, [batch], precision, scaler=scaler)["loss"]
+        loss = train_one_epoch(model, criterion, optimizer, [batch], precision, scaler=scaler, mixer=mixer)["loss"]
         smoothed = smoother.update(loss)
         rows.append({"step": step, "lr": lr, "loss": loss, "smoothed": smoothed})
         if progress is not None:
@@ -217,8 +219,9 @@ def run_lr_find(config, out, start_lr=1e-7, end_lr=10.0, steps=100):
         bar = tqdm(total=len(lrs), desc="lr-find", unit="batch", disable=not cfg["progress"], leave=False,
                    file=sys.stderr)
         with restored(trainer.model, trainer.optimizer, trainer.scaler):
-            rows, stopped = range_test(trainer.net, trainer.criterion, trainer.optimizer, trainer.data.train_loader,
-                                       lrs, cfg["lr"], precision, trainer.scaler, bar)
+            rows, stopped = range_test(trainer.net, trainer.train_criterion, trainer.optimizer,
+                                       trainer.data.train_loader, lrs, cfg["lr"], precision, trainer.scaler, bar,
+                                       mixer=trainer.mixer)
         bar.close()
     suggestion = suggest_lr([row["lr"] for row in rows], [row["smoothed"] for row in rows])
     record = lr_find_record(cfg, precision, start_lr, end_lr, steps, rows, stopped, suggestion)

@@ -152,3 +152,23 @@ def test_cli_writes_csv_plot_and_suggestion_and_keeps_an_earlier_test(brain_spli
     assert cli.main(argv) == 1
     assert "holds an earlier range test" in capsys.readouterr().err
     assert (out / "lr_find.json").read_bytes() == before
+
+
+def test_the_range_test_descends_the_training_loss_with_its_mixing(brain_split, tmp_path, monkeypatch):
+    """lr-find follows what `train` would minimise: the smoothed training loss and the mixer, not
+    the unsmoothed validation criterion (the curve's minimum depends on it)."""
+    from medclf import lr_find
+
+    seen = {}
+    real_range_test = lr_find.range_test
+
+    def spy(model, criterion, optimizer, loader, lrs, reference_lr, *args, **kwargs):
+        seen["criterion"], seen["mixer"] = criterion, kwargs.get("mixer")
+        return real_range_test(model, criterion, optimizer, loader, lrs[:3], reference_lr, *args, **kwargs)
+
+    monkeypatch.setattr(lr_find, "range_test", spy)
+    assert cli.main(["lr-find", "--splits", str(brain_split), "--img-size", "32", "--batch-size", "8", "--threads",
+                     "1", "--no-progress", "--no-amp", "--device", "cpu", "--steps", "3", "--label-smoothing", "0.2",
+                     "--mixup-alpha", "0.4", "--out", str(tmp_path / "lr")]) == 0
+    assert seen["criterion"].label_smoothing == pytest.approx(1 / 5)
+    assert seen["mixer"] is not None
