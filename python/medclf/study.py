@@ -644,6 +644,8 @@ def training_finished(run_dir):
     from history.csv and the arguments in config.json; an interrupted run is not finished."""
     import csv
 
+    from medclf.early_stopping import patience_count_from, stopped_by_patience
+
     run_dir = Path(run_dir)
     history, config = run_dir / "history.csv", run_dir / "config.json"
     if not (history.is_file() and config.is_file() and (run_dir / "best.pt").is_file()):
@@ -653,13 +655,13 @@ def training_finished(run_dir):
         with open(history, encoding="utf-8", newline="") as fh:
             rows = list(csv.DictReader(fh))
         epochs, patience = int(arguments["epochs"]), int(arguments["patience"])
-        best_rows = [i for i, row in enumerate(rows) if str(row.get("best", "")).strip() in ("1", "True", "true")]
+        best_flags = [str(row.get("best", "")).strip() in ("1", "True", "true") for row in rows]
+        count_from = patience_count_from(arguments)  # the run's own rule (warm-up, SWA)
     except (MedclfError, KeyError, TypeError, ValueError, OSError):
         return False
     if not rows:
         return False
-    epochs_without_improvement = len(rows) - 1 - best_rows[-1] if best_rows else len(rows)
-    return len(rows) >= epochs or epochs_without_improvement >= patience
+    return len(rows) >= epochs or stopped_by_patience(best_flags, patience, count_from)
 
 
 def _git_commit():

@@ -222,7 +222,7 @@ def build_sweep(study_file, trials=None, space=None, storage=None, data_root=Non
         raise MedclfError(f"{source}: sweep.run {run!r} is not one of the study's runs "
                           f"({', '.join(c.run for c in train_calls)})")
     patience = [p for p in params if p.name.replace("_", "-") == "patience"]
-    warmup = int(max(patience[0].probes())) if patience else int(call.args.patience)
+    warmup = int(max(patience[0].probes())) if patience else int(_resolved_train_config(call)["patience"])
     sweep = SweepPlan(f"{plan.name}/{sweep_name}", source, plan.out_dir, plan.out_dir / sweep_name, str(run), call,
                       params, trials, call.args.monitor, _direction(call.args.monitor), warmup,
                       storage if storage is not None else section.get("storage"),
@@ -232,6 +232,14 @@ def build_sweep(study_file, trials=None, space=None, storage=None, data_root=Non
         for value in param.probes():
             trial_args(sweep, {param.name: value}, "check")
     return sweep
+
+
+def _resolved_train_config(call):
+    """The training options of a study's train call, recipe and defaults applied."""
+    from medclf.commands.train import config_from_args
+    from medclf.training import resolve_config
+
+    return resolve_config(config_from_args(call.args))
 
 
 def _direction(monitor):
