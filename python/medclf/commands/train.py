@@ -88,7 +88,7 @@ def add_arguments(parser):
     decay.add_argument("--no-decay-norm-bias", dest="no_decay_norm_bias", action="store_true", default=None,
                        help="weight decay only on the weights of convolution and linear layers, not on "
                             "normalisation layers' parameters and biases (default: decay on all)")
-    decay.add_argument("--decay-norm-bias", dest="no_decay_norm_bias", action="store_false",
+    decay.add_argument("--decay-norm-bias", dest="no_decay_norm_bias", action="store_false", default=None,
                        help="weight decay on every parameter (the default; undoes a recipe's --no-decay-norm-bias)")
     opt.add_argument("--scheduler", choices=["none", "cosine", "plateau", "warmup-cosine"],
                      help="LR schedule; cosine and warmup-cosine step per batch (default none)")
