@@ -155,8 +155,8 @@ NORM_LAYERS = (torch.nn.modules.batchnorm._BatchNorm, torch.nn.modules.instancen
 
 def no_decay_parameters(model):
     """{id: name} of the parameters --no-decay-norm-bias exempts from weight decay: every parameter
-    of a normalisation layer and every bias (the BN-free weights of convolution and linear layers
-    keep it; decaying a norm layer's scale or a bias only limits what the layer can express)."""
+    of a normalisation layer and every bias; the weights of convolution and linear layers keep it
+    (decaying a norm layer's scale or a bias only limits what the layer can express)."""
     exempt = {}
     for module_name, module in model.named_modules():
         for name, param in module.named_parameters(recurse=False):
