@@ -259,8 +259,19 @@ def options_to_argv(options, parser, stage, where):
         reason = MANAGED_DESTS.get(stage, {}).get(action.dest)
         if reason:
             raise MedclfError(f"{where}.{key}: set by the study runner ({reason}); remove it from the study file")
-        argv += _option_tokens(flag, action, value, where, key)
+        opposite = _opposite_switch(parser, action) if value is False else None
+        argv += [opposite] if opposite else _option_tokens(flag, action, value, where, key)
     return argv
+
+
+def _opposite_switch(parser, action):
+    """`key: false` for a switch whose default is None (a --recipe may set it): the parser's switch
+    that stores False in the same place (`no-decay-norm-bias: false` -> --decay-norm-bias), so the
+    study's explicit false wins over the recipe; None when there is none."""
+    if not isinstance(action, argparse._StoreTrueAction) or action.default is not None:
+        return None
+    return next((a.option_strings[0] for a in parser._actions
+                 if isinstance(a, argparse._StoreFalseAction) and a.dest == action.dest), None)
 
 
 def _option_tokens(flag, action, value, where, key):

@@ -253,3 +253,22 @@ def test_averaging_options_are_checked(option, message):
     with pytest.raises(MedclfError, match=message):
         resolve_config({"run_name": "r", **option})
     assert resolve_config({"run_name": "r", "patience_start": "3"})["patience_start"] == 3
+
+
+def test_a_study_files_explicit_false_wins_over_the_recipe(test_recipe):
+    from medclf.commands.train import config_from_args
+    from medclf.study import options_to_argv, stage_parsers
+    from medclf.training import resolve_config
+
+    parser = stage_parsers()["train"]
+    section = {"recipe": "test-recipe", "no-decay-norm-bias": False, "lr": 0.01}
+
+    def resolved():
+        argv = options_to_argv(section, parser, "train", "study.yaml: train") + ["--run-name", "r"]
+        return argv, resolve_config(config_from_args(parser.parse_args(argv)))
+
+    argv, cfg = resolved()
+    assert "--decay-norm-bias" in argv
+    assert (cfg["no_decay_norm_bias"], cfg["lr"], cfg["optimizer"]) == (False, 0.01, "adamw")
+    section["no-decay-norm-bias"] = True
+    assert resolved()[1]["no_decay_norm_bias"] is True
