@@ -442,12 +442,13 @@ def run_cv(config, folds="all", repeats=None, tta="none"):
     import torch
 
     from medclf.predict import tta_name
-    from medclf.training import preserved_torch_state, select_device
+    from medclf.training import preserved_torch_state, resolve_config, select_device
     from medclf.transforms import cache_side
 
     cv = prepare_cv(config, folds, repeats, tta)
     cfg = cv.train_config
-    side = cache_side(cfg.get("augment") or "none", int(cfg.get("img_size") or 224))
+    resolved = resolve_config(dict(cfg))  # a --recipe may set the size and augmentation
+    side = cache_side(resolved["augment"], resolved["img_size"])
     images = build_shared_images(cv.table, side, cfg.get("cache") or "auto", cv.cv_dir / "cache",
                                  cfg.get("progress", True))
     _log(f"decoded {len(images.position)} images once in {images.seconds:.1f} s (shared by every fold)")

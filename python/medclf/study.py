@@ -259,8 +259,19 @@ def options_to_argv(options, parser, stage, where):
         reason = MANAGED_DESTS.get(stage, {}).get(action.dest)
         if reason:
             raise MedclfError(f"{where}.{key}: set by the study runner ({reason}); remove it from the study file")
-        argv += _option_tokens(flag, action, value, where, key)
+        opposite = _opposite_switch(parser, action) if value is False else None
+        argv += [opposite] if opposite else _option_tokens(flag, action, value, where, key)
     return argv
+
+
+def _opposite_switch(parser, action):
+    """`key: false` for a switch whose default is None (a --recipe may set it): the parser's switch
+    that stores False in the same place (`no-decay-norm-bias: false` -> --decay-norm-bias), so the
+    study's explicit false wins over the recipe; None when there is none."""
+    if not isinstance(action, argparse._StoreTrueAction) or action.default is not None:
+        return None
+    return next((a.option_strings[0] for a in parser._actions
+                 if isinstance(a, argparse._StoreFalseAction) and a.dest == action.dest), None)
 
 
 def _option_tokens(flag, action, value, where, key):
@@ -644,6 +655,8 @@ def training_finished(run_dir):
     from history.csv and the arguments in config.json; an interrupted run is not finished."""
     import csv
 
+    from medclf.early_stopping import patience_count_from, stopped_by_patience
+
     run_dir = Path(run_dir)
     history, config = run_dir / "history.csv", run_dir / "config.json"
     if not (history.is_file() and config.is_file() and (run_dir / "best.pt").is_file()):
@@ -653,13 +666,13 @@ def training_finished(run_dir):
         with open(history, encoding="utf-8", newline="") as fh:
             rows = list(csv.DictReader(fh))
         epochs, patience = int(arguments["epochs"]), int(arguments["patience"])
-        best_rows = [i for i, row in enumerate(rows) if str(row.get("best", "")).strip() in ("1", "True", "true")]
+        best_flags = [str(row.get("best", "")).strip() in ("1", "True", "true") for row in rows]
+        count_from = patience_count_from(arguments)  # the run's own rule (warm-up, SWA)
     except (MedclfError, KeyError, TypeError, ValueError, OSError):
         return False
     if not rows:
         return False
-    epochs_without_improvement = len(rows) - 1 - best_rows[-1] if best_rows else len(rows)
-    return len(rows) >= epochs or epochs_without_improvement >= patience
+    return len(rows) >= epochs or stopped_by_patience(best_flags, patience, count_from)
 
 
 def _git_commit():

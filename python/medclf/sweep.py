@@ -4,8 +4,9 @@ Each trial is a `medclf train` run of the study's run (its train: options, plus 
 from the search space) on the study's own partition (<out>/<name>/partition/, made first when
 absent). The objective is the best validation value of the monitored metric (train's --monitor,
 the early-stopping value: what best.pt was chosen on), never a test value. Each epoch reports the
-best value so far to a MedianPruner whose warm-up is at least the patience, so no trial is pruned
-before early stopping could have judged it.
+best value so far to a MedianPruner whose warm-up is at least the patience (plus the epochs that do not
+count towards it: early_stopping.patience_count_from), so no trial is pruned before early stopping
+could have judged it.
 
 Space: `lr=loguniform(1e-4,1e-2) batch-size=choice(16,32,64) arch=choice(resnet18,densenet121)`
 (keys are `medclf train` options; loguniform, uniform, int, logint, choice), from --space or the
@@ -40,6 +41,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from medclf import schemas
+from medclf.early_stopping import patience_count_from
 from medclf.errors import MedclfError
 from medclf.fileio import atomic_path, write_json, write_text
 
@@ -222,7 +224,9 @@ def build_sweep(study_file, trials=None, space=None, storage=None, data_root=Non
         raise MedclfError(f"{source}: sweep.run {run!r} is not one of the study's runs "
                           f"({', '.join(c.run for c in train_calls)})")
     patience = [p for p in params if p.name.replace("_", "-") == "patience"]
-    warmup = int(max(patience[0].probes())) if patience else int(call.args.patience)
+    resolved = _resolved_train_config(call)
+    # Early stopping cannot stop before the patience is used up after its uncounted epochs (warm-up).
+    warmup = (int(max(patience[0].probes())) if patience else int(resolved["patience"])) + patience_count_from(resolved)
     sweep = SweepPlan(f"{plan.name}/{sweep_name}", source, plan.out_dir, plan.out_dir / sweep_name, str(run), call,
                       params, trials, call.args.monitor, _direction(call.args.monitor), warmup,
                       storage if storage is not None else section.get("storage"),
@@ -232,6 +236,14 @@ def build_sweep(study_file, trials=None, space=None, storage=None, data_root=Non
         for value in param.probes():
             trial_args(sweep, {param.name: value}, "check")
     return sweep
+
+
+def _resolved_train_config(call):
+    """The training options of a study's train call, recipe and defaults applied."""
+    from medclf.commands.train import config_from_args
+    from medclf.training import resolve_config
+
+    return resolve_config(config_from_args(call.args))
 
 
 def _direction(monitor):

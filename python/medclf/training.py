@@ -31,9 +31,9 @@ import numpy as np
 import torch
 
 from medclf import data as data_mod
-from medclf import device_data, distributed, imbalance, metadata, models, schemas, transforms
-from medclf import mixing
-from medclf.early_stopping import MONITOR_MODES, EarlyStopping
+from medclf import device_data, distributed, imbalance, metadata, mixing, models, recipes, schemas, transforms
+from medclf.early_stopping import MONITOR_MODES, EarlyStopping, patience_count_from
+from medclf.ema import attach_ema, recompute_batchnorm, swa_model
 from medclf.engine import evaluate, train_one_epoch
 from medclf.errors import MedclfError
 from medclf.fileio import atomic_path, read_json, write_json, write_text
@@ -42,12 +42,18 @@ from medclf.run_config import read_run_config
 from medclf.splits import bind_splits_to_run, read_splits
 
 CONFIG_SCHEMA = schemas.RUN_CONFIG
+# val_* are the metrics of `weights` (model, ema or swa: the candidate with the better monitored
+# value that epoch); monitored_* the monitored value of each candidate (empty where it was not evaluated).
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_accuracy", "train_auc", "train_balanced_accuracy",
-                   "val_loss", "val_accuracy", "val_auc", "val_balanced_accuracy", "lr", "seconds", "best"]
+                   "val_loss", "val_accuracy", "val_auc", "val_balanced_accuracy", "weights", "monitored_model",
+                   "monitored_ema", "monitored_swa", "lr", "seconds", "best"]
+WEIGHT_CANDIDATES = ("model", "ema", "swa")  # on a tie the first one wins
 
 DEFAULTS = {
     "splits": None, "data_root": None, "arch": "resnet18", "epochs": 50, "patience": 5, "min_delta": 0.0,
     "monitor": "val_loss", "lr": 1e-3, "batch_size": 32, "img_size": 224, "weights": "none", "device": "auto",
+    "recipe": None, "no_decay_norm_bias": False, "ema_decay": 0.0, "swa_epochs": 0, "swa_lr": None,
+    "patience_start": "warmup",
     "run_name": None, "out": "results", "freeze_backbone": False, "augment": "none", "optimizer": "adam",
     "weight_decay": 0.0, "scheduler": "none", "warmup_epochs": 0, "warmup_fraction": 0.1, "resume": False,
     "seed": 0, "deterministic": False, "tensorboard": False, "amp": None, "balance": "none",
@@ -141,6 +147,39 @@ def build_optimizer(name, params, lr, weight_decay):
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
     raise MedclfError(f"--optimizer {name}: use adam, adamw or sgd")
+
+
+NORM_LAYERS = (torch.nn.modules.batchnorm._BatchNorm, torch.nn.modules.instancenorm._InstanceNorm,
+               torch.nn.LayerNorm, torch.nn.GroupNorm, torch.nn.LocalResponseNorm,
+               *((torch.nn.RMSNorm,) if hasattr(torch.nn, "RMSNorm") else ()))
+
+
+def no_decay_parameters(model):
+    """{id: name} of the parameters --no-decay-norm-bias exempts from weight decay: every parameter
+    of a normalisation layer and every bias; the weights of convolution and linear layers keep it
+    (decaying a norm layer's scale or a bias only limits what the layer can express)."""
+    exempt = {}
+    for module_name, module in model.named_modules():
+        for name, param in module.named_parameters(recurse=False):
+            if isinstance(module, NORM_LAYERS) or name.endswith("bias"):
+                exempt[id(param)] = f"{module_name}.{name}" if module_name else name
+    return exempt
+
+
+def split_weight_decay(model, groups, weight_decay):
+    """Each optimiser group (models.parameter_groups: one per learning-rate role) split in two:
+    its decayed parameters with `weight_decay`, its norm and bias parameters with 0. Empty halves
+    are dropped; the order is fixed (decay first), so last.pt's optimiser state matches on --resume."""
+    exempt = no_decay_parameters(model)
+    split = []
+    for group in groups:
+        role = group.get("name")
+        for kind, keep, decay in (("decay", False, weight_decay), ("no_decay", True, 0.0)):
+            params = [p for p in group["params"] if (id(p) in exempt) == keep]
+            if params:
+                name = f"{role}/{kind}" if role else kind
+                split.append({**group, "params": params, "weight_decay": float(decay), "name": name})
+    return split
 
 
 def warmup_cosine_factor(step, warmup_steps, total_steps):
@@ -268,6 +307,7 @@ def resolve_config(config):
     """The run's arguments with defaults filled in; every value that can be checked without
     data or training is checked here (names with a suggestion), so a typo fails at once."""
     cfg = dict(DEFAULTS)
+    cfg.update(recipes.recipe_values(config.get("recipe"), DEFAULTS))  # explicit arguments win over the recipe
     cfg.update({k: v for k, v in config.items() if v is not None or k not in DEFAULTS})
     if cfg["monitor"] not in MONITOR_MODES:
         raise MedclfError(f"--monitor {cfg['monitor']}: use one of {', '.join(MONITOR_MODES)}")
@@ -279,6 +319,7 @@ def resolve_config(config):
     for key in ("lr", "lr_backbone", "lr_metadata", "lr_head"):
         if cfg[key] is not None and not cfg[key] > 0:
             raise MedclfError(f"--{key.replace('_', '-')} {cfg[key]}: a learning rate must be above 0")
+    check_averaging(cfg)
     if cfg["lr_metadata"] is not None and not cfg["metadata_features"]:
         raise MedclfError(f"--lr-metadata {cfg['lr_metadata']}: there is no metadata branch without "
                           "--metadata-features; add the columns or drop --lr-metadata")
@@ -295,6 +336,25 @@ def resolve_config(config):
     if cfg["run_name"] is None:
         cfg["run_name"] = f"{arch}_{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     return cfg
+
+
+def check_averaging(cfg):
+    """--ema-decay, --swa-epochs, --swa-lr and --patience-start; --patience-start N becomes an int."""
+    if not 0 <= float(cfg["ema_decay"]) < 1:
+        raise MedclfError(f"--ema-decay {cfg['ema_decay']}: give a decay in [0, 1), e.g. 0.999 (0 = off)")
+    swa = cfg["swa_epochs"]
+    if not isinstance(swa, int) or isinstance(swa, bool) or not 0 <= swa <= cfg["epochs"]:
+        raise MedclfError(f"--swa-epochs {swa}: give a whole number from 0 (off) to --epochs ({cfg['epochs']})")
+    if cfg["swa_lr"] is not None and not (swa and float(cfg["swa_lr"]) > 0):
+        raise MedclfError(f"--swa-lr {cfg['swa_lr']}: needs --swa-epochs above 0 and a learning rate above 0")
+    start = cfg["patience_start"]
+    if start != "warmup":
+        try:
+            cfg["patience_start"] = int(start)
+        except (TypeError, ValueError):
+            cfg["patience_start"] = -1
+        if isinstance(start, bool) or cfg["patience_start"] < 0:
+            raise MedclfError(f"--patience-start {start}: use warmup or a whole number of epochs (0 or more)")
 
 
 def resolve_workers(workers, augment):
@@ -507,6 +567,8 @@ class Trainer:
     scaler: object
     stopper: EarlyStopping
     history: list
+    ema: object = None  # AveragedModel of --ema-decay (medclf.ema), updated after every optimiser step
+    swa: object = None  # AveragedModel of --swa-epochs, updated at the end of each averaging epoch
     writer: object = None
     world: distributed.World = distributed.World()
     net: object = None  # what trains: the model, or its DistributedDataParallel wrapper
@@ -541,13 +603,48 @@ def build_trainer(cfg, run_dir, precision, data, model, model_info, world=distri
         models.freeze_batchnorm_stats(model)
     lr_by_role = {"backbone": cfg["lr_backbone"], "metadata": cfg["lr_metadata"], "head": cfg["lr_head"]}
     params = models.parameter_groups(model, cfg["lr"], lr_by_role)
+    if cfg["no_decay_norm_bias"]:
+        params = split_weight_decay(model, params, cfg["weight_decay"])
     optimizer = build_optimizer(cfg["optimizer"], params, cfg["lr"], cfg["weight_decay"])
     scheduler, per_batch = build_scheduler(cfg, optimizer, len(data.train_loader))
     scaler = precision.grad_scaler()
-    stopper = EarlyStopping(cfg["patience"], MONITOR_MODES[cfg["monitor"]], cfg["min_delta"])
+    stopper = EarlyStopping(cfg["patience"], MONITOR_MODES[cfg["monitor"]], cfg["min_delta"], patience_count_from(cfg))
     return Trainer(cfg, run_dir, precision, data, model, model_info, criterion, optimizer, scheduler, per_batch,
                    scaler, stopper, history=[], world=world, net=distributed.wrap_model(model, world),
                    train_criterion=train_criterion, mixer=mixing.build_mixer(cfg))
+
+
+def add_weight_averages(trainer):
+    """The EMA (--ema-decay) and SWA (--swa-epochs) copies of the model, when asked for."""
+    cfg = trainer.cfg
+    if cfg["ema_decay"]:
+        trainer.ema = attach_ema(trainer.optimizer, trainer.model, cfg["ema_decay"])
+    if cfg["swa_epochs"]:
+        trainer.swa = swa_model(trainer.model)
+        if trainer.world.is_main:
+            print(f"medclf train: --swa-epochs {cfg['swa_epochs']}: the run trains all {cfg['epochs']} epochs "
+                  f"(no early stopping) and averages the weights of epochs {swa_first_epoch(cfg)}-{cfg['epochs']}",
+                  file=sys.stderr)
+    return trainer
+
+
+def swa_first_epoch(cfg):
+    return cfg["epochs"] - cfg["swa_epochs"] + 1
+
+
+def start_swa_lr(trainer):
+    """--swa-lr, from the first averaging epoch on: a constant learning rate (SWALR without
+    annealing) replaces the run's schedule; groups of --lr get --swa-lr, groups of --lr-backbone,
+    --lr-metadata or --lr-head keep their ratio to --lr."""
+    from torch.optim.swa_utils import SWALR
+
+    cfg = trainer.cfg
+    rates = []
+    for group in trainer.optimizer.param_groups:
+        role = (group.get("name") or "").split("/")[0]
+        rates.append(float(cfg["swa_lr"]) * (cfg.get(f"lr_{role}") or cfg["lr"]) / cfg["lr"])
+    SWALR(trainer.optimizer, rates, anneal_epochs=0)  # sets every group's lr now
+    trainer.scheduler = None
 
 
 def config_record(trainer, split_binding):
@@ -564,6 +661,7 @@ def config_record(trainer, split_binding):
         "normalisation": data.normalisation, "metadata": data.metadata,
         "cache_side": data.side, "seed": cfg["seed"], "device": str(trainer.device),
         "amp": trainer.precision.amp, "precision": trainer.precision.name, "world_size": trainer.world.size,
+        "patience_counts_after_epoch": trainer.stopper.count_from,
         "versions": library_versions(), "git_commit": git_commit(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
@@ -580,6 +678,9 @@ def restore_from_last(trainer):
     if trainer.scaler is not None and state.get("scaler"):
         trainer.scaler.load_state_dict(state["scaler"])
     trainer.stopper.load_state_dict(state["early_stopping"])
+    for name in ("ema", "swa"):
+        if getattr(trainer, name) is not None:
+            getattr(trainer, name).load_state_dict(state[name])
     trainer.history = list(state["history"])
     _set_rng_state(state["rng"], trainer.data.generator)
     if trainer.world.is_main:
@@ -637,7 +738,7 @@ def prepare_trainer(cfg, run_dir, resuming, world, precision, images=None):
 
 def _train_in_world(cfg, run_dir, resuming, world, precision, on_epoch=None, images=None):
     """The run on this process: rank 0 alone writes the run folder and prints."""
-    trainer = prepare_trainer(cfg, run_dir, resuming, world, precision, images)
+    trainer = add_weight_averages(prepare_trainer(cfg, run_dir, resuming, world, precision, images))
     table = trainer.data.table
     if world.is_main:  # once the images and the loss were accepted: a refusal stays one line
         log_precision("train", precision)
@@ -701,6 +802,9 @@ def run_epoch(trainer, epoch):
     data.generator.manual_seed(rank_seed(epoch_seed(cfg["seed"], epoch), world.rank))
     if hasattr(data.sampler, "set_epoch"):  # distributed samplers: the same permutation on every rank
         data.sampler.set_epoch(epoch_seed(cfg["seed"], epoch))
+    averaging = trainer.swa is not None and epoch >= swa_first_epoch(cfg)
+    if averaging and cfg["swa_lr"] is not None:
+        start_swa_lr(trainer)
     started = time.perf_counter()
     lr = trainer.optimizer.param_groups[0]["lr"]
     bar = tqdm(total=len(data.train_loader.dataset) if data.sampler is None else len(data.sampler),
@@ -711,15 +815,57 @@ def run_epoch(trainer, epoch):
                               trainer.precision, trainer.scheduler if trainer.per_batch else None, trainer.scaler,
                               bar, gather=gather_train, mixer=trainer.mixer)
     bar.close()
-    distributed.share_buffers(world, trainer.model)  # every rank validates rank 0's BatchNorm statistics
-    val_m = evaluate(trainer.model, trainer.criterion, data.val_loader, trainer.precision, gather=gather_val)
+    if averaging:
+        trainer.swa.update_parameters(trainer.model)
+    weights, val_m, monitored_by = validate_candidates(trainer, epoch, gather_val)
     monitored = val_m[cfg["monitor"][len("val_"):]]
     if trainer.scheduler is not None and not trainer.per_batch:
         trainer.scheduler.step(monitored)
     improved = trainer.stopper.step(monitored)
     return {"epoch": epoch, **{f"train_{k}": v for k, v in train_m.items()},
-            **{f"val_{k}": v for k, v in val_m.items()}, "lr": lr,
+            **{f"val_{k}": v for k, v in val_m.items()}, "weights": weights,
+            **{f"monitored_{name}": monitored_by.get(name) for name in WEIGHT_CANDIDATES}, "lr": lr,
             "seconds": round(time.perf_counter() - started, 3), "best": improved}
+
+
+def validate_candidates(trainer, epoch, gather=None):
+    """Every set of weights of this epoch evaluated on val: the model, its EMA, and after the last
+    epoch the SWA average (BatchNorm statistics recomputed on the train loader first). Returns
+    (name of the one with the best monitored value, its val metrics, {name: monitored value})."""
+    cfg = trainer.cfg
+    candidates = {"model": trainer.model}
+    if trainer.ema is not None:
+        candidates["ema"] = trainer.ema.module
+    if trainer.swa is not None and epoch == cfg["epochs"]:
+        recompute_batchnorm(trainer.swa.module, trainer.data.train_loader, trainer.precision)
+        candidates["swa"] = trainer.swa.module
+    metrics = {}
+    for name, module in candidates.items():
+        distributed.share_buffers(trainer.world, module)  # every rank validates rank 0's BatchNorm statistics
+        metrics[name] = evaluate(module, trainer.criterion, trainer.data.val_loader, trainer.precision, gather=gather)
+    values = {name: m[cfg["monitor"][len("val_"):]] for name, m in metrics.items()}
+    best = pick_weights(values, MONITOR_MODES[cfg["monitor"]])
+    return best, metrics[best], values
+
+
+def pick_weights(values, mode):
+    """The candidate ({name: monitored value}) with the best value; NaN never wins, and on a tie
+    the one first in WEIGHT_CANDIDATES does (an average must be better to replace the model)."""
+    best = "model"
+    for name in WEIGHT_CANDIDATES:
+        value = values.get(name, math.nan)
+        if math.isnan(value):
+            continue
+        current = values.get(best, math.nan)
+        if math.isnan(current) or (value < current if mode == "min" else value > current):
+            best = name
+    return best
+
+
+def weights_module(trainer, name):
+    """The module holding weights `name` (a history row's `weights`)."""
+    return {"model": trainer.model, "ema": getattr(trainer.ema, "module", None),
+            "swa": getattr(trainer.swa, "module", None)}[name]
 
 
 def save_epoch(trainer, row):
@@ -728,7 +874,8 @@ def save_epoch(trainer, row):
     model, cfg = trainer.model, trainer.cfg
     if row["best"]:
         save_checkpoint(run_dir / "best.pt", {
-            "schema": schemas.CHECKPOINT, "state_dict": model.state_dict(), "epoch": epoch,
+            "schema": schemas.CHECKPOINT, "state_dict": weights_module(trainer, row["weights"]).state_dict(),
+            "epoch": epoch, "weights": row["weights"],
             "architecture": trainer.model_info["architecture"], "classes": trainer.data.classes,
             "n_outputs": trainer.n_outputs, "monitor": cfg["monitor"], "value": float(row[cfg["monitor"]])})
     save_checkpoint(run_dir / "last.pt", {
@@ -736,14 +883,22 @@ def save_epoch(trainer, row):
         "scheduler": trainer.scheduler.state_dict() if trainer.scheduler is not None else None,
         "scaler": trainer.scaler.state_dict() if trainer.scaler is not None else None,
         "early_stopping": trainer.stopper.state_dict(), "rng": _rng_state(trainer.data.generator), "epoch": epoch,
-        "history": trainer.history})
+        "history": trainer.history, "ema": trainer.ema.state_dict() if trainer.ema is not None else None,
+        "swa": trainer.swa.state_dict() if trainer.swa is not None else None})
     write_text(run_dir / "history.csv", history_csv_text(trainer.history))
     if trainer.writer is not None:
         for key, value in row.items():
             if key not in ("epoch", "best") and isinstance(value, float):
                 trainer.writer.add_scalar(key.replace("_", "/", 1), value, epoch)
+    if row["monitored_swa"] is not None:
+        print(f"medclf train: SWA average of epochs {swa_first_epoch(cfg)}-{epoch} (BatchNorm recomputed on the "
+              f"train split): {cfg['monitor']} {row['monitored_swa']:.4f}; "
+              + ("kept as best.pt" if row["best"] and row["weights"] == "swa" else
+                 f"best.pt stays at {trainer.stopper.best:.4f} (epoch {trainer.stopper.best_epoch})"),
+              file=sys.stderr)
+    source = "" if row["weights"] == "model" else f"({row['weights']}) "
     print(f"epoch {epoch:3d}  train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.3f}  "
-          f"val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.3f} auc {row['val_auc']:.3f} "
+          f"val {source}loss {row['val_loss']:.4f} acc {row['val_accuracy']:.3f} auc {row['val_auc']:.3f} "
           f"bal.acc {row['val_balanced_accuracy']:.3f}  lr {row['lr']:.2e}  {row['seconds']:.1f}s"
           f"{'  *best' if row['best'] else ''}", file=sys.stderr, flush=True)
 
@@ -768,8 +923,10 @@ def _finish(trainer, stop_reason):
     trainer.model.load_state_dict(load_checkpoint(best_path)["state_dict"])
     non_finite = [r["epoch"] for r in history if not math.isfinite(float(r[cfg["monitor"]]))]
     note = f"; {cfg['monitor']} was NaN in epoch(s) {non_finite} (counted as no improvement)" if non_finite else ""
+    weights = history[stopper.best_epoch - 1].get("weights", "model")
+    source = "" if weights == "model" else f" ({weights.upper()} weights)"
     print(f"medclf train: {stop_reason} after {len(history)} epoch(s); best {cfg['monitor']} "
-          f"{stopper.best:.4f} at epoch {stopper.best_epoch}; best weights restored from {best_path}{note}",
+          f"{stopper.best:.4f} at epoch {stopper.best_epoch}{source}; best weights restored from {best_path}{note}",
           file=sys.stderr)
-    return {"run": str(run_dir), "epochs": len(history), "best_epoch": stopper.best_epoch,
+    return {"run": str(run_dir), "epochs": len(history), "best_epoch": stopper.best_epoch, "weights": weights,
             "best_value": stopper.best, "monitor": cfg["monitor"], "stopped": stop_reason, "model": trainer.model}

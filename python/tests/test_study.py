@@ -490,6 +490,23 @@ def test_training_finished_by_patience_or_max_epochs(tmp_path):
     assert write([]) is False
 
 
+def test_training_finished_follows_the_runs_patience_rule(tmp_path):
+    def write(best_flags, **arguments):
+        arguments = {"epochs": 20, "patience": 2, **arguments}
+        (tmp_path / "config.json").write_text(json.dumps({"arguments": arguments}))
+        (tmp_path / "best.pt").write_bytes(b"w")
+        rows = "".join(f"{i + 1},{b}\n" for i, b in enumerate(best_flags))
+        (tmp_path / "history.csv").write_text("epoch,best\n" + rows)
+        return training_finished(tmp_path)
+
+    warm = {"scheduler": "warmup-cosine", "warmup_fraction": 0.1}  # 2 warm-up epochs do not count
+    assert write([1, 0, 0]) is True
+    assert write([1, 0, 0], **warm) is False           # epoch 3 alone counts: killed, not finished
+    assert write([1, 0, 0, 0], **warm) is True
+    assert write([1, 0, 0, 0, 0], swa_epochs=3) is False  # SWA runs train every epoch
+    assert write([1] + [0] * 19, swa_epochs=3) is True
+
+
 def test_format_interval():
     assert format_interval({"estimate": 15 / 16, "lower": 0.7, "upper": 0.998}) == "0.938 (0.700 to 0.998)"
     assert format_interval({"estimate": None, "lower": None, "upper": None}) == "NA"

@@ -134,6 +134,13 @@ def test_pruning_waits_at_least_the_patience(tmp_path, images, space, warmup):
     assert plan.direction == "minimize" and plan.trials == 3
 
 
+def test_pruning_also_waits_for_the_warm_up_that_patience_does_not_count(tmp_path, images):
+    plan = sweep.build_sweep(study_file(tmp_path, images, epochs=20), space="lr=loguniform(1e-4,1e-2)",
+                             out_root=tmp_path / "results",
+                             overrides=["train.scheduler=warmup-cosine", "train.warmup-fraction=0.1"])
+    assert plan.warmup == 2 + 2  # patience 2 after ceil(0.1 * 20) = 2 warm-up epochs
+
+
 # ------------------------------------------------------------------------------ resume, failures
 
 def test_a_sweep_killed_mid_trial_resumes_and_finishes_n_trials(tmp_path, images):

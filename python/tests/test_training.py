@@ -334,3 +334,45 @@ def test_run_training_gives_the_caller_its_torch_switches_back(monkeypatch):
 def test_the_production_code_has_no_test_hooks(repo_root):
     sources = "\n".join(p.read_text() for p in (repo_root / "python" / "medclf").rglob("*.py"))
     assert "MEDCLF_TEST" not in sources and "SIGKILL" not in sources
+
+
+def test_ema_and_swa_run_interrupted_and_resumed_equals_the_uninterrupted_run(small_splits, tmp_path, monkeypatch):
+    from medclf import recipes, training
+
+    # A recipe sets the averaging (recorded in config.json with the resolved values); the schedule
+    # and weight-decay groups come along in last.pt.
+    monkeypatch.setitem(recipes.RECIPES, "averaged", {"ema_decay": 0.5, "swa_epochs": 2, "swa_lr": 5e-4,
+                                                      "optimizer": "adamw", "weight_decay": 0.05,
+                                                      "no_decay_norm_bias": True, "scheduler": "warmup-cosine"})
+    config = dict(base_config(small_splits, tmp_path, epochs=2, augment="flips"), recipe="averaged")
+    whole = training.run_training(dict(config, run_name="whole"))
+    real_epoch = training.train_one_epoch
+    calls = {"n": 0}
+
+    def interrupted_on_second_epoch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(training, "train_one_epoch", interrupted_on_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        training.run_training(dict(config, run_name="killed"))
+    monkeypatch.setattr(training, "train_one_epoch", real_epoch)
+    training.run_training({"out": str(tmp_path), "run_name": "killed", "resume": True, "progress": False})
+
+    history = read_history(tmp_path / "whole")
+    assert read_history(tmp_path / "killed") == history
+    assert history[0]["monitored_ema"] and not history[0]["monitored_swa"]  # SWA is evaluated after the last epoch
+    assert history[1]["monitored_swa"] and {r["weights"] for r in history} <= {"model", "ema", "swa"}
+    best_row = next(r for r in reversed(history) if r["best"] == "1")
+    assert best_row["val_loss"] == best_row[f"monitored_{best_row['weights']}"]
+    assert whole["weights"] == best_row["weights"]
+    for name, key in (("last.pt", "model"), ("last.pt", "ema"), ("last.pt", "swa"), ("best.pt", "state_dict")):
+        assert state_dicts_equal(training.load_checkpoint(tmp_path / "killed" / name)[key],
+                                 training.load_checkpoint(tmp_path / "whole" / name)[key]), (name, key)
+    best = training.load_checkpoint(tmp_path / "whole" / "best.pt")
+    assert best["weights"] == best_row["weights"]
+    arguments = read_json(tmp_path / "killed" / "config.json")["arguments"]
+    assert arguments["recipe"] == "averaged" and arguments["ema_decay"] == 0.5 and arguments["swa_epochs"] == 2
+    assert arguments["lr"] == 1e-3  # not in the recipe: the default

@@ -19,15 +19,17 @@ def add_amp_arguments(parser, default_text):
 
 
 def add_arguments(parser):
+    from medclf.recipes import RECIPES  # no torch: --help stays fast
+
     data = parser.add_argument_group("data")
     data.add_argument("--splits", help="splits.csv from `medclf partition` (or a seed split file/folder)")
     data.add_argument("--data-root", help="folder the splits paths are relative to (default: partition.json's)")
-    data.add_argument("--img-size", type=int, default=224, help="square input size in pixels")
-    data.add_argument("--augment", default="none", metavar="PRESET[+STEP]",
+    data.add_argument("--img-size", type=int, help="square input size in pixels (default 224)")
+    data.add_argument("--augment", metavar="PRESET[+STEP]",
                       help="augmentation of the train split: preset none|flip|flips|standard|lesion, optionally "
                            "+hair (synthetic hair, e.g. flips+hair), +trivialaugment, +randaugment (torchvision's "
                            "policies, e.g. flips+trivialaugment); lesion-hair = lesion+hair "
-                           "(see docs/training.md, docs/derm_models.md)")
+                           "(see docs/training.md, docs/derm_models.md); default none")
     data.add_argument("--balance", default="none", choices=["none", "sampler", "loss-weights", "focal"],
                       help="class-imbalance handling, computed from the train split only")
     data.add_argument("--focal-gamma", type=float, default=2.0, help="focal loss gamma")
@@ -61,7 +63,7 @@ def add_arguments(parser):
     model.add_argument("--arch", default="resnet18",
                        help="any torchvision classification model (resnet18, vgg11_bn, densenet121, "
                             "efficientnet_b0, ...); aliases vgg, densenet")
-    model.add_argument("--weights", default="none", help="none | imagenet | PATH to a state dict")
+    model.add_argument("--weights", help="none | imagenet | PATH to a state dict (default none)")
     model.add_argument("--freeze-backbone", action="store_true", help="train the classifier head only")
     model.add_argument("--head", default="softmax", choices=["softmax", "single-logit"],
                        help="K logits with cross-entropy, or one logit with BCEWithLogits (binary)")
@@ -72,25 +74,47 @@ def add_arguments(parser):
     model.add_argument("--allow-feature", action="append", metavar="COL",
                        help="accept a --metadata-features column refused for leaking the label (e.g. dx_type); "
                             "repeat for several")
-    opt = parser.add_argument_group("optimisation")
-    opt.add_argument("--epochs", type=int, default=50, help="maximum number of epochs")
-    opt.add_argument("--patience", type=int, default=5, help="epochs without improvement before stopping")
+    opt = parser.add_argument_group("optimisation (a --recipe sets several; an option given here wins over it)")
+    opt.add_argument("--recipe", choices=list(RECIPES),
+                     help="named set of the options below (medclf/recipes.py, docs/recipes.md): plain = the "
+                          "defaults; cpu-small = from scratch at 64 px on a CPU; gpu-imagenet = fine-tuning ImageNet "
+                          "weights at 224 px; values provisional until measured")
+    opt.add_argument("--epochs", type=int, help="maximum number of epochs (default 50)")
+    opt.add_argument("--patience", type=int, help="epochs without improvement before stopping (default 5)")
+    opt.add_argument("--patience-start", metavar="warmup|N",
+                     help="epochs up to this one never count towards --patience: warmup (default) = the schedule's "
+                          "warm-up epochs (0 without one), or a number of epochs (docs/training.md)")
     opt.add_argument("--min-delta", type=float, default=0.0, help="smallest change that counts as improvement")
     opt.add_argument("--monitor", default="val_loss", choices=["val_loss", "val_auc", "val_balanced_accuracy"],
                      help="validation value for early stopping and best.pt")
-    opt.add_argument("--lr", type=float, default=1e-3, help="learning rate")
+    opt.add_argument("--lr", type=float, help="learning rate (default 1e-3)")
     for role, what in (("backbone", "the backbone (everything but the head and the metadata branch)"),
                        ("metadata", "the metadata branch (with --metadata-features)"), ("head", "the classifier head")):
         opt.add_argument(f"--lr-{role}", type=float, metavar="LR",
                          help=f"learning rate of {what}; default --lr (schedules scale every group alike)")
-    opt.add_argument("--batch-size", type=int, default=32)
-    opt.add_argument("--optimizer", default="adam", choices=["adam", "adamw", "sgd"])
-    opt.add_argument("--weight-decay", type=float, default=0.0)
-    opt.add_argument("--scheduler", default="none", choices=["none", "cosine", "plateau", "warmup-cosine"],
-                     help="LR schedule; cosine and warmup-cosine step per batch")
-    opt.add_argument("--warmup-epochs", type=int, default=0, help="linear warm-up epochs for --scheduler cosine")
-    opt.add_argument("--warmup-fraction", type=float, default=0.1,
-                     help="warm-up fraction of all steps for --scheduler warmup-cosine")
+    opt.add_argument("--batch-size", type=int, help="images per batch (default 32)")
+    opt.add_argument("--optimizer", choices=["adam", "adamw", "sgd"], help="default adam")
+    opt.add_argument("--weight-decay", type=float, help="weight decay (default 0)")
+    decay = opt.add_mutually_exclusive_group()
+    decay.add_argument("--no-decay-norm-bias", dest="no_decay_norm_bias", action="store_true", default=None,
+                       help="weight decay only on the weights of convolution and linear layers, not on "
+                            "normalisation layers' parameters and biases (default: decay on all)")
+    decay.add_argument("--decay-norm-bias", dest="no_decay_norm_bias", action="store_false", default=None,
+                       help="weight decay on every parameter (the default; undoes a recipe's --no-decay-norm-bias)")
+    opt.add_argument("--scheduler", choices=["none", "cosine", "plateau", "warmup-cosine"],
+                     help="LR schedule; cosine and warmup-cosine step per batch (default none)")
+    opt.add_argument("--warmup-epochs", type=int, help="linear warm-up epochs for --scheduler cosine (default 0)")
+    opt.add_argument("--warmup-fraction", type=float,
+                     help="warm-up fraction of all steps for --scheduler warmup-cosine (default 0.1)")
+    opt.add_argument("--ema-decay", type=float, metavar="D",
+                     help="keep an exponential moving average of the weights (updated every step), evaluated on "
+                          "val each epoch; best.pt holds it when its monitored value is better; default 0 = off, "
+                          "e.g. 0.999")
+    opt.add_argument("--swa-epochs", type=int, metavar="N",
+                     help="stochastic weight averaging of the last N epochs (BatchNorm recomputed on the train "
+                          "split), kept as best.pt when better; the run then trains all --epochs; default 0 = off")
+    opt.add_argument("--swa-lr", type=float, metavar="LR",
+                     help="constant learning rate of the averaged epochs (default: the schedule goes on)")
     run = parser.add_argument_group("run")
     run.add_argument("--out", default="results", help="output root")
     run.add_argument("--run-name", help="run folder name under --out (default: ARCH_DATE-TIME)")
