@@ -32,6 +32,8 @@ and ADDED below; the failure message shows the original and the rewritten comman
 | benchmarks/duplicates.py                    | + --max-per-dataset 40 --n-speed 200 where absent; --n-speed N -> 200 |
 | benchmarks/serve_load.py                    | + --seconds 3 where absent; --seconds N -> 3       |
 | benchmarks/cache_build.py                   | + --limit 40 --sizes 32 where absent               |
+| benchmarks/recipes_ablation.py              | --configs plain, --seeds 0; + --threads 1 --epochs 1 --img-size 32 where absent |
+| --swa-epochs N (medclf train)               | --swa-epochs 1                                     |
 | bash scripts/test.sh ...                    | bash scripts/setup.sh (the test suite cannot run itself from inside itself) |
 
 The environment: OMP/MKL threads 1, no bytecode, no progress bars, and VIRTUAL_ENV = TMP, so
@@ -66,7 +68,7 @@ REWRITES = {
     "--img-size": ["32"], "--epochs": ["1"], "--patience": ["1"], "--n-per-class": ["8"], "--boot": ["200"],
     "-num_epochs": ["1"], "-img_shape": ["3", "32", "32"], "-img_size": ["3", "32", "32"],
     "--n-speed": ["200"], "--seconds": ["3"], "--trials": ["2"], "--folds": ["2"], "--repeats": ["1"], "--C": ["0.01"],
-    "--swa-epochs": ["1"],
+    "--swa-epochs": ["1"], "--seeds": ["0"], "--configs": ["plain"],
 }
 # `medclf study|sweep --set KEY=V`: the shrunk value of each key (added where the command lacks it)
 SET_SHRINK = {"train.epochs": "1", "train.img-size": "32", "train.patience": "1", "train.threads": "1"}
@@ -81,6 +83,7 @@ ADDED = {
     "benchmarks/duplicates.py": [["--max-per-dataset", "40"], ["--n-speed", "200"]],
     "benchmarks/serve_load.py": [["--seconds", "3"]],
     "benchmarks/cache_build.py": [["--limit", "40"], ["--sizes", "32"]],
+    "benchmarks/recipes_ablation.py": [["--threads", "1"], ["--configs", "plain"], ["--epochs", "1"], ["--img-size", "32"]],
 }
 # scripts whose extra arguments go to a medclf subcommand (so they get that subcommand's rewrites)
 SCRIPT_SUBCOMMAND = {"scripts/demo.sh": "demo"}
