@@ -12,9 +12,11 @@ from pathlib import Path
 import pytest
 
 from medclf import study as study_mod
+from medclf.commands.train import config_from_args
 from medclf.errors import MedclfError
 from medclf.study import (apply_overrides, build_plan, expand_env, format_interval, options_to_argv, parse_yaml,
                           run_study, training_finished)
+from medclf.training import resolve_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -545,8 +547,10 @@ def test_shipped_study_is_accepted_by_the_real_commands(path, tmp_path):
     assert plan.name == path.stem and plan.out_dir == tmp_path / path.stem
     assert Path(plan.data["root"]).name in ("brain_mri", "ham10000_dev")
     train_argv = [c.argv for c in plan.calls if c.stage == "train"]
-    assert all(argv[argv.index("--img-size") + 1] == "64" for argv in train_argv)
-    assert all(argv[argv.index("--weights") + 1] == "none" for argv in train_argv)
+    # What each run trains with once its recipe (if any) is applied: CPU defaults, from scratch.
+    resolved = [resolve_config(config_from_args(parsers["train"].parse_args(argv[argv.index("train") + 1:])))
+                for argv in train_argv]
+    assert all(cfg["img_size"] == 64 and cfg["weights"] == "none" for cfg in resolved)
     if "ham10000" in path.stem:
         partition = plan.calls[0].argv
         assert partition[partition.index("--group-col") + 1] == "lesion_id"
