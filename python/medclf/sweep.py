@@ -412,23 +412,18 @@ def pruning_reporter(trial, plan):
     return on_epoch
 
 
-def train_trial(trial, plan):
-    """Train one trial (continuing its run folder when it was interrupted); the training summary."""
+def train_trial(trial, plan, run_name):
+    """Train one trial in its run folder (continuing it when it was interrupted); the training summary."""
     from medclf.commands.train import config_from_args
     from medclf.training import run_training
 
-    run_name = trial.user_attrs.get("run") or f"trial_{trial.number:04d}"
-    run_dir = plan.trials_dir / run_name
-    with trial_lock(run_dir):
-        trial.set_user_attr("run", run_name)   # after the lock: a free lock now means a dead process
-        values = {p.name: p.suggest(trial) for p in plan.space}
-        args = trial_args(plan, values, run_name, resume=(run_dir / "last.pt").is_file())
-        return run_training(config_from_args(args), on_epoch=pruning_reporter(trial, plan))
+    values = {p.name: p.suggest(trial) for p in plan.space}
+    args = trial_args(plan, values, run_name, resume=(plan.trials_dir / run_name / "last.pt").is_file())
+    return run_training(config_from_args(args), on_epoch=pruning_reporter(trial, plan))
 
 
 def run_one_trial(study, plan):
     """Ask for a trial and run it, recording how it ended. False when all N places were taken."""
-    import optuna
     from optuna.trial import TrialState
 
     study.sampler = build_sampler(plan, len(study.get_trials(deepcopy=False)))
@@ -439,8 +434,35 @@ def run_one_trial(study, plan):
         study.tell(trial, state=TrialState.FAIL)
         return False
     _log(f"trial {trial.number} ({taken + 1} of {plan.trials})")
+    run_name = trial.user_attrs.get("run") or f"trial_{trial.number:04d}"
     try:
-        summary = train_trial(trial, plan)
+        # Held until the trial's end is recorded, so that another worker reads a free lock on a
+        # RUNNING trial only when its process died (not in the moment between training and tell).
+        with trial_lock(plan.trials_dir / run_name):
+            trial.set_user_attr("run", run_name)
+            train_and_record(study, trial, plan, run_name)
+    except MedclfError as exc:  # the lock is held by another live process
+        fail_trial(study, trial, exc)
+    return True
+
+
+def fail_trial(study, trial, exc):
+    """A failed trial is recorded with its reason and counts; the sweep goes on."""
+    from optuna.trial import TrialState
+
+    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    trial.set_user_attr("error", f"{type(exc).__name__}: {reason}")
+    study.tell(trial, state=TrialState.FAIL)
+    _log(f"trial {trial.number} failed: {reason}")
+
+
+def train_and_record(study, trial, plan, run_name):
+    """Train the trial and tell the storage how it ended (pruned, stopped by the user, failed, or its value)."""
+    import optuna
+    from optuna.trial import TrialState
+
+    try:
+        summary = train_trial(trial, plan, run_name)
     except optuna.TrialPruned as exc:
         trial.set_user_attr("note", str(exc))
         study.tell(trial, state=TrialState.PRUNED)
@@ -448,19 +470,15 @@ def run_one_trial(study, plan):
     except KeyboardInterrupt:
         trial.set_user_attr("interrupted", "stopped by the user (Ctrl-C)")
         study.tell(trial, state=TrialState.FAIL)
-        study.enqueue_trial(trial.params, user_attrs={"run": trial.user_attrs.get("run"), "continues": trial.number})
+        study.enqueue_trial(trial.params, user_attrs={"run": run_name, "continues": trial.number})
         raise
-    except Exception as exc:  # a failed trial is recorded with its reason and counts; the sweep goes on
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        trial.set_user_attr("error", f"{type(exc).__name__}: {reason}")
-        study.tell(trial, state=TrialState.FAIL)
-        _log(f"trial {trial.number} failed: {reason}")
+    except Exception as exc:
+        fail_trial(study, trial, exc)
     else:
         for key in ("epochs", "best_epoch", "stopped"):
             trial.set_user_attr(key, summary[key])
         study.tell(trial, summary["best_value"])
         _log(f"trial {trial.number}: best {plan.monitor} {summary['best_value']:.4f} at epoch {summary['best_epoch']}")
-    return True
 
 
 def build_sampler(plan, n_trials_seen):

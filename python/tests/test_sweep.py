@@ -200,6 +200,27 @@ def test_a_failed_trial_is_recorded_and_counted_never_retried(tmp_path, images, 
     assert table[0]["note"] == "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"
 
 
+def test_the_trial_lock_is_held_until_the_trial_is_recorded(tmp_path, images, monkeypatch):
+    """Another worker marks a RUNNING trial whose lock is free as interrupted, so the lock must stay
+    held until the storage has the trial's end: two workers once marked a finished trial interrupted
+    in the moment between the end of its training and its `tell`."""
+    import optuna
+
+    real_tell = optuna.study.Study.tell
+    lock_free_at_tell = []
+
+    def tell(self, trial, *args, **kwargs):
+        run = trial.user_attrs.get("run")
+        if run:
+            lock = tmp_path / "results" / "tiny" / "sweep" / "trials" / run / sweep.LOCK_NAME
+            lock_free_at_tell.append(sweep._lock_is_free(lock))
+        return real_tell(self, trial, *args, **kwargs)
+
+    monkeypatch.setattr(optuna.study.Study, "tell", tell)
+    sweep.run_sweep(study_file(tmp_path, images, epochs=1), trials=2, out_root=tmp_path / "results", progress=False)
+    assert lock_free_at_tell == [False, False]
+
+
 # ------------------------------------------------------------------------------ several workers
 
 def _postgres_binaries():
