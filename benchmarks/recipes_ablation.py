@@ -219,7 +219,8 @@ def parse_args(argv=None):
     parser.add_argument("--configs", default=",".join(CONFIGS),
                         help=f"comma-separated subset of: {', '.join(CONFIGS)} (default: all)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per training (default: one per core)")
-    parser.add_argument("--out", type=Path, default=REPO / "results" / "recipes_ablation")
+    parser.add_argument("--out", type=Path, default=Path("results") / "recipes_ablation",
+                        help="output folder, relative to the current directory (default: results/recipes_ablation)")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     args = parser.parse_args(argv)
     args.configs = [c.strip() for c in args.configs.split(",") if c.strip()]
