@@ -167,7 +167,7 @@ def summarise_cv(folder):
 def summarise_seeds(folder, seeds):
     """Metrics of the test probabilities averaged over the seeds; AUC spread over the seeds."""
     records = [read_json(folder / f"seed{s}" / "predictions_test.json") for s in seeds]
-    paths, labels, mean = mean_probabilities(records)
+    paths, labels, mean = mean_probabilities(records, [f"seed{s}" for s in seeds])
     model = dict(records[0]["model"], kind=f"mean of {len(seeds)} seeds' probabilities")
     result = score(predictions_from_probabilities(records[0], "test", paths, labels, mean, model))
     key = auc_key(result)

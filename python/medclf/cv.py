@@ -178,24 +178,20 @@ def build_shared_images(table, side, mode, cache_dir, progress):
 
 # ---------------------------------------------------------------- combining fold predictions (pure)
 
-def mean_probabilities(records):
+def mean_probabilities(records, names=None):
     """The mean of the records' probabilities, image by image, joined by path; all records must
-    hold the same images with the same labels. Returns (paths, labels, (N, K) mean) in the first
-    record's order."""
-    first = records[0]
-    paths, labels = list(first["paths"]), list(first["labels"])
-    total = np.zeros((len(paths), len(first["classes"])), dtype=np.float64)
-    for record in records:
-        row_of = {p: i for i, p in enumerate(record["paths"])}
-        missing = [p for p in paths if p not in row_of]
-        if missing or len(row_of) != len(paths):
-            raise MedclfError(f"fold predictions hold different images ({len(row_of)} vs {len(paths)}; e.g. "
-                              f"{(missing or [p for p in row_of if p not in set(paths)])[0]}); re-run `medclf cv`")
-        order = [row_of[p] for p in paths]
-        if [record["labels"][i] for i in order] != labels:
-            raise MedclfError("fold predictions disagree on the labels of the same images; re-run `medclf cv`")
-        total += np.asarray(record["probabilities"], dtype=np.float64)[order]
-    return paths, labels, total / len(records)
+    hold the same images and classes with the same labels (ensemble.align_members, named by
+    `names`, default "record 1", "record 2", ...). Returns (paths, labels, (N, K) mean) in the
+    first record's order."""
+    from medclf.ensemble import align_members
+
+    names = names or [f"record {i}" for i in range(1, len(records) + 1)]
+    aligned = align_members([{"source": name, "classes": list(r["classes"]), "paths": list(r["paths"]),
+                              "labels": np.asarray(r["labels"]),
+                              "probabilities": np.asarray(r["probabilities"], dtype=np.float64)}
+                             for name, r in zip(names, records)])
+    mean = np.mean([member["probabilities"] for member in aligned], axis=0)
+    return aligned[0]["paths"], aligned[0]["labels"].tolist(), mean
 
 
 def predictions_from_probabilities(template, split, paths, labels, probabilities, model):
@@ -490,10 +486,12 @@ def write_cv_outputs(cv, fold_records, out_dir, cache_seconds):
                                            "not train on it)"))
     non_test = cv.table.frame[cv.table.frame["split"] != "test"]["path"].tolist()
     check_out_of_fold(oof, non_test, cv.table.rows("test")["path"].tolist())
-    paths, labels, mean = mean_probabilities([repeat_subset(oof, r) for r in cv.repeats])
+    paths, labels, mean = mean_probabilities([repeat_subset(oof, r) for r in cv.repeats],
+                                             [f"repeat {r}'s out-of-fold predictions" for r in cv.repeats])
     val = predictions_from_probabilities(template, "val", paths, labels, mean,
                                          dict(model, kind="out-of-fold probabilities averaged over the repeats"))
-    paths, labels, mean = mean_probabilities([recs["test"] for recs in fold_records.values()])
+    paths, labels, mean = mean_probabilities([recs["test"] for recs in fold_records.values()],
+                                             [f"{fold_run_name(f, r)}'s test predictions" for r, f in fold_records])
     test = predictions_from_probabilities(template, "test", paths, labels, mean,
                                           dict(model, kind="fold ensemble (mean of the fold models' probabilities)"))
     results = oof_results(oof, {key: recs["val"] for key, recs in fold_records.items()})

@@ -243,8 +243,9 @@ def test_mean_probabilities_joins_by_path():
 
 
 @pytest.mark.parametrize("other, message", [
-    (_record(["x", "z"], [1, 0], [[1, 0], [0, 1]]), "different images"),
-    (_record(["x", "y"], [0, 0], [[1, 0], [0, 1]]), "disagree on the labels"),
+    (_record(["x", "z"], [1, 0], [[1, 0], [0, 1]]), "record 2: lacks 1 image.* of record 1: 'y'; has 1 .*'z'"),
+    (_record(["x", "y"], [0, 0], [[1, 0], [0, 1]]), "record 2: labels differ from record 1 for 1 image.*'x'"),
+    (dict(_record(["x", "y"], [1, 0], [[1, 0], [0, 1]]), classes=["yes", "no"]), "record 2: classes"),
 ])
 def test_mean_probabilities_refuses_other_images_or_labels(other, message):
     with pytest.raises(MedclfError, match=message):
