@@ -124,7 +124,9 @@ def test_best_weights_are_restored_and_equal_a_run_stopped_at_the_best_epoch(sma
     assert state_dicts_equal(last_short["model"], best["state_dict"])
 
 
-def test_ctrl_c_still_restores_best_weights_and_writes_curves(small_splits, tmp_path, monkeypatch):
+def _interrupt_the_second_epoch(monkeypatch):
+    """Make training.train_one_epoch raise KeyboardInterrupt (Ctrl+C) on its second call; returns
+    the real function, to put back for a resume."""
     from medclf import training
 
     real_epoch = training.train_one_epoch
@@ -137,6 +139,13 @@ def test_ctrl_c_still_restores_best_weights_and_writes_curves(small_splits, tmp_
         return real_epoch(*args, **kwargs)
 
     monkeypatch.setattr(training, "train_one_epoch", interrupted_on_second_epoch)
+    return real_epoch
+
+
+def test_ctrl_c_still_restores_best_weights_and_writes_curves(small_splits, tmp_path, monkeypatch):
+    from medclf import training
+
+    _interrupt_the_second_epoch(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         training.run_training(base_config(small_splits, tmp_path))
     assert (tmp_path / "run" / "curves.png").is_file()
@@ -346,16 +355,7 @@ def test_ema_and_swa_run_interrupted_and_resumed_equals_the_uninterrupted_run(sm
                                                       "no_decay_norm_bias": True, "scheduler": "warmup-cosine"})
     config = dict(base_config(small_splits, tmp_path, epochs=2, augment="flips"), recipe="averaged")
     whole = training.run_training(dict(config, run_name="whole"))
-    real_epoch = training.train_one_epoch
-    calls = {"n": 0}
-
-    def interrupted_on_second_epoch(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real_epoch(*args, **kwargs)
-
-    monkeypatch.setattr(training, "train_one_epoch", interrupted_on_second_epoch)
+    real_epoch = _interrupt_the_second_epoch(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         training.run_training(dict(config, run_name="killed"))
     monkeypatch.setattr(training, "train_one_epoch", real_epoch)
