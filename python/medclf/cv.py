@@ -343,7 +343,6 @@ class CvRun:
 def prepare_cv(config, folds="all", repeats=None, tta="none"):
     """Read the splits, check the options, and record (or check) cv.json's arguments."""
     from medclf.predict import tta_views
-    from medclf.training import resolve_config
 
     if not config.get("splits"):
         raise MedclfError("--splits is required (a splits.csv written by `medclf partition --folds K`)")
@@ -353,22 +352,34 @@ def prepare_cv(config, folds="all", repeats=None, tta="none"):
                           "run `medclf partition --folds K`")
     n_folds, repeat_list = cv_layout(table, repeats)
     config = dict(config, run_name=config.get("run_name") or f"cv_{config.get('arch') or 'resnet18'}")
-    resolve_config(dict(config))  # every training option checked before the first fold
     cv_dir = Path(config.get("out") or "results") / config["run_name"]
-    record_arguments(cv_dir, config, table, repeat_list)
+    record_arguments(cv_dir, config, table, repeat_list)  # resolves, so every option is checked before the first fold
     return CvRun(table, cv_dir, config, n_folds, parse_folds(folds, n_folds), repeat_list, tta_views(tta))
 
 
+def training_options(config):
+    """The options that decide what the folds train, as they resolve (recipe and defaults
+    applied, medclf.training.resolve_config), without the FREE_OPTIONS."""
+    from medclf.training import resolve_config
+
+    resolved = resolve_config(dict(config))
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in sorted(resolved.items()) if k not in FREE_OPTIONS}
+
+
 def record_arguments(cv_dir, config, table, repeats):
-    """Write cv.json's arguments, or refuse when an existing CV was made with other ones."""
-    arguments = {k: (str(v) if isinstance(v, Path) else v) for k, v in sorted(config.items()) if k not in FREE_OPTIONS}
-    arguments["repeats"] = len(repeats)
+    """Write cv.json's arguments (the resolved training options), or refuse when an existing CV
+    was made with other ones. The recorded arguments are resolved again before the comparison:
+    a cv.json from an older medclf lacks the options added since (their defaults apply) or holds
+    None where a recipe decided, and both mean what they meant then; a recipe whose values changed
+    since is refused by its values."""
+    arguments = dict(training_options(config), repeats=len(repeats))
     splits_sha = sha256_file(table.source)
     path = cv_dir / "cv.json"
     if path.is_file():
         previous = read_json(path)
-        changed = sorted(k for k in set(arguments) | set(previous.get("arguments", {}))
-                         if previous.get("arguments", {}).get(k) != arguments.get(k))
+        recorded = dict(previous.get("arguments", {}))
+        recorded = dict(training_options(recorded), repeats=recorded.get("repeats"))
+        changed = sorted(k for k in set(arguments) | set(recorded) if recorded.get(k) != arguments.get(k))
         if changed or previous.get("splits_sha256") != splits_sha:
             what = ", ".join(changed) if changed else f"{table.source} changed"
             raise MedclfError(f"{cv_dir}: this cross-validation was made with other options or splits ({what}); "

@@ -12,7 +12,7 @@ import torch
 
 from medclf import cli, cv
 from medclf.errors import MedclfError
-from medclf.fileio import read_json
+from medclf.fileio import read_json, write_json
 
 HAM_ARGS = ["--image-col", "image_id", "--label-col", "dx", "--group-col", "lesion_id", "--image-ext", ".jpg"]
 # --no-amp: the best-epoch test recomputes the val probabilities in fp32, in one batch
@@ -181,6 +181,48 @@ def test_a_cv_rerun_with_other_training_options_is_refused(brain_cv, brain_cv_sp
     assert cli.main(["cv", "--splits", str(brain_cv_splits), "--out", str(brain_cv.parent), "--run-name", "cv",
                      "--epochs", "3", "--patience", "2", *TRAIN_ARGS]) == 1
     assert "made with other options or splits (epochs)" in capsys.readouterr().err
+
+
+def _one_fold_cv(splits, out, *extra):
+    return cli.main(["cv", "--splits", str(splits), "--out", str(out), "--run-name", "cv", "--folds", "0",
+                     "--repeats", "1", "--epochs", "1", "--patience", "1", *TRAIN_ARGS, *extra])
+
+
+# The options issue 15 added: a cv.json written before it has none of them.
+RECIPE_ERA_OPTIONS = ("recipe", "label_smoothing", "mixup_alpha", "cutmix_alpha", "mix_prob", "ema_decay",
+                      "swa_epochs", "swa_lr", "patience_start", "no_decay_norm_bias")
+
+
+@pytest.mark.parametrize("older", ["before recipes", "recipe options as given"])
+def test_a_cv_json_from_an_older_medclf_resumes_without_training_again(brain_cv_splits, tmp_path, older):
+    from medclf import recipes
+    from medclf.training import DEFAULTS
+
+    assert _one_fold_cv(brain_cv_splits, tmp_path) == 0
+    best = tmp_path / "cv" / "fold0" / "best.pt"
+    trained_at = best.stat().st_mtime_ns
+    record = read_json(tmp_path / "cv" / "cv.json")
+    if older == "before recipes":  # every option it knew recorded with its value, the newer ones absent
+        arguments = {k: (DEFAULTS[k] if v is None and k in DEFAULTS else v)
+                     for k, v in record["arguments"].items() if k not in RECIPE_ERA_OPTIONS}
+    else:  # the first recipe version recorded None for every option a recipe may set and the command left out
+        left_out = set(recipes.RECIPES["cpu-small"]) - {"img_size", "batch_size", "epochs", "patience"}
+        arguments = {k: (None if k in left_out else v) for k, v in record["arguments"].items()}
+    assert arguments != record["arguments"]
+    write_json(tmp_path / "cv" / "cv.json", dict(record, arguments=arguments))
+    assert _one_fold_cv(brain_cv_splits, tmp_path) == 0
+    assert best.stat().st_mtime_ns == trained_at
+
+
+def test_a_cv_whose_recipe_holds_other_values_since_is_refused(brain_cv_splits, tmp_path, monkeypatch, capsys):
+    from medclf import recipes
+
+    monkeypatch.setitem(recipes.RECIPES, "mine", {"lr": 2e-3, "label_smoothing": 0.1})
+    assert _one_fold_cv(brain_cv_splits, tmp_path, "--recipe", "mine") == 0
+    assert read_json(tmp_path / "cv" / "cv.json")["arguments"]["lr"] == 2e-3  # the resolved value is recorded
+    monkeypatch.setitem(recipes.RECIPES, "mine", {"lr": 3e-3, "label_smoothing": 0.1})
+    assert _one_fold_cv(brain_cv_splits, tmp_path, "--recipe", "mine") == 1
+    assert "made with other options or splits (lr)" in capsys.readouterr().err
 
 
 def test_cv_needs_fold_columns_and_enough_repeats(brain_cv_splits, tmp_path, capsys):
