@@ -137,9 +137,9 @@ def test_two_processes_write_a_normal_run_folder_once(two_process_run):
     assert len([p for p in (out / "image-cache").iterdir() if p.is_dir()]) == 2
 
 
-def test_validation_metrics_are_those_of_one_process_on_every_val_image_once(two_process_run):
-    out, _ = two_process_run
-    run = out / "whole"
+def assert_best_val_metrics_are_those_of_one_process_on_every_val_image_once(run):
+    """The best history row's val metrics equal those recomputed from `medclf test`'s val
+    predictions of best.pt (written by rank 0)."""
     assert cli.main(["test", "--run", str(run), "--no-progress"]) == 0
     predictions = read_json(run / "predictions_val.json")
     assert len(predictions["labels"]) == 9
@@ -151,6 +151,27 @@ def test_validation_metrics_are_those_of_one_process_on_every_val_image_once(two
     single = epoch_metrics(loss, len(labels), labels.numpy(), logits)
     for key, value in single.items():
         assert float(best[f"val_{key}"]) == pytest.approx(value, rel=1e-5, abs=1e-6), key
+    return best
+
+
+def test_validation_metrics_are_those_of_one_process_on_every_val_image_once(two_process_run):
+    out, _ = two_process_run
+    assert_best_val_metrics_are_those_of_one_process_on_every_val_image_once(out / "whole")
+
+
+def test_ema_and_swa_weights_under_two_processes_are_validated_and_saved_as_rank_0_holds_them(odd_val_splits, tmp_path,
+                                                                                               capfd, monkeypatch):
+    # Parameters agree between ranks, BatchNorm buffers do not (each rank's EMA averages its own
+    # statistics; SWA recomputes them on its own shard): rank 0's are shared before validation
+    # and are the ones saved, so the row's metrics must be best.pt's on the whole val split.
+    status, _, err = train_cli(capfd, monkeypatch, ddp_args(odd_val_splits, tmp_path, "averaged", "--epochs", "2",
+                                                            "--patience", "5", "--ema-decay", "0.5", "--swa-epochs", "1"))
+    assert status == 0, err
+    rows = history(tmp_path / "averaged")
+    assert [bool(r["monitored_ema"]) for r in rows] == [True, True] and [bool(r["monitored_swa"]) for r in rows] == \
+        [False, True]
+    best = assert_best_val_metrics_are_those_of_one_process_on_every_val_image_once(tmp_path / "averaged")
+    assert best["val_loss"] == best[f"monitored_{best['weights']}"]
 
 
 def test_a_rank_killed_mid_epoch_ends_the_job_clearly_and_resume_completes_it(two_process_run, odd_val_splits,
