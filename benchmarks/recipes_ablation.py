@@ -21,7 +21,8 @@ Measurement (every config on the same partition, seed and images):
 - --seeds: one partition (val 15%, test 20%), `medclf train` + `medclf test` per seed; metrics with
   95% intervals on the test probabilities averaged over the seeds; the spread of the AUC over seeds.
 Training minutes: the mean over the trained models of the summed epoch times in history.csv (train
-and validation); wall minutes: the whole config (decoding, training, predicting).
+and validation); wall minutes: the whole config (decoding, training, predicting), "resumed" when
+this invocation found part of it finished (its wall time is not the config's).
 
 Writes OUT/<dataset>_<size>px[_seeds]/: partition/, one folder per config, ablation.md (the table,
 also printed) and ablation.json. A rerun skips what is finished (medclf cv resumes its folds; seed
@@ -176,13 +177,14 @@ def summarise_seeds(folder, seeds):
 
 
 def table_row(config, result, auc_spread, minutes, wall_seconds):
+    """One table row; wall_seconds None: the config was resumed."""
     m = result["metrics"]
     sd = "NA" if auc_spread["sd"] is None else f"{auc_spread['sd']:.3f}"
     spread_text = "NA" if auc_spread["mean"] is None else f"{auc_spread['mean']:.3f} ± {sd} (n = {auc_spread['n']})"
     return {"config": config, "macro AUC": estimate_with_interval(m[auc_key(result)]),
             "balanced accuracy": estimate_with_interval(m["balanced_accuracy"]),
             "accuracy": estimate_with_interval(m["accuracy"]), "AUC spread": spread_text,
-            "train min/model": f"{sum(minutes) / len(minutes):.2f}", "wall min": f"{wall_seconds / 60:.1f}",
+            "train min/model": f"{sum(minutes) / len(minutes):.2f}", "wall min": "resumed" if wall_seconds is None else f"{wall_seconds / 60:.1f}",
             "n": result["n"]}
 
 
@@ -231,14 +233,17 @@ def parse_args(argv=None):
 
 
 def run_config(args, config, splits, folder):
-    """Train and predict one config (skipping finished seed runs); returns its wall seconds."""
+    """Train and predict one config (skipping finished seed runs); returns its wall seconds, or
+    None when part of it was finished before (a resumed CV folder or a kept seed run)."""
     started = time.perf_counter()
+    resumed = not args.seeds and (folder / "cv.json").is_file()
     for command, run_dir in config_commands(args, config, splits, folder):
         if run_dir is not None and (run_dir / "best.pt").is_file() and (run_dir / "history.csv").is_file():
             print(f"# {run_dir}: trained already, kept", flush=True)
+            resumed = True
             continue
         run_command(command, args.dry_run)
-    return time.perf_counter() - started
+    return None if resumed else time.perf_counter() - started
 
 
 def main(argv=None):
