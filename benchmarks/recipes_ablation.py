@@ -9,8 +9,9 @@ or, with --seeds, with several training seeds on one train/val/test split.
 The plain recipe is each dataset's shipped study as it was before issue 15 (studies/*.yaml: ResNet-18
 from scratch, Adam 1e-3, batch 32, flips, the study's class balancing and monitored value), kept here
 so the baseline does not move when the studies adopt a recipe. Every other config adds the CONFIGS
-arguments to it; `recipe-cpu-small` instead leaves epochs, patience, lr, batch size and augmentation to
-the recipe (explicit arguments would win over it), so its budget is the recipe's own.
+arguments to it; the recipe configs (`recipe-cpu-small`, and `-v1`, its first version) instead leave
+epochs, patience, lr, batch size and augmentation to the recipe (explicit arguments would win over
+it), so their budget is the recipe's own.
 
 Measurement (every config on the same partition, seed and images):
 - CV (default): `medclf partition --folds K --repeats R` once (lesion-grouped for HAM10000), then
@@ -77,10 +78,10 @@ CONFIGS = {
     "swa": ["--swa-epochs", "{swa_epochs}"],
     "combined": ["--label-smoothing", "0.1", "--mixup-alpha", "0.2", "--augment", "{augment}+trivialaugment",
                  "--optimizer", "adamw", "--weight-decay", "0.05", "--no-decay-norm-bias", "--ema-decay", "0.999"],
+    # cpu-small's first version (AdamW, decay 0.05 off norm/bias), measured before the decay was dropped
+    "recipe-cpu-small-v1": ["--recipe", "cpu-small", "--optimizer", "adamw", "--weight-decay", "0.05",
+                            "--no-decay-norm-bias"],
     "recipe-cpu-small": ["--recipe", "cpu-small"],
-    # the recipe without its weight decay (AdamW with decay 0 is Adam): the one block that lowered the
-    # AUC alone on both HAM10000 framings
-    "recipe-cpu-small-wd0": ["--recipe", "cpu-small", "--weight-decay", "0"],
 }
 RECIPE_SETS = {"--epochs", "--patience", "--lr", "--batch-size", "--augment"}  # left to a --recipe
 COLUMNS = ["config", "macro AUC", "balanced accuracy", "accuracy", "AUC spread", "train min/model", "wall min"]
