@@ -25,8 +25,8 @@ Training minutes: the mean over the trained models of the summed epoch times in 
 and validation); wall minutes: the whole config (decoding, training, predicting), "resumed" when
 this invocation found part of it finished (its wall time is not the config's).
 
-Writes OUT/<dataset>_<size>px[_seeds]/: partition/, one folder per config, ablation.md (the table,
-also printed) and ablation.json. A rerun skips what is finished (medclf cv resumes its folds; seed
+Writes OUT/<dataset>_<size>px_<K>fold_x<R>/ (CV) or OUT/<dataset>_<size>px_seeds/: partition/, one
+folder per config, ablation.md (the table, also printed) and ablation.json. A rerun skips what is finished (medclf cv resumes its folds; seed
 runs with a best.pt and history are kept), so a killed ablation continues where it stopped.
 """
 
@@ -252,7 +252,9 @@ def run_config(args, config, splits, folder):
 
 def main(argv=None):
     args = parse_args(argv)
-    root = args.out / f"{args.dataset}_{args.img_size}px{'_seeds' if args.seeds else ''}"
+    # the design is in the name: a partition made for one CV layout must not be reused for another
+    design = "seeds" if args.seeds else f"{args.folds}fold_x{args.repeats}"
+    root = args.out / f"{args.dataset}_{args.img_size}px_{design}"
     splits = root / "partition" / "splits.csv"
     if not splits.is_file():
         run_command(partition_command(args, root / "partition"), args.dry_run)

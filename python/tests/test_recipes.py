@@ -1,6 +1,8 @@
 """Issue 15 part 2: weight decay without norm/bias parameters, EMA and SWA weights, patience after
 the warm-up, and named recipes (explicit argument > recipe > default). Hand-computed values."""
 
+import importlib.util
+
 import pytest
 import torch
 from torch import nn
@@ -267,3 +269,23 @@ def test_a_study_files_explicit_false_wins_over_the_recipe(test_recipe):
     assert (cfg["no_decay_norm_bias"], cfg["lr"], cfg["optimizer"]) == (False, 0.01, "adamw")
     section["no-decay-norm-bias"] = True
     assert resolved()[1]["no_decay_norm_bias"] is True
+
+
+def _recipes_ablation(repo_root):
+    spec = importlib.util.spec_from_file_location("recipes_ablation", repo_root / "benchmarks" / "recipes_ablation.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_ablation_keeps_each_cv_layout_in_its_own_folder(repo_root, tmp_path, capsys):
+    # It reused <dataset>_<size>px/partition for any --folds/--repeats, so a 2-repeat ablation run
+    # after a 1-repeat one silently trained and scored the 1-repeat partition.
+    ablation = _recipes_ablation(repo_root)
+    for repeats in ("1", "2"):
+        assert ablation.main(["--dataset", "brain_mri", "--folds", "5", "--repeats", repeats, "--configs", "plain",
+                              "--out", str(tmp_path), "--dry-run"]) == 0
+    partitions = [line.split("--out ")[1].split()[0] for line in capsys.readouterr().out.splitlines()
+                  if line.startswith("$ medclf partition")]
+    assert partitions == [str(tmp_path / "brain_mri_64px_5fold_x1" / "partition"),
+                          str(tmp_path / "brain_mri_64px_5fold_x2" / "partition")]
