@@ -24,7 +24,6 @@ RUN python3 -m venv /opt/venv \
  && grep -v -E '^(rpy2|pytest|httpx|playwright)==' requirements.txt > /tmp/requirements.txt \
  && pip install -r /tmp/requirements.txt
 COPY python ./python
-COPY R ./R
 RUN pip install --no-deps . && useradd --create-home --uid 10001 medclf
 
 USER medclf

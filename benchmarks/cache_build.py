@@ -1,4 +1,4 @@
-"""Build time and disk size of the shared image cache (medclf.image_cache), per 1,000 images.
+"""Build time and disk size of the shared image cache (medclf.data.image_cache), per 1,000 images.
 
     PYTHONPATH=python .venv/bin/python benchmarks/cache_build.py [--images ../shared/data/ham10000_dev/images]
         [--sizes 224 512] [--workers 2] [--limit N] [--out DIR]
@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from medclf import image_cache
+from medclf.data import image_cache
 
 
 def measure(paths, side, root, workers):

@@ -8,7 +8,7 @@ Partitions the data once (--folds K, not timed), then runs back to back, in one 
 (a) `medclf cv` on the K folds: trains K runs, predicts out-of-fold and test, writes the CV outputs;
 (b) the same K folds as K single runs: `medclf train` on each fold's splits.csv, then `medclf test`.
 Both train the same models (same splits, seed, epochs; --deterministic). Decoding time is the
-time spent in medclf.data.build_cache, counted by wrapping it here (the benchmark only).
+time spent in medclf.data.datasets.build_cache, counted by wrapping it here (the benchmark only).
 Prints wall time and decoding time of each and the ratio (b) / (a).
 """
 
@@ -17,12 +17,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from medclf import data as data_mod
-from medclf.cv import run_cv, write_fold_splits
-from medclf.partition import PartitionOptions, partition
-from medclf.predict import run_test
-from medclf.splits import read_splits
-from medclf.training import run_training
+from medclf.core.splits import read_splits
+from medclf.data import datasets as data_mod
+from medclf.infer.predict import run_test
+from medclf.prepare.partition import PartitionOptions, partition
+from medclf.train.training import run_training
+from medclf.workflows.cv import run_cv, write_fold_splits
 
 REPO = Path(__file__).resolve().parents[1]
 

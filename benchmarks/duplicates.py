@@ -3,7 +3,7 @@
     PYTHONPATH=python .venv/bin/python benchmarks/duplicates.py [--data ../shared/data] [--out results/bench_duplicates]
 
 1. Recall: every image of ham10000_dev (1,983) and brain_mri (253) gets one synthetic copy, the
-   families taking turns (medclf.duplicate_copies: the 8 flips/rotations, crops keeping 80-95 %,
+   families taking turns (medclf.prepare.duplicate_copies: the 8 flips/rotations, crops keeping 80-95 %,
    zoom 0.9-1.1, rotation up to 15 degrees, brightness/contrast +-15 %, JPEG quality 60-90, half
    size). Originals and copies (4,472 images) go through the detector together; a copy counts
    as found when it lands in its original's duplicate group.
@@ -26,10 +26,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from medclf import dedup
-from medclf import duplicates_review as review
-from medclf.duplicate_copies import FAMILIES, encode, synthetic_copy
-from medclf.imageio import read_image
+from medclf.data.imageio import read_image
+from medclf.prepare import dedup
+from medclf.prepare import duplicates_review as review
+from medclf.prepare.duplicate_copies import FAMILIES, encode, synthetic_copy
 
 
 def make_copies(sources, folder, rng, families=None):

@@ -4,7 +4,7 @@
 
 Each run needs RUN/model.onnx (`medclf export --run RUN --format onnx`) and
 RUN/predictions_test.json (`medclf test --run RUN`). The test images are read with
-medclf.imageio and classified by medclf.onnx_model.OnnxClassifier (numpy preprocessing, no torch)
+medclf.data.imageio and classified by medclf.infer.onnx_model.OnnxClassifier (numpy preprocessing, no torch)
 at each batch size; printed per run and batch size, as a markdown table: the largest absolute
 probability difference from predictions_test.json, whether every argmax agrees, the ROC-AUC of
 both (binary: the positive class's column; multi-class: macro one-vs-rest) and onnxruntime's
@@ -18,12 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
-from medclf.errors import MedclfError
-from medclf.fileio import read_json
-from medclf.imageio import read_image
-from medclf.metrics import roc_auc_ovr_macro
-from medclf.onnx_model import OnnxClassifier
-from medclf.splits import read_splits
+from medclf.core.errors import MedclfError
+from medclf.core.fileio import read_json
+from medclf.core.splits import read_splits
+from medclf.data.imageio import read_image
+from medclf.evaluate.metrics import roc_auc_ovr_macro
+from medclf.infer.onnx_model import OnnxClassifier
 
 
 def test_images(run):

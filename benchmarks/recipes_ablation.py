@@ -42,9 +42,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "python"))
 
-from medclf.cv import mean_probabilities, predictions_from_probabilities, score, spread  # noqa: E402
-from medclf.fileio import read_json, write_json, write_text  # noqa: E402
-from medclf.formatting import estimate_with_interval  # noqa: E402
+from medclf.core.fileio import read_json, write_json, write_text  # noqa: E402
+from medclf.evaluate.formatting import estimate_with_interval  # noqa: E402
+from medclf.workflows.cv import mean_probabilities, predictions_from_probabilities, score, spread  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data"
 HAM_PARTITION = ["--metadata", "{data}/ham10000_dev/HAM10000_metadata.csv", "--image-dir", "{data}/ham10000_dev/images",

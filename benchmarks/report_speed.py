@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from medclf import metrics as M
-from medclf import r_bridge
-from medclf import report as R
+from medclf.evaluate import metrics as M
+from medclf.evaluate import r_bridge
+from medclf.evaluate import report as R
 
 
 def best_time(fn, repeats):

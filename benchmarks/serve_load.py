@@ -56,7 +56,7 @@ def free_port():
 
 def first_test_image(run):
     sys.path.insert(0, str(REPO / "python"))
-    from medclf.splits import read_splits
+    from medclf.core.splits import read_splits
 
     table = read_splits(Path(run) / "splits.csv")
     return table.resolve(table.rows("test")["path"].iloc[0])

@@ -11,13 +11,13 @@ CPU (default):
     the first epoch includes building the cache;
 (c) the seed-002 loop: every epoch opens, converts and resizes each file with PIL (fp32).
 (a) and (b) run in fp32 and, where the CPU has native bf16, in bf16 with channels_last (medclf's
---amp, medclf.precision), so the compute bound is measured for each precision. All loops run
+--amp, medclf.engine.precision), so the compute bound is measured for each precision. All loops run
 interleaved, one epoch each per round (the CPU may be shared). Prints images/s per loop and
 precision (median of the rounds after the first), the ratios b/a per precision, b/c, and bf16/fp32.
 Targets: b/a >= 0.85, b/c >= 1.5.
 
 --device cuda: for each architecture and size, (a) random tensors already on the GPU and (b)
-medclf's data path to the GPU (medclf.device_data: the uint8 cache on the device, augmented
+medclf's data path to the GPU (medclf.data.device_data: the uint8 cache on the device, augmented
 there, or pinned memory when it does not fit), both in the precision medclf picks there (bf16, or
 fp16 with a gradient scaler) with channels_last; prints images/s and b/a. Without CUDA it says so
 in one line and exits 0.
@@ -34,10 +34,12 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from medclf import data, device_data, models, transforms
-from medclf.engine import train_one_epoch
-from medclf.imageio import is_image_name
-from medclf.precision import choose_precision
+from medclf.data import datasets as data
+from medclf.data import device_data, transforms
+from medclf.data.imageio import is_image_name
+from medclf.engine.precision import choose_precision
+from medclf.engine.steps import train_one_epoch
+from medclf.models import architectures as models
 
 REPO = Path(__file__).resolve().parents[1]
 

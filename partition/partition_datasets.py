@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
 
-from medclf.errors import MedclfError  # noqa: E402
+from medclf.core.errors import MedclfError  # noqa: E402
 
 
 def main(argv=None):
@@ -31,9 +31,9 @@ def main(argv=None):
                         help="replace an existing, different split in DIR (refused without it)")
     args = parser.parse_args(argv)
     try:
-        from medclf.organize import write_seed002_split_csvs
-        from medclf.partition import PartitionOptions, partition
-        from medclf.splits import read_splits
+        from medclf.core.splits import read_splits
+        from medclf.prepare.organize import write_seed002_split_csvs
+        from medclf.prepare.partition import PartitionOptions, partition
 
         proj = args.proj_dir
         if not proj.is_dir():

@@ -8,7 +8,7 @@ See medclf/seed002_scripts.py for the formats written.
 
 import sys
 
-from medclf.seed002_scripts import main, test_main
+from medclf.workflows.seed002_scripts import main, test_main
 
 if __name__ == "__main__":
     sys.exit(main(test_main))

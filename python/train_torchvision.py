@@ -9,7 +9,7 @@ See medclf/seed002_scripts.py for the formats written.
 
 import sys
 
-from medclf.seed002_scripts import main, train_main
+from medclf.workflows.seed002_scripts import main, train_main
 
 if __name__ == "__main__":
     sys.exit(main(train_main))

@@ -17,6 +17,24 @@ def _dataset(name):
     return path
 
 
+def pytest_addoption(parser):
+    parser.addoption("--fp32", action="store_true",
+                     help="run every in-process training and inference in fp32, as on a CPU without native bf16 "
+                          "(AVX2 only): finds tests that depend on this CPU's arithmetic")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _fp32_everywhere(request):
+    if not request.config.getoption("--fp32"):
+        yield
+        return
+    from medclf.engine import precision
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(precision, "cpu_supports_bf16", lambda: False)
+        yield
+
+
 @pytest.fixture(scope="session")
 def repo_root():
     return REPO
@@ -63,7 +81,7 @@ def pytest_collection_modifyitems(items):
     """The docs test's per-file runs take minutes each: start them first, longest pages first, so
     that `pytest -n` spreads them over the workers instead of ending on one of them."""
     def weight(item):
-        if not item.nodeid.startswith("python/tests/test_docs.py::test_every_command_block_runs["):
+        if not item.nodeid.startswith("python/tests/e2e/test_docs.py::test_every_command_block_runs["):
             return 0
         page = REPO / item.nodeid.split("[", 1)[1].rstrip("]")
         return -page.stat().st_size if page.is_file() else -1

@@ -3,7 +3,7 @@ injected from outside medclf, for the sweep resume test):
 
     python sweep_killed_after_epochs.py N sweep STUDY.yaml --trials 3 ...
 
-The wrapper replaces medclf.training.save_epoch with one that calls the real function and kills the
+The wrapper replaces medclf.train.training.save_epoch with one that calls the real function and kills the
 process after the Nth call: the trial then running has a last.pt and the storage still says it runs.
 """
 
@@ -11,7 +11,8 @@ import os
 import signal
 import sys
 
-from medclf import cli, training
+from medclf import cli
+from medclf.train import training
 
 
 def main():

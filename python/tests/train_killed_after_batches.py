@@ -4,11 +4,11 @@ from outside medclf, for the --resume tests):
     python train_killed_after_batches.py N train --splits ... --run-name killed
     (torchrun ...) train_killed_after_batches.py N@R train --splits ... --run-name killed
 
-The wrapper replaces medclf.training.train_one_epoch with one that hands the real function a
+The wrapper replaces medclf.train.training.train_one_epoch with one that hands the real function a
 loader counting the batches it yields; the process kills itself when asked for batch N + 1,
 that is after N batches were trained, mid-epoch, before any checkpoint of that epoch is written.
 With N@R the wrapper runs as one of torchrun's training processes (the test makes the --nproc
-launcher start it instead of `python -m medclf`: medclf.distributed.WORKER), and only the
+launcher start it instead of `python -m medclf`: medclf.engine.distributed.WORKER), and only the
 process of rank R kills itself.
 """
 
@@ -16,7 +16,8 @@ import os
 import signal
 import sys
 
-from medclf import cli, training
+from medclf import cli
+from medclf.train import training
 
 
 def kill_after(limit):

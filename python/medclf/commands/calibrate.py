@@ -1,4 +1,4 @@
-"""medclf calibrate: recalibrate a run's probabilities on validation (logic in medclf.calibration)."""
+"""medclf calibrate: recalibrate a run's probabilities on validation (logic in medclf.evaluate.calibration)."""
 
 HELP = "fit temperature, Platt or isotonic calibration on predictions_val.json; write calibrated predictions"
 DESCRIPTION = (
@@ -18,7 +18,7 @@ def add_arguments(parser):
 
 
 def run(args):
-    from medclf.calibration import run_calibrate
+    from medclf.evaluate.calibration import run_calibrate
 
     for path in run_calibrate(args.run, args.method, args.out):
         print(path)

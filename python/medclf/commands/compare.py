@@ -1,4 +1,4 @@
-"""medclf compare: paired DeLong comparison of runs on the same test images (logic in medclf.compare)."""
+"""medclf compare: paired DeLong comparison of runs on the same test images (logic in medclf.evaluate.compare)."""
 
 HELP = "compare runs on the same test images: one row per run, pairwise paired DeLong tests"
 DESCRIPTION = (
@@ -24,7 +24,7 @@ def add_arguments(parser):
 
 
 def run(args):
-    from medclf.compare import compare_runs, markdown_table
+    from medclf.evaluate.compare import compare_runs, markdown_table
 
     result, written = compare_runs(args.runs, args.split, args.out, args.positive, args.group, args.threshold,
                                    args.engine)

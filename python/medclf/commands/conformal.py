@@ -1,4 +1,4 @@
-"""medclf conformal: split conformal prediction sets (logic in medclf.conformal)."""
+"""medclf conformal: split conformal prediction sets (logic in medclf.evaluate.conformal)."""
 
 HELP = "prediction sets with guaranteed coverage: calibrate on predictions_val.json, apply to predictions_test.json"
 DESCRIPTION = (
@@ -23,7 +23,7 @@ def add_arguments(parser):
 
 
 def run(args):
-    from medclf.conformal import run_conformal
+    from medclf.evaluate.conformal import run_conformal
 
     for path in run_conformal(args.run, args.alpha, args.method, args.mondrian, args.allow_empty, args.out):
         print(path)

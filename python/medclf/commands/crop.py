@@ -1,6 +1,6 @@
-"""medclf crop: attention-guided crops of every image of a splits file (logic in medclf.crop)."""
+"""medclf crop: attention-guided crops of every image of a splits file (logic in medclf.explain.crop)."""
 
-from medclf.commands import add_compute_arguments, apply_threads
+from medclf.commands.compute import add_compute_arguments, apply_threads
 
 HELP = "crop every image around a run's Grad-CAM attention; writes the crops, boxes.csv and a new splits.csv"
 DESCRIPTION = (
@@ -14,7 +14,7 @@ DESCRIPTION = (
 
 
 def add_arguments(parser):
-    from medclf.crop import DEFAULT_K, DEFAULT_MARGIN, DEFAULT_MIN_SIDE
+    from medclf.explain.crop import DEFAULT_K, DEFAULT_MARGIN, DEFAULT_MIN_SIDE
 
     parser.add_argument("--run", required=True, help="stage-1 run folder written by `medclf train` (results/NAME)")
     parser.add_argument("--splits", required=True, help="splits.csv whose images are cropped (all splits)")
@@ -32,7 +32,7 @@ def add_arguments(parser):
 
 
 def run(args):
-    from medclf.crop import run_crop
+    from medclf.explain.crop import run_crop
 
     apply_threads(args)
     summary = run_crop(args.run, args.splits, args.out, args.k, args.margin, args.min_side, args.target_layer,

@@ -1,4 +1,4 @@
-"""medclf cv: repeated, grouped K-fold cross-validation (logic in medclf.cv)."""
+"""medclf cv: repeated, grouped K-fold cross-validation (logic in medclf.workflows.cv)."""
 
 HELP = "cross-validate: one run per fold and repeat, out-of-fold predictions, fold ensemble on test"
 DESCRIPTION = (
@@ -42,15 +42,15 @@ def config_from_args(args):
 
 def validate(args):
     """Check the training options without data (`medclf study` calls this before any stage)."""
-    from medclf.predict import tta_views
-    from medclf.training import resolve_config
+    from medclf.infer.predict import tta_views
+    from medclf.train.training import resolve_config
 
     resolve_config(dict(config_from_args(args), run_name=args.run_name or "cv"))
     tta_views(args.tta)
 
 
 def run(args):
-    from medclf.cv import run_cv
+    from medclf.workflows.cv import run_cv
 
     result = run_cv(config_from_args(args), args.folds, args.repeats, args.tta)
     for path in result["outputs"]:

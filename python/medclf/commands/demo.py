@@ -24,8 +24,9 @@ def add_arguments(parser):
 
 
 def run(args):
-    from medclf.demo import run_demo
+    from medclf.commands.registry import run_command
+    from medclf.workflows.demo import run_demo
 
     run_demo(args.out, n_per_class=args.n_per_class, seed=args.seed, quiet=args.quiet, epochs=args.epochs,
-             img_size=args.img_size, stop_after="organize" if args.data_only else None)
+             img_size=args.img_size, stop_after="organize" if args.data_only else None, runner=run_command)
     return 0

@@ -1,6 +1,6 @@
-"""medclf embed: penultimate-layer embeddings of every image of a splits file (logic in medclf.embed)."""
+"""medclf embed: penultimate-layer embeddings of every image of a splits file (logic in medclf.infer.embed)."""
 
-from medclf.commands import add_compute_arguments, apply_threads
+from medclf.commands.compute import add_compute_arguments, apply_threads
 
 HELP = "penultimate-layer embeddings of every image (paths, splits, labels) in one .npz, for `medclf probe`"
 DESCRIPTION = (
@@ -24,7 +24,7 @@ def add_arguments(parser):
 
 
 def run(args):
-    from medclf.embed import run_embed
+    from medclf.infer.embed import run_embed
 
     apply_threads(args)
     meta = run_embed(args.out, args.run, args.arch, args.weights, args.splits, args.data_root, args.img_size,

@@ -1,4 +1,4 @@
-"""medclf ensemble: combine runs' predictions of the same images (logic in medclf.ensemble)."""
+"""medclf ensemble: combine runs' predictions of the same images (logic in medclf.evaluate.ensemble)."""
 
 HELP = "combine runs' predictions of the same images (mean, weighted, rank) into one predictions file"
 DESCRIPTION = (
@@ -27,7 +27,7 @@ def add_arguments(parser):
 
 
 def run(args):
-    from medclf.ensemble import run_ensemble
+    from medclf.evaluate.ensemble import run_ensemble
 
     for path in run_ensemble(args.members, args.method, args.weights, args.split, args.out):
         print(path)

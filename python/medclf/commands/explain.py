@@ -1,4 +1,6 @@
-"""medclf explain: heat maps of a run on a split, with faithfulness checks (logic in medclf.explain)."""
+"""medclf explain: heat maps of a run on a split, with faithfulness checks (logic in medclf.explain.run)."""
+
+from medclf.commands.compute import add_compute_arguments, apply_threads
 
 HELP = "heat maps (Grad-CAM & co., Captum) of a run's best.pt on a split; overlays, contact sheet, explain.json"
 DESCRIPTION = (
@@ -10,7 +12,7 @@ DESCRIPTION = (
 
 
 def add_arguments(parser):
-    from medclf.heatmap import METHODS
+    from medclf.explain.heatmap import METHODS
 
     parser.add_argument("--run", required=True, help="run folder written by `medclf train` (results/NAME)")
     parser.add_argument("--split", default="test", choices=["train", "val", "test"])
@@ -31,17 +33,14 @@ def add_arguments(parser):
     parser.add_argument("--sanity-threshold", type=float, default=0.5,
                         help="fail when maps of the fully randomised model still have this rank correlation")
     parser.add_argument("--seed", type=int, default=0, help="seed of the randomisation and the random order")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    from medclf.commands.train import add_amp_arguments
-
-    add_amp_arguments(parser, "as the run was trained; applies to the deletion/insertion forward passes, the maps "
-                              "are computed in fp32")
-    parser.add_argument("--no-progress", dest="progress", action="store_false")
+    add_compute_arguments(parser, amp_default="as the run was trained; applies to the deletion/insertion forward "
+                                              "passes, the maps are computed in fp32")
 
 
 def run(args):
-    from medclf.explain import run_explain
+    from medclf.explain.run import run_explain
 
+    apply_threads(args)
     summary_path, sheet, summary = run_explain(
         args.run, args.split, args.method, args.n, args.paths, args.target, args.target_layer, args.out,
         args.device, args.faithfulness, args.sanity, args.sanity_threshold, args.steps, args.seed, args.progress,

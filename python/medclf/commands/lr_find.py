@@ -1,4 +1,4 @@
-"""medclf lr-find: the learning-rate range test (logic in medclf.lr_find)."""
+"""medclf lr-find: the learning-rate range test (logic in medclf.train.lr_find)."""
 
 import argparse
 import sys
@@ -35,12 +35,13 @@ def add_arguments(parser):
 
 
 def run(args):
-    from medclf.errors import MedclfError
-    from medclf.lr_find import run_lr_find
+    from medclf.core.errors import MedclfError
+    from medclf.train.lr_find import run_lr_find
+    from medclf.train.training import config_from_arguments
 
     if args.nproc != 1:
         raise MedclfError(f"--nproc {args.nproc}: the range test runs in one process; drop --nproc")
-    config = {k: v for k, v in train.config_from_args(args).items() if k not in ("start_lr", "end_lr", "steps")}
+    config = {k: v for k, v in config_from_arguments(args).items() if k not in ("start_lr", "end_lr", "steps")}
     record = run_lr_find(config, args.out, args.start_lr, args.end_lr, args.steps)
     suggestion = record["suggestion"]
     print(f"suggested --lr {suggestion['lr']:.2g} ({suggestion['rule']}; minimum of the smoothed loss at "

@@ -31,7 +31,7 @@ def add_arguments(parser):
 
 
 def run(args):
-    from medclf.organize import organize
+    from medclf.prepare.organize import organize
 
     organize(args.splits, args.out, mode=args.mode, layout=args.layout, data_root=args.data_root, quiet=args.quiet,
              replace=args.replace)

@@ -4,7 +4,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from medclf.dedup import DEFAULT_MIN_INLIERS, DEFAULT_NEIGHBOURS
+from medclf.prepare.dedup import DEFAULT_MIN_INLIERS, DEFAULT_NEIGHBOURS
 
 HELP = "split images into train/val/test (and folds) without leakage: writes splits.csv + partition.json"
 DESCRIPTION = (
@@ -74,8 +74,8 @@ def add_arguments(parser):
 
 
 def run(args):
-    from medclf.errors import MedclfError
-    from medclf.partition import PartitionOptions, leakage_free, partition
+    from medclf.core.errors import MedclfError
+    from medclf.prepare.partition import PartitionOptions, leakage_free, partition
 
     if (args.data_root is None) == (args.metadata is None):
         raise MedclfError("pass exactly one of --data-root DIR (class folders) or --metadata CSV")

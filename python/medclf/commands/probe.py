@@ -1,4 +1,4 @@
-"""medclf probe: a linear probe on embeddings, written as predictions files (logic in medclf.probe)."""
+"""medclf probe: a linear probe on embeddings, written as predictions files (logic in medclf.infer.probe)."""
 
 HELP = "logistic regression or linear SVM on `medclf embed` embeddings; writes predictions_{val,test}.json"
 DESCRIPTION = (
@@ -23,7 +23,7 @@ def _grid(text):
 
 
 def add_arguments(parser):
-    from medclf.probe import DEFAULT_GRID, MODELS
+    from medclf.infer.probe import DEFAULT_GRID, MODELS
 
     parser.add_argument("--embeddings", required=True, help=".npz written by `medclf embed`")
     parser.add_argument("--model", default="logreg", choices=MODELS)
@@ -36,7 +36,7 @@ def add_arguments(parser):
 
 
 def run(args):
-    from medclf.probe import run_probe
+    from medclf.infer.probe import run_probe
 
     summary = run_probe(args.embeddings, args.out, args.model, args.grid,
                         None if args.class_weight == "none" else args.class_weight, args.seed)

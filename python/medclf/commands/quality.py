@@ -1,5 +1,7 @@
 """medclf quality: image-quality measures, a gate calibrated on train, and a degradation study
-(logic in medclf.quality and medclf.degradation)."""
+(logic in medclf.quality.gate and medclf.quality.degradation)."""
+
+from medclf.commands.compute import add_compute_arguments, apply_threads
 
 HELP = "image quality: sharpness, contrast, exposure, blank slices; quality.csv, quality.json gate, degradation study"
 DESCRIPTION = (
@@ -28,13 +30,13 @@ def add_arguments(parser):
     parser.add_argument("--data-root", dest="data_root", help="image root (default: the splits file's)")
     parser.add_argument("--degrade", action="store_true",
                         help="with --run: the degradation study on the test split (degradation.png/json/csv)")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--no-progress", dest="progress", action="store_false")
+    add_compute_arguments(parser)
 
 
 def run(args):
-    from medclf.quality import run_quality
+    from medclf.quality.run import run_quality
 
+    apply_threads(args)
     for line in run_quality(args.run, args.splits, args.folder, args.out, args.preset, args.percentile, args.gate,
                             args.gate_out, args.data_root, args.degrade, args.device, args.progress):
         print(line)

@@ -1,4 +1,4 @@
-"""medclf report: metrics with intervals, operating points and plots of a run (logic in medclf.report)."""
+"""medclf report: metrics with intervals, operating points and plots of a run (logic in medclf.evaluate.report)."""
 
 HELP = ("score a run's predictions (R: pROC, exact intervals); writes results_<split>.json, report_<split>.md "
         "and plots named by split")
@@ -35,8 +35,8 @@ def add_arguments(parser):
 
 
 def run(args):
-    from medclf.formatting import estimate_with_interval
-    from medclf.report import report_run
+    from medclf.evaluate.formatting import estimate_with_interval
+    from medclf.evaluate.report import report_run
 
     out = report_run(args.run, args.split, args.positive, args.threshold, args.threshold_rule, args.group,
                      args.engine, args.boot, args.seed, args.plots, args.tag, args.allow_uncalibrated)

@@ -1,4 +1,6 @@
-"""medclf serve: a research web page and JSON API for a trained run (logic in medclf.serve, medclf.webapp)."""
+"""medclf serve: a research web page and JSON API for a trained run (logic in medclf.serve.server, medclf.serve.webapp)."""
+
+from medclf.commands.compute import add_compute_arguments, apply_threads
 
 HELP = "serve a run's model: web page + JSON API (POST /api/predict) on 127.0.0.1, with quality gate and heat maps"
 DESCRIPTION = (
@@ -12,7 +14,7 @@ DESCRIPTION = (
 
 
 def add_arguments(parser):
-    from medclf import serve
+    from medclf.serve import server as serve
 
     parser.add_argument("--run", help="run folder written by `medclf train` (results/NAME); with --onnx, optional: "
                                       "it then provides the quality gate and the report")
@@ -35,16 +37,17 @@ def add_arguments(parser):
                         help="most images in one request")
     parser.add_argument("--max-connections", dest="max_connections", type=int, default=64,
                         help="open connections above this are answered 503 instead of queued")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    add_compute_arguments(parser)
 
 
 def run(args):
-    from medclf.errors import MedclfError
-    from medclf.serve import build_app, run_server
-    from medclf.webapp import Limits
+    from medclf.core.errors import MedclfError
+    from medclf.serve.launch import build_app, run_server
+    from medclf.serve.webapp import Limits
 
     if min(args.max_upload_mb, args.max_pixels, args.max_files, args.max_connections) <= 0:
         raise MedclfError("--max-upload-mb, --max-pixels, --max-files and --max-connections must be positive")
+    apply_threads(args)
     limits = Limits(int(args.max_upload_mb * 1024 * 1024), args.max_pixels, args.max_files)
     app = build_app(args.run, args.onnx, args.gate, args.results, args.device, limits)
     run_server(app, args.host, args.port, args.max_connections)

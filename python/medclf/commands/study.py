@@ -31,8 +31,9 @@ def add_arguments(parser):
 
 
 def run(args):
-    from medclf.study import run_study
+    from medclf.commands.registry import stage_commands
+    from medclf.workflows.study import run_study
 
     run_study(args.study, data_root=args.data_root, out_root=args.out, stages=args.stages,
-              overrides=args.overrides, force=args.force, dry_run=args.dry_run)
+              overrides=args.overrides, force=args.force, dry_run=args.dry_run, **stage_commands())
     return 0

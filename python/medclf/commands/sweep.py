@@ -1,4 +1,4 @@
-"""medclf sweep: an Optuna hyper-parameter sweep over one run of a study file (logic in medclf.sweep)."""
+"""medclf sweep: an Optuna hyper-parameter sweep over one run of a study file (logic in medclf.workflows.sweep)."""
 
 HELP = "Optuna sweep of a study's training options (objective: the best validation value, never test)"
 DESCRIPTION = (
@@ -35,9 +35,10 @@ def add_arguments(parser):
 
 
 def run(args):
-    from medclf.sweep import run_sweep
+    from medclf.commands.registry import stage_commands
+    from medclf.workflows.sweep import run_sweep
 
     for path in run_sweep(args.study, args.trials, args.space, args.storage, args.data_root, args.out, args.overrides,
-                          args.sweep_name, args.seed, args.prune, args.progress):
+                          args.sweep_name, args.seed, args.prune, args.progress, commands=stage_commands()):
         print(path)
     return 0

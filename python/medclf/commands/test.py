@@ -1,4 +1,6 @@
-"""medclf test: predictions of a run's best checkpoint (logic in medclf.predict)."""
+"""medclf test: predictions of a run's best checkpoint (logic in medclf.infer.predict)."""
+
+from medclf.commands.compute import add_compute_arguments, apply_threads
 
 HELP = "predict a split with a run's best.pt; writes predictions_<split>.json (and predictions_val.json)"
 DESCRIPTION = (
@@ -16,7 +18,6 @@ def add_arguments(parser):
                         "images the run trained or selected on are refused")
     parser.add_argument("--data-root", help="image root (default: the run's)")
     parser.add_argument("--batch-size", type=int, help="default: the run's")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--use_GPU", "-use_GPU", dest="use_gpu", action="store_true", help="alias of --device cuda")
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--quality-gate", dest="quality_gate", metavar="QUALITY_JSON",
@@ -30,20 +31,19 @@ def add_arguments(parser):
                         help="test-time augmentation: mean of the softmax probabilities over the views (hflip: 2, "
                              "flips: 4, dihedral: the 8 flips and rotations, K: the first K of those); the views go "
                              "into the file's model.tta; written to <run>/tta_<name>/ (default: none)")
-    from medclf.commands.train import add_amp_arguments
-
-    add_amp_arguments(parser, "as the run was trained (fp32 if trained with --no-amp, else on where supported)")
-    parser.add_argument("--no-progress", dest="progress", action="store_false")
+    add_compute_arguments(parser, amp_default="as the run was trained (fp32 if trained with --no-amp, else on where "
+                                              "supported)")
 
 
 def run(args):
-    from medclf.predict import run_test
+    from medclf.infer.predict import run_test
 
+    apply_threads(args)
     written = run_test(args.run, args.split, args.splits, args.data_root,
                        "cuda" if args.use_gpu else args.device, args.batch_size, args.workers, args.progress,
                        mc_dropout=args.mc_dropout, tta=args.tta, amp=args.amp)
     if args.quality_gate:
-        from medclf.quality import gate_predictions
+        from medclf.quality.gate import gate_predictions
 
         gate_predictions(args.run, written, args.quality_gate, args.data_root, args.progress)
     for path in written:

@@ -1,4 +1,4 @@
-"""medclf train: train a torchvision classifier on a splits.csv (logic in medclf.training)."""
+"""medclf train: train a torchvision classifier on a splits.csv (logic in medclf.train.training)."""
 
 HELP = "train a torchvision classifier on splits.csv; writes results/<run>/ (best.pt, last.pt, history)"
 DESCRIPTION = (
@@ -8,18 +8,9 @@ DESCRIPTION = (
 )
 
 
-def add_amp_arguments(parser, default_text):
-    """--amp / --no-amp (dest amp: True, False, or None = the default), shared by train, test, explain."""
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--amp", dest="amp", action="store_true", default=None,
-                       help="mixed precision: bf16 autocast + channels_last on CPUs with native bf16 "
-                            "(AVX-512 BF16, AMX) and CUDA GPUs with bf16, fp16 + gradient scaler on other "
-                            f"GPUs, fp32 where none is supported (said on stderr); default: {default_text}")
-    group.add_argument("--no-amp", dest="amp", action="store_false", help="full fp32 precision")
-
-
 def add_arguments(parser):
-    from medclf.recipes import RECIPES  # no torch: --help stays fast
+    from medclf.commands.compute import add_compute_arguments
+    from medclf.train.recipes import RECIPES  # no torch: --help stays fast
 
     data = parser.add_argument_group("data")
     data.add_argument("--splits", help="splits.csv from `medclf partition` (or a seed split file/folder)")
@@ -57,8 +48,6 @@ def add_arguments(parser):
     data.add_argument("--workers", default="auto",
                       help="DataLoader worker processes; auto = 1 for standard/lesion augmentation, else 0 "
                            "(measured on 2 cores, see docs/training.md)")
-    data.add_argument("--threads", type=int, default=None,
-                      help="torch intra-op threads (default: one per core); 1 helps on a busy shared machine")
     model = parser.add_argument_group("model")
     model.add_argument("--arch", default="resnet18",
                        help="any torchvision classification model (resnet18, vgg11_bn, densenet121, "
@@ -121,10 +110,7 @@ def add_arguments(parser):
     run.add_argument("--resume", action="store_true", help="continue the run in --out/--run-name from last.pt")
     run.add_argument("--seed", type=int, default=0, help="seeds python, numpy, torch and DataLoader workers")
     run.add_argument("--deterministic", action="store_true", help="torch.use_deterministic_algorithms(True)")
-    run.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
-                     help="auto picks CUDA when present; CUDA asked for but absent: warning, CPU")
     run.add_argument("--use_GPU", "-use_GPU", dest="use_gpu", action="store_true", help="alias of --device cuda")
-    add_amp_arguments(run, "on where supported")
     run.add_argument("--tensorboard", action="store_true", help="also log to <run>/tensorboard (needs tensorboard)")
     dist = parser.add_argument_group("several processes (see docs/training.md)")
     dist.add_argument("--nproc", type=int, default=1,
@@ -132,36 +118,20 @@ def add_arguments(parser):
                            "CPU: gloo, CUDA: one GPU each); --batch-size is per process")
     dist.add_argument("--sync-bn", action="store_true",
                       help="SyncBatchNorm: BatchNorm statistics over all processes' batches (CUDA only)")
-    run.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
-
-
-def config_from_args(args):
-    config = {k: v for k, v in vars(args).items()
-              if not k.startswith("_") and k not in ("command", "use_gpu", "nproc")}
-    if getattr(args, "use_gpu", False):
-        config["device"] = "cuda"
-    if args.resume:
-        # The saved arguments rule on --resume; argparse defaults must not look like changes, while
-        # anything else typed is reported as ignored by run_training.
-        from medclf.training import DEFAULTS
-
-        keep = ("out", "run_name", "resume", "progress", "device", "cache", "cache_dir", "cache_workers",
-                "tensorboard")
-        config = {k: v for k, v in config.items() if k in keep or (k in DEFAULTS and v != DEFAULTS[k])}
-    return config
+    add_compute_arguments(parser, amp_default="on where supported")
 
 
 def validate(args):
     """Check every value that needs no data or training (architecture, weights, workers, numbers);
     `medclf study` calls this for each run before the first stage, --dry-run included."""
-    from medclf.training import resolve_config
+    from medclf.train.training import config_from_arguments, resolve_config
 
-    resolve_config(config_from_args(args))
+    resolve_config(config_from_arguments(args))
 
 
 def run(args):
-    from medclf.errors import MedclfError
-    from medclf.training import run_training
+    from medclf.core.errors import MedclfError
+    from medclf.train.training import config_from_arguments, run_training
 
     if args.resume and not args.run_name:
         raise MedclfError("--resume needs --run-name (and the same --out) of the run to continue")
@@ -170,7 +140,7 @@ def run(args):
         return 0
     if args.nproc < 1:
         raise MedclfError(f"--nproc {args.nproc}: give a whole number of at least 1")
-    summary = run_training(config_from_args(args))
+    summary = run_training(config_from_arguments(args))
     if summary.get("rank", 0) == 0:
         print(summary["run"])
     return 0
@@ -180,10 +150,10 @@ def launch_processes(args):
     """--nproc N: check the arguments here, name the run, and run torchrun with the same arguments."""
     import shlex
 
-    from medclf import distributed
-    from medclf.training import resolve_config
+    from medclf.engine import distributed
+    from medclf.train.training import config_from_arguments, resolve_config
 
-    cfg = resolve_config(config_from_args(args))
+    cfg = resolve_config(config_from_arguments(args))
     argv = distributed.without_option(args._argv, "--nproc")
     if not args.run_name:
         argv += ["--run-name", cfg["run_name"]]  # the processes must agree, and the user needs it to resume

@@ -1,0 +1,1 @@
+"""The training and evaluation step, device and precision, distributed processes, checkpoints, weight averages and batch mixing."""

@@ -1,0 +1,1 @@
+"""Heat maps with their sanity checks, and attention-guided cropping."""

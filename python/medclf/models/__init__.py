@@ -1,0 +1,1 @@
+"""Architectures (torchvision and metadata fusion) and their layers."""

@@ -1,0 +1,1 @@
+"""Datasets before training: leakage-free partitions, duplicate detection and review, folder layouts, demo data."""

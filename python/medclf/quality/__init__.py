@@ -1,0 +1,1 @@
+"""The image quality gate and the degradation study."""

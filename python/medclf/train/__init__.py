@@ -1,0 +1,1 @@
+"""A training run: resolved configuration, recipes, early stopping, class balancing, learning-rate range test."""

@@ -1,0 +1,1 @@
+"""Stages run together: studies, cross-validation, sweeps, the demo, the seed 002 scripts."""

@@ -1,0 +1,169 @@
+"""Issue 8 item 1: a run carries its own split (train copies it, test scores it, partition keeps it)."""
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from medclf.cli import main
+from medclf.core.errors import MedclfError
+from medclf.core.fileio import read_json, write_json
+from medclf.core.splits import bind_splits_to_run, read_splits
+from medclf.infer.predict import split_table_for_test
+
+TRAIN = ["--img-size", "32", "--epochs", "1", "--threads", "1", "--weights", "none", "--batch-size", "8",
+         "--device", "cpu", "--no-progress"]
+
+
+def _images(root, per_class=10):
+    """Class folders no/ and yes/ of distinct noise images (no duplicates, so every image is its own group)."""
+    for k, name in enumerate(("no", "yes")):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            rng = np.random.default_rng(100 * k + i)
+            Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(root / name / f"{name}{i}.png")
+    return root
+
+
+def _partition(data, out, seed, *extra):
+    return main(["partition", "--data-root", str(data), "--out", str(out), "--val", "0.2", "--test", "0.3",
+                 "--seed", str(seed), "--quiet", *extra])
+
+
+def _hashes(*paths):
+    return [hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in paths]
+
+
+def _paths(splits_csv, split):
+    return set(read_splits(splits_csv).rows(split)["path"])
+
+
+@pytest.fixture(scope="module")
+def bound_run(tmp_path_factory):
+    base = tmp_path_factory.mktemp("binding")
+    data = _images(base / "data")
+    part = base / "partition"
+    assert _partition(data, part, 0) == 0
+    original = {s: _paths(part / "splits.csv", s) for s in ("train", "val", "test")}
+    assert main(["train", "--splits", str(part / "splits.csv"), "--out", str(base / "results"), "--run-name", "r",
+                 *TRAIN]) == 0
+    return base, data, part, base / "results" / "r", original
+
+
+def test_train_copies_the_split_byte_for_byte_and_records_sha256(bound_run):
+    base, data, part, run, _ = bound_run
+    config = read_json(run / "config.json")
+    assert (run / "splits.csv").read_bytes() == (part / "splits.csv").read_bytes()
+    assert (run / "partition.json").read_bytes() == (part / "partition.json").read_bytes()
+    assert config["split_files"] == [
+        {"path": str((part / "splits.csv").resolve()), "sha256": _hashes(part / "splits.csv")[0], "copy": "splits.csv"},
+        {"path": str((part / "partition.json").resolve()), "sha256": _hashes(part / "partition.json")[0],
+         "copy": "partition.json"},
+    ]
+    copy = read_splits(run / "splits.csv", data_root=config["data_root"])
+    source = read_splits(part / "splits.csv")
+    assert [copy.resolve(p) for p in copy.frame["path"]] == [source.resolve(p) for p in source.frame["path"]]
+
+
+def test_repartition_is_refused_then_test_scores_the_runs_own_split(bound_run, capsys):
+    """The issue's reproduction: partition seed 0, train, partition seed 1 into the same folder, test."""
+    base, data, part, run, original = bound_run
+    before = _hashes(part / "splits.csv", part / "partition.json")
+    assert _partition(data, part, 1) == 1
+    assert "--overwrite" in capsys.readouterr().err
+    assert _hashes(part / "splits.csv", part / "partition.json") == before
+    assert _partition(data, part, 0) == 0  # an identical rerun is fine
+    assert _hashes(part / "splits.csv", part / "partition.json") == before
+
+    assert _partition(data, part, 1, "--overwrite") == 0
+    assert _paths(part / "splits.csv", "test") & original["train"]  # seed 1 tests on some seed-0 training images
+    assert main(["test", "--run", str(run), "--no-progress"]) == 0
+    scored = json.loads((run / "predictions_test.json").read_text())["paths"]
+    assert set(scored) == original["test"]
+    assert set(json.loads((run / "predictions_val.json").read_text())["paths"]) == original["val"]
+
+    # Another splits file: the images the run trained or selected on are refused, with both files named.
+    capsys.readouterr()
+    assert main(["test", "--run", str(run), "--splits", str(part / "splits.csv"), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    leaked = _paths(part / "splits.csv", "test") & (original["train"] | original["val"])
+    assert f"{part / 'splits.csv'}: {len(leaked)} image(s) of its test split" in err
+    assert str(run / "splits.csv") in err and sorted(leaked)[0] in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_another_splits_file_without_trained_images_is_scored(bound_run, tmp_path):
+    base, data, part, run, original = bound_run
+    table = read_splits(run / "splits.csv")
+    frame = table.frame[table.frame["split"] == "test"]
+    other = tmp_path / "external"
+    other.mkdir()
+    frame.to_csv(other / "splits.csv", index=False)  # a test-only file of the run's own test images
+    shutil.copyfile(run / "partition.json", other / "partition.json")
+    config = read_json(run / "config.json")
+    chosen = split_table_for_test(run, config, other / "splits.csv", names=["test"])
+    assert set(chosen.rows("test")["path"]) == original["test"]
+
+
+def test_old_run_falls_back_to_the_recorded_file_and_refuses_a_changed_one(bound_run, tmp_path):
+    base, data, part, run, original = bound_run
+    old = tmp_path / "old"
+    shutil.copytree(run, old)
+    recorded = tmp_path / "recorded"
+    recorded.mkdir()
+    for name in ("splits.csv", "partition.json"):
+        shutil.copyfile(run / name, recorded / name)
+        (old / name).unlink()
+    config = read_json(old / "config.json")
+    config["splits_file"] = str(recorded / "splits.csv")
+    config["split_files"] = [{**r, "path": str(recorded / r["copy"]), "copy": None} for r in config["split_files"]]
+    write_json(old / "config.json", config)
+    assert set(split_table_for_test(old, config).rows("test")["path"]) == original["test"]
+
+    shutil.copyfile(part / "splits.csv", recorded / "splits.csv")  # re-partitioned since (seed 1)
+    with pytest.raises(MedclfError, match=r"recorded/splits.csv: changed since .* was trained on it"):
+        split_table_for_test(old, config)
+    # A run from before sha256s were recorded: the per-split counts still catch a different file.
+    del config["split_files"]
+    config["counts"] = {"train": 1, "val": 1, "test": 1}
+    with pytest.raises(MedclfError, match="split counts"):
+        split_table_for_test(old, config)
+
+
+def test_resume_keeps_the_copy_and_refuses_a_changed_source(bound_run, tmp_path):
+    base, data, part, run, original = bound_run
+    part0 = tmp_path / "p0"
+    assert _partition(data, part0, 0) == 0
+    out = tmp_path / "results"
+    assert main(["train", "--splits", str(part0 / "splits.csv"), "--out", str(out), "--run-name", "r", *TRAIN]) == 0
+    copy_before = _hashes(out / "r" / "splits.csv")
+    assert main(["train", "--out", str(out), "--run-name", "r", "--resume", "--epochs", "2", "--no-progress"]) == 0
+    assert _hashes(out / "r" / "splits.csv") == copy_before
+
+    assert _partition(data, part0, 1, "--overwrite") == 0
+    with pytest.raises(MedclfError, match=r"p0/splits.csv: differs from .*r/splits.csv, the copy this run was "
+                                          r"trained on"):
+        bind_splits_to_run(read_splits(part0 / "splits.csv"), out / "r")
+    assert _hashes(out / "r" / "splits.csv") == copy_before
+
+
+def test_copy_without_partition_json_resolves_the_same_images(tmp_path):
+    """splits.csv alone: its data root is its own folder, which config.json records for the copy."""
+    data = _images(tmp_path / "data", per_class=4)
+    part = tmp_path / "p"
+    assert _partition(data, part, 0) == 0
+    bare = data / "bare.csv"  # beside the images, without partition.json: paths relative to data/
+    shutil.copyfile(part / "splits.csv", bare)
+    table = read_splits(bare)
+    run = tmp_path / "run"
+    run.mkdir()
+    binding = bind_splits_to_run(table, run)
+    assert [r["copy"] for r in binding["split_files"]] == ["splits.csv"] and not (run / "partition.json").exists()
+    copy = read_splits(run / "splits.csv", data_root=str(Path(table.data_root).resolve()))
+    assert [copy.resolve(p) for p in copy.frame["path"]] == [Path(table.data_root).resolve() / p
+                                                            for p in table.frame["path"]]
+    assert all(copy.resolve(p).is_file() for p in copy.frame["path"])
