@@ -47,12 +47,24 @@ def brain_mri_root():
 
 
 @pytest.fixture(scope="session")
+def brain_partition(brain_mri_root, tmp_path_factory):
+    """splits.csv of `medclf partition --seed 0` on the real brain MRI folder, made once per test
+    process (read it, never write beside it: cut a copy with splits_files.subset_splits)."""
+    from medclf import cli
+
+    out = tmp_path_factory.mktemp(SESSION_PREFIX + "brain-partition")
+    assert cli.main(["partition", "--data-root", str(brain_mri_root), "--out", str(out), "--quiet", "--seed", "0"]) == 0
+    return out / "splits.csv"
+
+
+@pytest.fixture(scope="session")
 def ham_root():
     """1,983 HAM10000 images in images/ plus HAM10000_metadata.csv (read-only)."""
     return _dataset("ham10000_dev")
 
 
 _MODULES_WITH_FAILURES = set()
+SESSION_PREFIX = "session-"  # the session fixtures' folders, kept until the session ends
 
 
 @pytest.hookimpl(wrapper=True)
@@ -74,7 +86,8 @@ def _remove_module_temp_dirs(request, tmp_path_factory):
     if request.module.__name__ in _MODULES_WITH_FAILURES:
         return
     for path in set(basetemp.iterdir()) - before:
-        shutil.rmtree(path, ignore_errors=True)
+        if not path.name.startswith(SESSION_PREFIX):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(items):

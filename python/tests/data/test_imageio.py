@@ -7,6 +7,8 @@ from PIL import Image
 from medclf.core.errors import UnreadableImageError
 from medclf.data.imageio import read_image
 
+from image_files import write_dicom
+
 
 def _check_rgb(img, size):
     assert img.mode == "RGB"
@@ -76,37 +78,9 @@ def test_png_named_jpg_is_read_by_content(tmp_path):
     assert tuple(np.asarray(out)[2, 2]) == (10, 20, 30)
 
 
-def _write_dicom(path, pixels, center=None, width=None, photometric="MONOCHROME2"):
-    pydicom = pytest.importorskip("pydicom")
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "CT"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = photometric
-    ds.BitsAllocated = 16
-    ds.BitsStored = 16
-    ds.HighBit = 15
-    ds.PixelRepresentation = 0
-    if center is not None:
-        ds.WindowCenter = center
-        ds.WindowWidth = width
-    ds.PixelData = pixels.astype(np.uint16).tobytes()
-    ds.save_as(str(path), enforce_file_format=True)
-    assert pydicom.dcmread(str(path)).pixel_array.shape == pixels.shape
-
-
 def test_dicom_with_window(tmp_path):
     pixels = np.array([[0, 100, 150], [200, 300, 4000]], dtype=np.uint16)
-    _write_dicom(tmp_path / "ct.dcm", pixels, center=150, width=100)
+    write_dicom(tmp_path / "ct.dcm", pixels, center=150, width=100)
     out = np.asarray(read_image(tmp_path / "ct.dcm"))
     assert out.shape == (2, 3, 3)
     # window [100, 200]: 0,100 -> 0; 150 -> 127.5 -> 128; >= 200 -> 255
@@ -115,14 +89,14 @@ def test_dicom_with_window(tmp_path):
 
 def test_dicom_without_window_and_monochrome1(tmp_path):
     pixels = np.array([[0, 50], [100, 200]], dtype=np.uint16)
-    _write_dicom(tmp_path / "a.dcm", pixels)
+    write_dicom(tmp_path / "a.dcm", pixels)
     assert np.asarray(read_image(tmp_path / "a.dcm"))[:, :, 0].tolist() == [[0, 64], [128, 255]]
-    _write_dicom(tmp_path / "b.dcm", pixels, photometric="MONOCHROME1")
+    write_dicom(tmp_path / "b.dcm", pixels, photometric="MONOCHROME1")
     assert np.asarray(read_image(tmp_path / "b.dcm"))[:, :, 0].tolist() == [[255, 191], [127, 0]]
 
 
 def test_dicom_without_extension_is_detected(tmp_path):
-    _write_dicom(tmp_path / "IM0001", np.array([[0, 10]], dtype=np.uint16))
+    write_dicom(tmp_path / "IM0001", np.array([[0, 10]], dtype=np.uint16))
     assert read_image(tmp_path / "IM0001").mode == "RGB"
 
 

@@ -16,38 +16,17 @@ import torch
 from torch.nn import functional as F
 
 from medclf import cli
-from medclf.core.fileio import read_json, write_json
-from medclf.core.splits import read_splits, write_splits_csv
+from medclf.core.fileio import read_json
 from medclf.engine import distributed
 from medclf.engine.steps import epoch_metrics
 from medclf.train import imbalance
 from medclf.train.training import load_checkpoint, run_training
 
+from splits_files import subset_splits
+
 PYTHON = sys.executable
 KILL_WRAPPER = Path(__file__).resolve().parents[1] / "train_killed_after_batches.py"
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # torchrun would set it too, with a warning banner
-
-
-def subset_splits(full_splits, out, per_class, drop_val=0):
-    """The first `per_class[split]` images of each class of each split of a real splits.csv, less the
-    last `drop_val` val rows (an odd val split: two processes then need one image of padding)."""
-    table = read_splits(full_splits)
-    frame = pd.concat([table.rows(s).groupby("label", sort=True).head(n) for s, n in per_class.items()],
-                      ignore_index=True)
-    if drop_val:
-        frame = frame.drop(frame.index[frame["split"] == "val"][-drop_val:])
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_splits_csv(out / "splits.csv", frame)
-    write_json(out / "partition.json", read_json(Path(full_splits).parent / "partition.json"))
-    return out / "splits.csv"
-
-
-@pytest.fixture(scope="module")
-def brain_partition(brain_mri_root, tmp_path_factory):
-    out = tmp_path_factory.mktemp("partition")
-    assert cli.main(["partition", "--data-root", str(brain_mri_root), "--out", str(out), "--quiet", "--seed", "0"]) == 0
-    return out / "splits.csv"
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,8 @@ from medclf.data import device_data
 from medclf.engine import precision
 from medclf.train.training import load_checkpoint, run_training
 
+from splits_files import subset_splits
+
 CUDA = torch.cuda.is_available()
 NO_CUDA = "no CUDA device in this session: the GPU path is tested only where torch.cuda.is_available()"
 # Largest |p_bf16 - p_fp32| accepted for test-split probabilities of the same weights: bf16 keeps
@@ -66,13 +68,11 @@ def _config(splits, out, name, **overrides):
 
 
 @pytest.fixture(scope="module")
-def bf16_runs(brain_mri_root, tmp_path_factory):
+def bf16_runs(brain_partition, tmp_path_factory):
     """Two identical bf16 runs and one --no-amp run on 48 real brain MRI images (bf16 forced on,
     so the test means the same on CPUs without native bf16, where it is only slower)."""
-    from test_training import partition_brain_mri, tiny_splits
-
     base = tmp_path_factory.mktemp("precision")
-    splits = tiny_splits(partition_brain_mri(brain_mri_root, base / "full"), base / "tiny")
+    splits = subset_splits(brain_partition, base / "tiny")
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(precision, "cpu_supports_bf16", lambda: True)
         for name in ("a", "b"):

@@ -20,6 +20,8 @@ from medclf.infer.predict import run_test
 from medclf.train import imbalance, training
 from medclf.workflows import study
 
+from splits_files import subset_splits
+
 LN2 = math.log(2)
 # Row 0: softmax [1/2, 1/4, 1/4]; row 1: [1/4, 1/2, 1/4]. So -log p is ln 2 on the big entry and 2 ln 2 elsewhere.
 LOGITS = torch.tensor([[LN2, 0.0, 0.0], [0.0, LN2, 0.0]], dtype=torch.float64)
@@ -176,12 +178,9 @@ def test_study_train_section_maps_the_new_options():
     assert training.resolve_config(vars(defaults))["mix_prob"] == 1.0
 
 
-def test_tiny_train_with_every_block_keeps_val_clean_and_its_loss_unsmoothed(brain_mri_root, tmp_path,
+def test_tiny_train_with_every_block_keeps_val_clean_and_its_loss_unsmoothed(brain_partition, tmp_path,
                                                                              monkeypatch):
-    from test_training import partition_brain_mri, tiny_splits
-
-    splits = tiny_splits(partition_brain_mri(brain_mri_root, tmp_path / "p"), tmp_path / "t",
-                         {"train": 12, "val": 6, "test": 1})
+    splits = subset_splits(brain_partition, tmp_path / "t", {"train": 12, "val": 6, "test": 1})
     seen = {}
     real_evaluate = training.evaluate
 

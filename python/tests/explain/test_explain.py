@@ -15,6 +15,8 @@ from medclf.explain import faithfulness, heatmap
 from medclf.explain.run import image_groups, select_images, target_classes
 from medclf.models import architectures as models
 
+from splits_files import subset_splits
+
 
 def quadrant_images(n=4, size=64, seed=0):
     """Noise images with a bright top-left quadrant in the odd ones (label 1)."""
@@ -195,13 +197,11 @@ def test_multiclass_groups_are_true_classes():
 
 
 @pytest.mark.slow
-def test_explain_command_writes_overlays_sheet_and_json(brain_mri_root, tmp_path, capsys):
-    from test_training import partition_brain_mri, tiny_splits
-
+def test_explain_command_writes_overlays_sheet_and_json(brain_partition, tmp_path, capsys):
     from medclf.infer.predict import run_test
     from medclf.train.training import run_training
 
-    splits = tiny_splits(partition_brain_mri(brain_mri_root, tmp_path / "full"), tmp_path / "tiny")
+    splits = subset_splits(brain_partition, tmp_path / "tiny")
     run_training({"splits": str(splits), "img_size": 32, "epochs": 1, "batch_size": 8, "out": str(tmp_path),
                   "run_name": "run", "progress": False, "device": "cpu", "threads": 1})
     run_test(tmp_path / "run", progress=False)

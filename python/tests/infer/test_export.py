@@ -33,6 +33,8 @@ from medclf.infer import export, onnx_model
 from medclf.infer.export import record_path, run_export
 from medclf.infer.predict import run_test
 
+from splits_files import subset_splits
+
 IMG_SIZE = 64
 
 
@@ -44,12 +46,10 @@ def base(tmp_path_factory):
 @pytest.fixture(scope="module")
 def splits(brain_mri_root, base):
     """Eight train and four val images per class (training is not the point), the whole test split."""
-    from test_training import tiny_splits
-
     full = base / "full"
     assert cli.main(["partition", "--data-root", str(brain_mri_root), "--out", str(full), "--quiet", "--seed", "0",
                      "--no-dedup"]) == 0
-    return tiny_splits(full / "splits.csv", base / "tiny", {"train": 8, "val": 4, "test": 1000})
+    return subset_splits(full / "splits.csv", base / "tiny", {"train": 8, "val": 4, "test": 1000})
 
 
 @pytest.fixture(scope="module")

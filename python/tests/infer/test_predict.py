@@ -11,17 +11,17 @@ from medclf import cli
 from medclf.core.errors import MedclfError
 from medclf.infer.predict import predictions_record, run_test
 
+from splits_files import subset_splits
+
 CONFIG = {"classes": ["no", "yes"], "positive_class": "yes", "architecture": "resnet18"}
 
 
 @pytest.fixture(scope="module")
-def trained_run(brain_mri_root, tmp_path_factory):
-    from test_training import partition_brain_mri, tiny_splits
-
+def trained_run(brain_partition, tmp_path_factory):
     from medclf.train.training import run_training
 
     base = tmp_path_factory.mktemp("predict")
-    splits = tiny_splits(partition_brain_mri(brain_mri_root, base / "full"), base / "tiny")
+    splits = subset_splits(brain_partition, base / "tiny")
     run_training({"splits": str(splits), "img_size": 32, "epochs": 1, "batch_size": 8, "out": str(base),
                   "run_name": "run", "progress": False, "device": "cpu", "threads": 1})
     return base / "run"

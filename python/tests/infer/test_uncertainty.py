@@ -13,6 +13,7 @@ from medclf.engine.steps import FP32_CPU
 from medclf.evaluate import uncertainty as U
 from medclf.infer.predict import mc_dropout_samples, run_test
 
+from splits_files import subset_splits
 from test_predict import trained_run  # noqa: F401  (a resnet18 run: no dropout)
 
 
@@ -69,12 +70,10 @@ def test_every_predictions_file_has_the_uncertainty_block(trained_run, tmp_path)
     assert unc["predictive_entropy"] == pytest.approx(U.entropy(np.asarray(record["probabilities"])).tolist())
 
 
-def test_mc_dropout_end_to_end_on_a_mobilenet_run(brain_mri_root, tmp_path):
-    from test_training import partition_brain_mri, tiny_splits
-
+def test_mc_dropout_end_to_end_on_a_mobilenet_run(brain_partition, tmp_path):
     from medclf.train.training import run_training
 
-    splits = tiny_splits(partition_brain_mri(brain_mri_root, tmp_path / "full"), tmp_path / "tiny")
+    splits = subset_splits(brain_partition, tmp_path / "tiny")
     run_training({"splits": str(splits), "img_size": 32, "epochs": 1, "batch_size": 8, "out": str(tmp_path),
                   "run_name": "mnv3", "arch": "mobilenet_v3_small", "progress": False, "device": "cpu", "threads": 1})
     assert cli.main(["test", "--run", str(tmp_path / "mnv3"), "--mc-dropout", "5", "--no-progress", "--device", "cpu"]) == 0

@@ -16,6 +16,8 @@ from medclf.data.imageio import read_image
 from medclf.quality import degradation
 from medclf.quality import gate as quality
 
+from splits_files import subset_splits
+
 
 def rgb_image(array):
     return Image.fromarray(np.asarray(array, dtype=np.uint8), "RGB")
@@ -117,11 +119,8 @@ def test_calibration_percentiles_hand_values():
 
 
 @pytest.fixture(scope="module")
-def tiny_brain(brain_mri_root, tmp_path_factory):
-    from test_training import partition_brain_mri, tiny_splits
-
-    base = tmp_path_factory.mktemp("quality")
-    return tiny_splits(partition_brain_mri(brain_mri_root, base / "full"), base / "tiny")
+def tiny_brain(brain_partition, tmp_path_factory):
+    return subset_splits(brain_partition, tmp_path_factory.mktemp("quality") / "tiny")
 
 
 def test_thresholds_never_read_test_images(tiny_brain, tmp_path, monkeypatch):

@@ -370,10 +370,11 @@ def test_the_page_in_chromium_shows_probabilities_and_heat_map_then_an_error(ser
 
 def test_dicom_is_read_from_its_content_and_its_header_pixel_count_is_checked_first(client, tmp_path):
     import pydicom
-    from test_imageio import _write_dicom
+
+    from image_files import write_dicom
 
     pixels = (np.add.outer(np.arange(64), np.arange(80)) * 50).astype(np.uint16)
-    _write_dicom(tmp_path / "slice", pixels)
+    write_dicom(tmp_path / "slice", pixels)
     response = post(client, ("slice", (tmp_path / "slice").read_bytes(), "application/octet-stream"))
     assert response.status_code == 200, response.text
     entry = response.json()["images"][0]

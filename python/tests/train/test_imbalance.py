@@ -10,6 +10,8 @@ from torch import nn
 from medclf.core.errors import MedclfError
 from medclf.train import imbalance
 
+from splits_files import subset_splits
+
 
 def test_class_weights_are_inverse_frequency():
     weights = imbalance.class_weights([0, 0, 0, 1], 2)
@@ -102,18 +104,9 @@ def test_options_that_need_no_positive_still_work_without_one():
         imbalance.build_criterion(balance, [0, 1, 1, 1], 2, focal_alpha=alpha, classes=["melanoma", "other"])
 
 
-@pytest.fixture(scope="module")
-def brain_partition(brain_mri_root, tmp_path_factory):
-    from test_training import partition_brain_mri
-
-    return partition_brain_mri(brain_mri_root, tmp_path_factory.mktemp("full"))
-
-
 @pytest.mark.parametrize("balance", ["sampler", "loss-weights", "focal"])
 def test_training_computes_balance_from_train_only_and_predicts_every_val_test_image(
         balance, brain_partition, tmp_path_factory, monkeypatch):
-    from test_training import tiny_splits
-
     from medclf.core.splits import read_splits
     from medclf.infer.predict import run_test
     from medclf.train import training
@@ -121,7 +114,7 @@ def test_training_computes_balance_from_train_only_and_predicts_every_val_test_i
     base = tmp_path_factory.mktemp(f"bal-{balance}")
     full = brain_partition
     # Imbalanced train (20 yes : 6 no), other proportions in val and test.
-    splits = tiny_splits(full, base / "tiny", {"train": 20, "val": 5, "test": 7})
+    splits = subset_splits(full, base / "tiny", {"train": 20, "val": 5, "test": 7})
     table = read_splits(splits)
     frame = table.frame
     keep = ~((frame["split"] == "train") & (frame["label"] == "no")) | frame.index.isin(

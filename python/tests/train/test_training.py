@@ -8,14 +8,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import torch
 
 from medclf import cli
 from medclf.core.errors import MedclfError
-from medclf.core.fileio import read_json, write_json
-from medclf.core.splits import read_splits, write_splits_csv
+from medclf.core.fileio import read_json
+from medclf.core.splits import read_splits
+
+from splits_files import subset_splits
 
 PYTHON = sys.executable
 # Subprocesses train with one torch thread: on a shared 2-core machine, two spinning OpenMP threads
@@ -23,35 +24,9 @@ PYTHON = sys.executable
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
 
-def partition_brain_mri(root, out):
-    """`medclf partition` on the real brain MRI folder."""
-    status = cli.main(["partition", "--data-root", str(root), "--out", str(out), "--quiet", "--seed", "0"])
-    assert status == 0
-    return Path(out) / "splits.csv"
-
-
-def tiny_splits(full_splits, out, per_class=None):
-    """A subset of a splits.csv (first `per_class[split]` images of each class of each split),
-    with partition.json copied, so short tests still read real images."""
-    per_class = per_class or {"train": 24, "val": 8, "test": 8}
-    table = read_splits(full_splits)
-    frame = pd.concat([table.rows(s).groupby("label", sort=True).head(n) for s, n in per_class.items()],
-                      ignore_index=True)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_splits_csv(out / "splits.csv", frame)
-    write_json(out / "partition.json", read_json(Path(full_splits).parent / "partition.json"))
-    return out / "splits.csv"
-
-
 @pytest.fixture(scope="module")
-def brain_splits(brain_mri_root, tmp_path_factory):
-    return partition_brain_mri(brain_mri_root, tmp_path_factory.mktemp("partition"))
-
-
-@pytest.fixture(scope="module")
-def small_splits(brain_splits, tmp_path_factory):
-    return tiny_splits(brain_splits, tmp_path_factory.mktemp("tiny"))
+def small_splits(brain_partition, tmp_path_factory):
+    return subset_splits(brain_partition, tmp_path_factory.mktemp("tiny"))
 
 
 def base_config(splits, out, **overrides):
@@ -71,9 +46,9 @@ def state_dicts_equal(a, b):
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_integration_partition_train_test_on_brain_mri(brain_splits, tmp_path):
+def test_integration_partition_train_test_on_brain_mri(brain_partition, tmp_path):
     out = tmp_path / "results"
-    assert cli.main(["train", "--splits", str(brain_splits), "--arch", "resnet18", "--weights", "none",
+    assert cli.main(["train", "--splits", str(brain_partition), "--arch", "resnet18", "--weights", "none",
                      "--img-size", "64", "--epochs", "2", "--batch-size", "32", "--out", str(out),
                      "--run-name", "r18", "--no-progress", "--seed", "1"]) == 0
     run_dir = out / "r18"
@@ -81,7 +56,7 @@ def test_integration_partition_train_test_on_brain_mri(brain_splits, tmp_path):
         assert (run_dir / name).is_file(), name
     assert cli.main(["test", "--run", str(run_dir), "--no-progress"]) == 0
 
-    table = read_splits(brain_splits)
+    table = read_splits(brain_partition)
     for split in ("test", "val"):
         record = json.loads((run_dir / f"predictions_{split}.json").read_text())
         rows = table.rows(split)

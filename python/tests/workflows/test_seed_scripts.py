@@ -51,10 +51,8 @@ def test_model_suffixes_are_stripped_properly(name, stem):
     assert strip_model_suffix(name) == stem
 
 
-def test_readme_train_and_test_run_on_the_seed002_layout(brain_mri_root, tmp_path):
-    from test_training import partition_brain_mri
-
-    splits = partition_brain_mri(brain_mri_root, tmp_path / "partition")
+def test_readme_train_and_test_run_on_the_seed002_layout(brain_partition, tmp_path):
+    splits = brain_partition
     project = tmp_path / "kaggle_brain_classification"
     assert cli.main(["organize", "--splits", str(splits), "--out", str(project), "--layout", "seed002",
                      "--mode", "copy", "--quiet"]) == 0
