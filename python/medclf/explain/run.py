@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from medclf.core import schemas
 from medclf.core.errors import MedclfError, UnreadableImageError
 from medclf.core.fileio import atomic_path, write_json
 from medclf.core.predictions import read_run_predictions
@@ -33,7 +34,6 @@ from medclf.explain import heatmap
 from medclf.infer.predict import inference_precision, load_run
 from medclf.models import metadata
 
-EXPLAIN_SCHEMA = "medclf.explain/1"
 BINARY_GROUPS = ("TP", "FP", "FN", "TN")
 
 
@@ -307,7 +307,7 @@ def run_explain(run_dir, split="test", method="gradcam", n=24, paths=None, targe
     maps = _batched_maps(scorers, images, targets, method, layer)
     out = Path(out_dir) if out_dir else run_dir / "explain" / split / method
     title = f"{method}, {config['architecture']} {run_dir.name}, {split} split"
-    summary = {"schema": EXPLAIN_SCHEMA, "run": str(run_dir), "split": split, "method": method,
+    summary = {"schema": schemas.EXPLAIN, "run": str(run_dir), "split": split, "method": method,
                "target_layer": layer, "target": target, "architecture": config["architecture"],
                "images": write_pictures(out, record, indices, targets, shown, maps, title, progress),
                "faithfulness": None, "sanity_check": None,

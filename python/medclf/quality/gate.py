@@ -33,11 +33,11 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from medclf.core import schemas
 from medclf.core.errors import MedclfError, UnreadableImageError
 from medclf.core.fileio import read_json, sha256_file, write_json, write_text
 from medclf.data.imageio import IMAGE_EXTENSIONS, is_image_name, read_image
 
-QUALITY_SCHEMA = "medclf.quality/1"
 MEASURE_SIDE = 128
 SHARPNESS_SIGMA = 1.0
 BLANK_RANGE = 2 / 255
@@ -191,22 +191,22 @@ def calibrated_gate(table, percentile=1.0, progress=True):
     """(quality.json content, train rows): thresholds from the train split only; val and test
     images are never read here."""
     train = measure_splits(table, ("train",), progress)
-    return {"schema": QUALITY_SCHEMA, "preset": "calibrated", "percentile": percentile, "split": "train",
+    return {"schema": schemas.QUALITY, "preset": "calibrated", "percentile": percentile, "split": "train",
             "n_images": int(len(train)), "splits_file": str(table.source),
             "train_paths_sha256": train_fingerprint(train["path"]),
             "rules": calibrate(train, percentile)}, train
 
 
 def seed003_gate():
-    return {"schema": QUALITY_SCHEMA, "preset": "seed003", "rules": {k: dict(v) for k, v in SEED003_RULES.items()},
+    return {"schema": schemas.QUALITY, "preset": "seed003", "rules": {k: dict(v) for k, v in SEED003_RULES.items()},
             "note": "SkinLesionClassifierHAM's app: Laplacian variance > 15 and stepped is_low_contrast > 0.15 "
                     "on the full-resolution colour image; fixed, not calibrated"}
 
 
 def read_gate(path):
     gate = read_json(path)
-    if not isinstance(gate, dict) or gate.get("schema") != QUALITY_SCHEMA or not isinstance(gate.get("rules"), dict):
-        raise MedclfError(f"{path}: not a {QUALITY_SCHEMA} file; create one with `medclf quality`")
+    if not isinstance(gate, dict) or gate.get("schema") != schemas.QUALITY or not isinstance(gate.get("rules"), dict):
+        raise MedclfError(f"{path}: not a {schemas.QUALITY} file; create one with `medclf quality`")
     for name, rule in gate["rules"].items():
         if rule.get("measure", name) not in MEASURES or rule.get("op") not in OPS:
             raise MedclfError(f"{path}: rule {name!r} has an unknown measure or op; re-create it with `medclf quality`")

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from medclf.core import schemas
 from medclf.core.errors import MedclfError
 from medclf.core.fileio import read_json, write_json
 from medclf.quality import degradation
@@ -34,7 +35,7 @@ def run_degradation_study(run_dir, gate, out_dir, device="auto", progress=True):
         gate, positive, device, progress)
     out_dir = Path(out_dir)
     write_csv(out_dir / "degradation.csv", pd.DataFrame(rows))
-    summary = {"schema": "medclf.degradation/1", "run": str(run_dir), "split": "test", "gate": gate,
+    summary = {"schema": schemas.DEGRADATION, "run": str(run_dir), "split": "test", "gate": gate,
                "degradations": degradation.DEGRADATIONS, "false_reject_clean": false_reject, "rows": rows,
                "library_versions": library_versions(), "git_commit": git_commit()}
     write_json(out_dir / "degradation.json", summary)

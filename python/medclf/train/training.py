@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 import torch
@@ -296,8 +297,9 @@ def config_from_arguments(args):
 
 
 def resolve_config(config):
-    """The run's arguments with defaults filled in; every value that can be checked without
-    data or training is checked here (names with a suggestion), so a typo fails at once."""
+    """The run's arguments with the recipe and the defaults applied, resolved once into a read-only
+    mapping; every value that can be checked without data or training is checked here (names with a
+    suggestion), so a typo fails at once."""
     cfg = dict(DEFAULTS)
     cfg.update(recipes.recipe_values(config.get("recipe"), DEFAULTS))  # explicit arguments win over the recipe
     cfg.update({k: v for k, v in config.items() if v is not None or k not in DEFAULTS})
@@ -311,7 +313,7 @@ def resolve_config(config):
     for key in ("lr", "lr_backbone", "lr_metadata", "lr_head"):
         if cfg[key] is not None and not cfg[key] > 0:
             raise MedclfError(f"--{key.replace('_', '-')} {cfg[key]}: a learning rate must be above 0")
-    check_averaging(cfg)
+    cfg["patience_start"] = check_averaging(cfg)
     if cfg["lr_metadata"] is not None and not cfg["metadata_features"]:
         raise MedclfError(f"--lr-metadata {cfg['lr_metadata']}: there is no metadata branch without "
                           "--metadata-features; add the columns or drop --lr-metadata")
@@ -327,11 +329,12 @@ def resolve_config(config):
         _tensorboard_writer_class()
     if cfg["run_name"] is None:
         cfg["run_name"] = f"{arch}_{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    return cfg
+    return MappingProxyType(cfg)
 
 
 def check_averaging(cfg):
-    """--ema-decay, --swa-epochs, --swa-lr and --patience-start; --patience-start N becomes an int."""
+    """Check --ema-decay, --swa-epochs, --swa-lr and --patience-start; returns --patience-start as
+    it resolves: "warmup", or N as an int."""
     if not 0 <= float(cfg["ema_decay"]) < 1:
         raise MedclfError(f"--ema-decay {cfg['ema_decay']}: give a decay in [0, 1), e.g. 0.999 (0 = off)")
     swa = cfg["swa_epochs"]
@@ -340,13 +343,15 @@ def check_averaging(cfg):
     if cfg["swa_lr"] is not None and not (swa and float(cfg["swa_lr"]) > 0):
         raise MedclfError(f"--swa-lr {cfg['swa_lr']}: needs --swa-epochs above 0 and a learning rate above 0")
     start = cfg["patience_start"]
-    if start != "warmup":
-        try:
-            cfg["patience_start"] = int(start)
-        except (TypeError, ValueError):
-            cfg["patience_start"] = -1
-        if isinstance(start, bool) or cfg["patience_start"] < 0:
-            raise MedclfError(f"--patience-start {start}: use warmup or a whole number of epochs (0 or more)")
+    if start == "warmup":
+        return start
+    try:
+        epochs = int(start)
+    except (TypeError, ValueError):
+        epochs = -1
+    if isinstance(start, bool) or epochs < 0:
+        raise MedclfError(f"--patience-start {start}: use warmup or a whole number of epochs (0 or more)")
+    return epochs
 
 
 def resolve_workers(workers, augment):
@@ -392,10 +397,7 @@ def _prepare_config(config):
         if changed:
             print(f"medclf train: --resume keeps the saved arguments; ignoring {sorted(changed)}", file=sys.stderr)
         free = {k: cfg[k] for k in _RESUME_FREE}
-        cfg = dict(DEFAULTS)
-        cfg.update(saved)
-        cfg.update(free)
-        return cfg, run_dir, last_path.is_file()
+        return MappingProxyType({**DEFAULTS, **saved, **free}), run_dir, last_path.is_file()
     if last_path.is_file() or (run_dir / "best.pt").is_file():
         raise MedclfError(f"{run_dir}: a run with this name exists; continue it with --resume, "
                           "or choose another --run-name")
@@ -705,7 +707,7 @@ def _run_training(config, on_epoch=None, images=None):
         precision = choose_precision(world.device, cfg["amp"])
     try:
         if world.distributed:  # every process names the run as rank 0 does (the default holds the time)
-            cfg["run_name"] = distributed.broadcast_object(world, cfg["run_name"])
+            cfg = MappingProxyType({**cfg, "run_name": distributed.broadcast_object(world, cfg["run_name"])})
             run_dir = run_folder(cfg)
         return _train_in_world(cfg, run_dir, resuming, world, precision, on_epoch, images)
     finally:

@@ -54,6 +54,7 @@ def bound_run(tmp_path_factory):
     return base, data, part, base / "results" / "r", original
 
 
+@pytest.mark.slow
 def test_train_copies_the_split_byte_for_byte_and_records_sha256(bound_run):
     base, data, part, run, _ = bound_run
     config = read_json(run / "config.json")
@@ -69,6 +70,7 @@ def test_train_copies_the_split_byte_for_byte_and_records_sha256(bound_run):
     assert [copy.resolve(p) for p in copy.frame["path"]] == [source.resolve(p) for p in source.frame["path"]]
 
 
+@pytest.mark.slow
 def test_repartition_is_refused_then_test_scores_the_runs_own_split(bound_run, capsys):
     """The issue's reproduction: partition seed 0, train, partition seed 1 into the same folder, test."""
     base, data, part, run, original = bound_run
@@ -96,6 +98,7 @@ def test_repartition_is_refused_then_test_scores_the_runs_own_split(bound_run, c
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_another_splits_file_without_trained_images_is_scored(bound_run, tmp_path):
     base, data, part, run, original = bound_run
     table = read_splits(run / "splits.csv")
@@ -109,6 +112,7 @@ def test_another_splits_file_without_trained_images_is_scored(bound_run, tmp_pat
     assert set(chosen.rows("test")["path"]) == original["test"]
 
 
+@pytest.mark.slow
 def test_old_run_falls_back_to_the_recorded_file_and_refuses_a_changed_one(bound_run, tmp_path):
     base, data, part, run, original = bound_run
     old = tmp_path / "old"
@@ -134,6 +138,7 @@ def test_old_run_falls_back_to_the_recorded_file_and_refuses_a_changed_one(bound
         split_table_for_test(old, config)
 
 
+@pytest.mark.slow
 def test_resume_keeps_the_copy_and_refuses_a_changed_source(bound_run, tmp_path):
     base, data, part, run, original = bound_run
     part0 = tmp_path / "p0"

@@ -60,6 +60,7 @@ def test_rows_disagreeing_with_partition_json_are_refused(tmp_path):
         read_splits(path)
 
 
+@pytest.mark.slow
 def test_label_index_outside_the_classes_is_one_clear_line_in_train(tmp_path, capsys):
     """Today: IndexError traceback in train. Now: the file, the line and the fix."""
     path = _write(tmp_path / "s" / "splits.csv", ["a.png,no,0,train", "b.png,yes,1,train", "c.png,yes,5,val"])

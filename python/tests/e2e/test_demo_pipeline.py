@@ -3,9 +3,12 @@
 import csv
 import json
 
+import pytest
+
 from medclf.cli import main
 
 
+@pytest.mark.slow
 def test_demo_runs_partition_to_report(tmp_path):
     out = tmp_path / "demo"
     status = main(["demo", "--out", str(out), "--n-per-class", "16", "--epochs", "2", "--img-size", "48",

@@ -228,6 +228,7 @@ def fused_run(ham_root, tmp_path_factory):
             "written": written, "base": base}
 
 
+@pytest.mark.slow
 def test_encoder_is_fitted_on_train_rows_only(fused_run):
     assert len(fused_run["fitted"]) == 1
     rows = fused_run["fitted"][0]
@@ -241,6 +242,7 @@ def test_encoder_is_fitted_on_train_rows_only(fused_run):
     assert age["mean"] == pytest.approx(np.mean(train_ages)) and age["mean"] < SENTINEL_AGE / 16
 
 
+@pytest.mark.slow
 def test_metadata_run_predicts_with_its_columns(fused_run):
     record = json.loads(fused_run["written"][0].read_text())
     assert record["split"] == "test" and len(record["paths"]) == 8
@@ -249,6 +251,7 @@ def test_metadata_run_predicts_with_its_columns(fused_run):
     assert config["arguments"]["lr_head"] == 3e-3
 
 
+@pytest.mark.slow
 def test_predictions_without_the_columns_are_refused_naming_them(fused_run):
     from medclf.infer.predict import run_test
 
@@ -267,6 +270,7 @@ def test_predictions_without_the_columns_are_refused_naming_them(fused_run):
     assert fused_run["written"][0].read_bytes() == before
 
 
+@pytest.mark.slow
 def test_hair_touches_train_images_only(fused_run, ham_root):
     from medclf.data.datasets import build_cache
 
@@ -282,6 +286,7 @@ def test_hair_touches_train_images_only(fused_run, ham_root):
     assert not set(haired) & (keys["val"] | keys["test"])  # validation and test never got hair
 
 
+@pytest.mark.slow
 def test_explain_holds_each_images_metadata(fused_run):
     from medclf.explain.run import run_explain
 
@@ -292,6 +297,7 @@ def test_explain_holds_each_images_metadata(fused_run):
     assert [s["randomised"][-1] for s in summary["sanity_check"]["stages"]] == ["head", "metadata_branch", "backbone"]
 
 
+@pytest.mark.slow
 def test_tta_keeps_a_metadata_runs_columns(fused_run):
     """--tta views transform the images and pass each image's metadata row unchanged."""
     from medclf.infer.predict import run_test

@@ -55,6 +55,8 @@ from pathlib import Path
 import pytest
 from conftest import REPO, SHARED_DATA
 
+pytestmark = pytest.mark.slow  # runs every documented command
+
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 BASH_LANGS = {"bash", "sh", "shell"}
 PWSH_LANGS = {"powershell", "ps1", "pwsh"}

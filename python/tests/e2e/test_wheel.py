@@ -14,6 +14,8 @@ import pytest
 
 from medclf.core import schemas
 
+pytestmark = pytest.mark.slow  # builds the wheel
+
 
 @pytest.fixture(scope="module")
 def wheel(repo_root, tmp_path_factory):

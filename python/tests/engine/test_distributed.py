@@ -72,6 +72,7 @@ def two_process_run(odd_val_splits, tmp_path_factory):
     return out, done
 
 
+@pytest.mark.slow
 def test_one_step_on_two_ranks_of_half_the_batch_equals_one_process_on_the_whole_batch(brain_partition, tmp_path,
                                                                                       capfd, monkeypatch):
     # 8 train images, one SGD step per run (batch 8, or 4 per process); the backbone frozen keeps
@@ -135,11 +136,13 @@ def assert_best_val_metrics_are_those_of_one_process_on_every_val_image_once(run
     return best
 
 
+@pytest.mark.slow
 def test_validation_metrics_are_those_of_one_process_on_every_val_image_once(two_process_run):
     out, _ = two_process_run
     assert_best_val_metrics_are_those_of_one_process_on_every_val_image_once(out / "whole")
 
 
+@pytest.mark.slow
 def test_ema_and_swa_weights_under_two_processes_are_validated_and_saved_as_rank_0_holds_them(odd_val_splits, tmp_path,
                                                                                                capfd, monkeypatch):
     # Parameters agree between ranks, BatchNorm buffers do not (each rank's EMA averages its own
@@ -155,6 +158,7 @@ def test_ema_and_swa_weights_under_two_processes_are_validated_and_saved_as_rank
     assert best["val_loss"] == best[f"monitored_{best['weights']}"]
 
 
+@pytest.mark.slow
 def test_a_rank_killed_mid_epoch_ends_the_job_clearly_and_resume_completes_it(two_process_run, odd_val_splits,
                                                                              capfd, monkeypatch):
     out, _ = two_process_run
@@ -204,6 +208,7 @@ def test_torchrun_gets_the_arguments_without_nproc():
     assert command[6:] == ["-m", "medclf", "train", "--epochs", "3"]
 
 
+@pytest.mark.slow
 def test_sync_bn_on_the_cpu_is_refused_in_one_line(odd_val_splits, tmp_path, capsys):
     status = cli.main(["train", "--splits", str(odd_val_splits), "--img-size", "32", "--epochs", "1", "--out",
                        str(tmp_path), "--run-name", "r", "--device", "cpu", "--sync-bn", "--no-progress",

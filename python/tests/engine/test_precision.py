@@ -85,6 +85,7 @@ def _weights(run, name="last.pt", key="model"):
     return load_checkpoint(run / name)[key]
 
 
+@pytest.mark.slow
 def test_two_identical_bf16_runs_give_identical_weights_and_record_bf16(bf16_runs):
     _, results = bf16_runs
     a, b = _weights(results / "a"), _weights(results / "b")
@@ -98,6 +99,7 @@ def test_two_identical_bf16_runs_give_identical_weights_and_record_bf16(bf16_run
     assert all(a[k].dtype == w[k].dtype for k in a) and not torch.equal(a["fc.weight"], w["fc.weight"])
 
 
+@pytest.mark.slow
 def test_a_bf16_run_interrupted_and_resumed_equals_the_uninterrupted_one(bf16_runs, tmp_path, monkeypatch):
     from medclf.train import training
 
@@ -121,6 +123,7 @@ def test_a_bf16_run_interrupted_and_resumed_equals_the_uninterrupted_one(bf16_ru
     assert json.loads((tmp_path / "a" / "config.json").read_text())["precision"] == "bf16"
 
 
+@pytest.mark.slow
 def test_bf16_test_predictions_are_within_tolerance_of_fp32_and_say_how_they_were_made(bf16_runs, tmp_path,
                                                                                        monkeypatch):
     from medclf.infer.predict import run_test
@@ -193,6 +196,7 @@ def test_cuda_device_batches_equal_the_cpu_loader_and_fall_back_to_pinned_memory
     assert not isinstance(device_data.for_device(loader, "cuda", free_bytes=0), device_data.DeviceBatches)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not CUDA, reason=NO_CUDA)
 def test_a_cuda_run_uses_mixed_precision_and_gives_back_cudnn_benchmark(bf16_runs, tmp_path):
     splits, _ = bf16_runs

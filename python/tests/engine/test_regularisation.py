@@ -178,6 +178,7 @@ def test_study_train_section_maps_the_new_options():
     assert training.resolve_config(vars(defaults))["mix_prob"] == 1.0
 
 
+@pytest.mark.slow
 def test_tiny_train_with_every_block_keeps_val_clean_and_its_loss_unsmoothed(brain_partition, tmp_path,
                                                                              monkeypatch):
     splits = subset_splits(brain_partition, tmp_path / "t", {"train": 12, "val": 6, "test": 1})

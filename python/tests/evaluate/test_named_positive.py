@@ -42,6 +42,7 @@ def melanoma_run(tmp_path_factory):
     return base
 
 
+@pytest.mark.slow
 def test_report_refuses_an_unnamed_positive_and_scores_the_named_one(melanoma_run, capsys):
     run = melanoma_run / "r"
     capsys.readouterr()
@@ -57,6 +58,7 @@ def test_report_refuses_an_unnamed_positive_and_scores_the_named_one(melanoma_ru
     assert result["n_positive"] == truth.count(0)  # melanoma is class index 0
 
 
+@pytest.mark.slow
 def test_compare_refuses_an_unnamed_positive(melanoma_run, tmp_path, capsys):
     run = melanoma_run / "r"
     other = tmp_path / "copy.json"
@@ -69,6 +71,7 @@ def test_compare_refuses_an_unnamed_positive(melanoma_run, tmp_path, capsys):
     assert read_json(tmp_path / "compare.json")["positive_class"] == "melanoma"
 
 
+@pytest.mark.slow
 def test_single_logit_training_refuses_an_unnamed_positive(melanoma_run, capsys):
     capsys.readouterr()
     assert main(["train", "--splits", str(melanoma_run / "p" / "splits.csv"), "--out", str(melanoma_run),

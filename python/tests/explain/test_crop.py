@@ -130,6 +130,7 @@ def tiny(tmp_path_factory):
     return {"root": root, "splits": splits, "truth": truth, "run": root / "stage1"}
 
 
+@pytest.mark.slow
 def test_boxes_find_synthetic_lesions_with_a_known_attention_map(tiny, tmp_path, monkeypatch):
     monkeypatch.setattr(C, "attention_maps", lambda model, config, images, layer, device: darkness_attention(images))
     C.run_crop(tiny["run"], tiny["splits"], tmp_path / "out", progress=False)
@@ -140,6 +141,7 @@ def test_boxes_find_synthetic_lesions_with_a_known_attention_map(tiny, tmp_path,
     assert sum(iou >= 0.5 for iou in ious) >= 12, ious  # lesions outside the centre square cannot be seen
 
 
+@pytest.mark.slow
 def test_crop_writes_copies_boxes_and_a_trainable_split_keeping_every_column(tiny, tmp_path, capsys):
     source_files = {p: p.read_bytes() for p in (tiny["root"] / "images").rglob("*") if p.is_file()}
     out = tmp_path / "crops"
@@ -165,6 +167,7 @@ def test_crop_writes_copies_boxes_and_a_trainable_split_keeping_every_column(tin
     assert json.loads((out / "crop.json").read_text())["n"] == 16
 
 
+@pytest.mark.slow
 def test_crop_refuses_an_out_folder_inside_the_images_or_not_empty(tiny, tmp_path, capsys):
     inside = tiny["root"] / "images" / "crops"
     assert cli.main(["crop", "--run", str(tiny["run"]), "--splits", str(tiny["splits"]), "--out", str(inside),
@@ -177,6 +180,7 @@ def test_crop_refuses_an_out_folder_inside_the_images_or_not_empty(tiny, tmp_pat
     assert (tmp_path / "used" / "keep.txt").read_text() == "mine"
 
 
+@pytest.mark.slow
 def test_embed_of_a_run_lists_every_image_with_its_split_and_label(tiny, tmp_path, capsys):
     from medclf.infer.embed import read_embeddings
 

@@ -122,6 +122,7 @@ def exports(resnet18_run, splits, base):
     return dict(found, vgg11_bn=vgg11_bn_export(splits, base, resnet18_run))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["resnet18", "vgg11_bn", "densenet121"])
 def test_onnxruntime_matches_medclf_test(exports, splits, arch):
     path, expected = exports[arch]
@@ -143,6 +144,7 @@ def test_onnxruntime_matches_medclf_test(exports, splits, arch):
     assert len(np.unique(expected[:, 1].round(6))) > 10  # outputs vary: the comparison is not of constants
 
 
+@pytest.mark.slow
 def test_single_logit_head_becomes_two_sigmoid_columns(exports):
     run = exports["densenet121"][0].parent
     classifier = onnx_model.OnnxClassifier(run / "model.onnx")
@@ -153,6 +155,7 @@ def test_single_logit_head_becomes_two_sigmoid_columns(exports):
                                1 / (1 + np.exp(-logits[:, 0])), rtol=1e-12)
 
 
+@pytest.mark.slow
 def test_model_file_metadata_and_record(resnet18_run):
     import onnx
 
@@ -178,6 +181,7 @@ def test_model_file_metadata_and_record(resnet18_run):
     assert record["check"]["max_probability_difference"] <= 1e-4 and record["check"]["argmax_agrees"]
 
 
+@pytest.mark.slow
 def test_request_path_imports_no_torch(resnet18_run):
     run = resnet18_run
     image = read_splits(run / "splits.csv").resolve(read_json(run / "predictions_test.json")["paths"][0])
@@ -223,6 +227,7 @@ def _error(capsys, argv):
     return capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_missing_run_best_pt_and_unknown_format_are_one_line_errors(resnet18_run, tmp_path, capsys):
     assert "no config.json here" in _error(capsys, ["export", "--run", str(tmp_path / "nowhere")])
     shutil.copy(resnet18_run / "config.json", tmp_path / "config.json")
@@ -233,6 +238,7 @@ def test_missing_run_best_pt_and_unknown_format_are_one_line_errors(resnet18_run
     assert not (tmp_path / "model.onnx").exists()
 
 
+@pytest.mark.slow
 def test_exporter_failure_is_refused_and_keeps_the_existing_file(resnet18_run, tmp_path, capsys, monkeypatch):
     def failing_export(*args, **kwargs):
         raise RuntimeError("Unsupported operator aten::frobnicate\nlong trace")
@@ -246,6 +252,7 @@ def test_exporter_failure_is_refused_and_keeps_the_existing_file(resnet18_run, t
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]  # no temporary file left
 
 
+@pytest.mark.slow
 def test_an_export_that_disagrees_with_torch_is_refused(resnet18_run, tmp_path, monkeypatch):
     """The exporter stands in with resnet18's own ONNX graph, its fc bias shifted by 0.5: checker
     and onnxruntime accept it, the comparison with torch on the val images must not."""
@@ -284,6 +291,7 @@ def test_foreign_onnx_files_are_refused(tmp_path, content, message):
         onnx_model.OnnxClassifier(path)
 
 
+@pytest.mark.slow
 def test_missing_onnx_libraries_name_the_install(tmp_path, monkeypatch):
     import importlib.util
 
@@ -293,6 +301,7 @@ def test_missing_onnx_libraries_name_the_install(tmp_path, monkeypatch):
         run_export(tmp_path, progress=False)
 
 
+@pytest.mark.slow
 def test_check_images_that_moved_are_named_and_random_inputs_are_offered(resnet18_run, tmp_path, capsys):
     err = _error(capsys, ["export", "--run", str(resnet18_run), "--data-root", str(tmp_path), "--out",
                           str(tmp_path / "m.onnx"), "--no-progress"])
@@ -304,6 +313,7 @@ def test_check_images_that_moved_are_named_and_random_inputs_are_offered(resnet1
     assert source == "random" and inputs.shape == (2, 3, 8, 8) and inputs.dtype == np.float32
 
 
+@pytest.mark.slow
 def test_serve_onnx_answers_as_medclf_test(resnet18_run):
     """`medclf serve --onnx`: the exported model behind the real app gives `medclf test`'s
     probabilities, and says that it has no heat map (Grad-CAM needs the torch model)."""

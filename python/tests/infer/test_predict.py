@@ -45,6 +45,7 @@ def test_single_logit_is_written_as_two_sigmoid_columns():
     assert record["predictions"] == [1, 0] and len(record["logits"][0]) == 1
 
 
+@pytest.mark.slow
 def test_best_pt_with_a_pickled_object_is_refused(trained_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
@@ -59,6 +60,7 @@ def test_best_pt_with_a_pickled_object_is_refused(trained_run, tmp_path):
     assert cli.main(["test", "--run", str(run), "--no-progress"]) == 1
 
 
+@pytest.mark.slow
 def test_test_writes_test_and_val_with_one_row_per_image(trained_run, tmp_path):
     from medclf.core.splits import read_splits
 
@@ -74,6 +76,7 @@ def test_test_writes_test_and_val_with_one_row_per_image(trained_run, tmp_path):
     assert [p.name for p in only_val] == ["predictions_val.json"]
 
 
+@pytest.mark.slow
 def test_missing_run_folder_is_a_clear_error(tmp_path):
     with pytest.raises(MedclfError, match="config.json"):
         run_test(tmp_path / "nothing", progress=False)

@@ -57,12 +57,14 @@ def test_mc_dropout_varies_passes_and_keeps_batch_norm_in_eval():
     assert np.array_equal(samples, again)  # seeded
 
 
+@pytest.mark.slow
 def test_mc_dropout_on_an_architecture_without_dropout_is_one_clear_error(trained_run):  # noqa: F811
     with pytest.raises(MedclfError, match="resnet18 has none with p > 0"):
         run_test(trained_run, progress=False, device="cpu", mc_dropout=4)
     assert cli.main(["test", "--run", str(trained_run), "--mc-dropout", "4", "--no-progress", "--device", "cpu"]) == 1
 
 
+@pytest.mark.slow
 def test_every_predictions_file_has_the_uncertainty_block(trained_run, tmp_path):  # noqa: F811
     record = json.loads(run_test(trained_run, progress=False, device="cpu", out_dir=tmp_path)[0].read_text())
     unc = record["uncertainty"]
@@ -70,6 +72,7 @@ def test_every_predictions_file_has_the_uncertainty_block(trained_run, tmp_path)
     assert unc["predictive_entropy"] == pytest.approx(U.entropy(np.asarray(record["probabilities"])).tolist())
 
 
+@pytest.mark.slow
 def test_mc_dropout_end_to_end_on_a_mobilenet_run(brain_partition, tmp_path):
     from medclf.train.training import run_training
 

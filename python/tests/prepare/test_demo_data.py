@@ -4,6 +4,7 @@ import hashlib
 import re
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from medclf.prepare.dedup import find_duplicates, fingerprint_file
@@ -82,6 +83,7 @@ def test_near_duplicates_are_other_patients_found_by_the_duplicate_detector(tmp_
         assert [sorted(c) for c in report.clusters] == [[0, 1]]
 
 
+@pytest.mark.slow
 def test_run_demo_partitions_and_organizes(tmp_path):
     from medclf.workflows.demo import run_demo
 
@@ -106,6 +108,7 @@ def test_run_demo_partitions_and_organizes(tmp_path):
     assert (tmp_path / "demo" / "partition" / "splits.csv").read_bytes() == first
 
 
+@pytest.mark.slow
 def test_demo_command(tmp_path, capsys):
     from medclf.cli import main
 
@@ -116,6 +119,7 @@ def test_demo_command(tmp_path, capsys):
     assert (tmp_path / "d" / "partition" / "partition.json").is_file()
 
 
+@pytest.mark.slow
 def test_demo_rerun_with_other_settings_replaces_its_own_folder_and_refuses_a_foreign_one(tmp_path):
     from medclf.cli import main
 

@@ -94,6 +94,7 @@ def good_request(client, ham_root):
     return response.json()
 
 
+@pytest.mark.slow
 def test_probabilities_verdicts_and_operating_point_equal_the_run_files(client, run_dir):
     record = read_json(run_dir / "predictions_test.json")
     data_root = read_json(run_dir / "partition.json")["data_root"]
@@ -129,6 +130,7 @@ def test_probabilities_verdicts_and_operating_point_equal_the_run_files(client, 
     assert passed >= len(record["paths"]) // 2
 
 
+@pytest.mark.slow
 def test_a_blank_image_fails_the_gate_with_its_reason_and_gets_no_probabilities(client):
     buffer = io.BytesIO()
     Image.new("RGB", (300, 200), (128, 128, 128)).save(buffer, "PNG")
@@ -174,6 +176,7 @@ BAD_UPLOADS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(BAD_UPLOADS))
 def test_a_bad_upload_gets_a_4xx_json_error_and_the_server_keeps_serving(client, ham_root, case):
     make, status, message = BAD_UPLOADS[case]
@@ -185,6 +188,7 @@ def test_a_bad_upload_gets_a_4xx_json_error_and_the_server_keeps_serving(client,
     assert good_request(client, ham_root)["images"][0]["quality"]["verdict"] in ("passed", "rejected")
 
 
+@pytest.mark.slow
 def test_the_streamed_body_is_cut_at_the_cap_without_a_content_length(client, ham_root):
     sent = []
 
@@ -199,6 +203,7 @@ def test_the_streamed_body_is_cut_at_the_cap_without_a_content_length(client, ha
     assert good_request(client, ham_root)
 
 
+@pytest.mark.slow
 def test_pillows_decompression_bomb_warning_is_a_refusal(client, monkeypatch):
     buffer = io.BytesIO()
     Image.new("RGB", (40, 40), (90, 60, 30)).save(buffer, "PNG")
@@ -207,6 +212,7 @@ def test_pillows_decompression_bomb_warning_is_a_refusal(client, monkeypatch):
     assert response.status_code == 422 and "warn.png: refused as a possible decompression bomb" in response.json()["detail"]
 
 
+@pytest.mark.slow
 def test_too_many_files_and_wrong_methods_are_4xx(client):
     one = ("a.png", b"\x89PNG\r\n\x1a\n", "image/png")
     response = post(client, *[one] * 17)
@@ -215,6 +221,7 @@ def test_too_many_files_and_wrong_methods_are_4xx(client):
     assert client.get("/nothing").status_code == 404
 
 
+@pytest.mark.slow
 def test_page_docs_and_schema_are_served_from_this_server_only(client, run_dir):
     page = client.get("/")
     assert page.status_code == 200 and "not a diagnosis" in page.text
@@ -257,6 +264,7 @@ def test_operating_point_prefers_the_test_report_with_a_validation_threshold(tmp
     assert load_operating_point(tmp_path, CLASSES, tmp_path / "results_test_fixed.json")["threshold_source"] == "fixed"
 
 
+@pytest.mark.slow
 def test_cli_binds_127_0_0_1_without_reload_and_refuses_a_missing_gate(run_dir, monkeypatch, capsys):
     import uvicorn
 
@@ -308,6 +316,7 @@ def multipart(name, data):
     return body, f"multipart/form-data; boundary={boundary}"
 
 
+@pytest.mark.slow
 def test_concurrent_uploads_to_the_real_server_all_succeed_with_one_answer(server, ham_root):
     data = sorted((ham_root / "images").iterdir())[2].read_bytes()
     body, kind = multipart("a.jpg", data)
@@ -332,6 +341,7 @@ def launch_chromium(playwright):
                                             "--disable-component-update"])
 
 
+@pytest.mark.slow
 def test_the_page_in_chromium_shows_probabilities_and_heat_map_then_an_error(server, run_dir, ham_root, tmp_path):
     from playwright.sync_api import sync_playwright
 
@@ -368,6 +378,7 @@ def test_the_page_in_chromium_shows_probabilities_and_heat_map_then_an_error(ser
     assert requested and all(u.startswith(server) or u.startswith("data:") for u in requested)
 
 
+@pytest.mark.slow
 def test_dicom_is_read_from_its_content_and_its_header_pixel_count_is_checked_first(client, tmp_path):
     import pydicom
 

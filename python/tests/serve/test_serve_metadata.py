@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 
 from medclf import cli
+from medclf.core import schemas
 from medclf.core.errors import MedclfError
 from medclf.core.fileio import read_json, write_json
-from medclf.quality.gate import QUALITY_SCHEMA
 
 from test_serve import free_port, launch_chromium
 
@@ -64,7 +64,7 @@ def meta_run(ham_root, tmp_path_factory):
                   "metadata_features": ",".join(COLUMNS)})
     run = base / "meta"
     assert cli.main(["test", "--run", str(run), "--no-progress"]) == 0
-    write_json(base / "no_rules.json", {"schema": QUALITY_SCHEMA, "rules": {}})
+    write_json(base / "no_rules.json", {"schema": schemas.QUALITY, "rules": {}})
     return {"run": run, "frame": frame.set_index("path"), "root": ham_root, "gate": base / "no_rules.json"}
 
 
@@ -93,6 +93,7 @@ def post(client, files, fields):
     return client.post("/api/predict", files=[("files", f) for f in files], data=data)
 
 
+@pytest.mark.slow
 def test_model_info_and_schema_list_the_columns_with_their_kind_and_training_categories(client, meta_run):
     info = client.get("/api/model").json()
     train = meta_run["frame"].query("split == 'train'")
@@ -110,6 +111,7 @@ def test_model_info_and_schema_list_the_columns_with_their_kind_and_training_cat
     assert list(fields) == ["files", *COLUMNS]
 
 
+@pytest.mark.slow
 def test_probabilities_equal_medclf_test_for_the_same_images_and_rows(client, meta_run):
     """Every test image in one request with its own splits.csv row (one value per file), as strings."""
     record = read_json(meta_run["run"] / "predictions_test.json")
@@ -132,6 +134,7 @@ def test_probabilities_equal_medclf_test_for_the_same_images_and_rows(client, me
     assert echo[unseen_site]["age"]["read_as"] == float(by_hand.loc[unseen_site, "age"])
 
 
+@pytest.mark.slow
 def test_one_value_per_field_holds_for_every_image_of_the_request(client, meta_run):
     record = read_json(meta_run["run"] / "predictions_test.json")
     paths = record["paths"][3:6]  # rows without hand edits
@@ -142,6 +145,7 @@ def test_one_value_per_field_holds_for_every_image_of_the_request(client, meta_r
     np.testing.assert_allclose(many[0]["probabilities"], one["probabilities"], atol=1e-6)
 
 
+@pytest.mark.slow
 def test_an_empty_value_is_missing_as_a_blank_splits_cell_is(client, meta_run):
     path = read_json(meta_run["run"] / "predictions_test.json")["paths"][4]
     blank = post(client, [image(meta_run, path)], {c: [""] for c in COLUMNS})
@@ -156,6 +160,7 @@ def test_an_empty_value_is_missing_as_a_blank_splits_cell_is(client, meta_run):
     assert np.abs(np.subtract(known["probabilities"], entry["probabilities"])).max() > 1e-4  # the row matters
 
 
+@pytest.mark.slow
 def test_a_column_not_sent_is_refused_by_name_and_other_value_counts_too(client, meta_run):
     files = [image(meta_run, p) for p in read_json(meta_run["run"] / "predictions_test.json")["paths"][:2]]
     response = post(client, files, {"age": ["50"]})
@@ -169,6 +174,7 @@ def test_a_column_not_sent_is_refused_by_name_and_other_value_counts_too(client,
         response.json()["detail"]
 
 
+@pytest.mark.slow
 def test_onnx_export_and_serving_an_onnx_file_with_a_metadata_run_are_refused(meta_run, monkeypatch):
     from medclf.infer import onnx_model
     from medclf.infer.export import run_export
@@ -188,6 +194,7 @@ def test_onnx_export_and_serving_an_onnx_file_with_a_metadata_run_are_refused(me
         serve.load_classifier(run, onnx="other.onnx")
 
 
+@pytest.mark.slow
 def test_the_page_shows_one_input_per_column_and_sends_them(app, client, meta_run):
     """The page against the same app, served by uvicorn in a thread: a number input for age, a select
     of the training categories plus `unknown` for sex and localization; the probabilities it shows

@@ -104,6 +104,7 @@ def test_options_that_need_no_positive_still_work_without_one():
         imbalance.build_criterion(balance, [0, 1, 1, 1], 2, focal_alpha=alpha, classes=["melanoma", "other"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("balance", ["sampler", "loss-weights", "focal"])
 def test_training_computes_balance_from_train_only_and_predicts_every_val_test_image(
         balance, brain_partition, tmp_path_factory, monkeypatch):

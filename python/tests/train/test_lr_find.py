@@ -153,6 +153,7 @@ def test_cli_writes_csv_plot_and_suggestion_and_keeps_an_earlier_test(brain_spli
     assert (out / "lr_find.json").read_bytes() == before
 
 
+@pytest.mark.slow
 def test_the_range_test_descends_the_training_loss_with_its_mixing(brain_split, tmp_path, monkeypatch):
     """lr-find follows what `train` would minimise: the smoothed training loss and the mixer, not
     the unsmoothed validation criterion (the curve's minimum depends on it)."""

@@ -46,6 +46,7 @@ def state_dicts_equal(a, b):
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_integration_partition_train_test_on_brain_mri(brain_partition, tmp_path):
     out = tmp_path / "results"
     assert cli.main(["train", "--splits", str(brain_partition), "--arch", "resnet18", "--weights", "none",
@@ -82,6 +83,7 @@ def test_integration_partition_train_test_on_brain_mri(brain_partition, tmp_path
     assert [int(r["epoch"]) for r in history] == [1, 2]
 
 
+@pytest.mark.slow
 def test_best_weights_are_restored_and_equal_a_run_stopped_at_the_best_epoch(small_splits, tmp_path):
     from medclf.train.training import load_checkpoint, run_training
 
@@ -117,6 +119,7 @@ def _interrupt_the_second_epoch(monkeypatch):
     return real_epoch
 
 
+@pytest.mark.slow
 def test_ctrl_c_still_restores_best_weights_and_writes_curves(small_splits, tmp_path, monkeypatch):
     from medclf.train import training
 
@@ -160,6 +163,7 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(small_splits, tm
                                  load_checkpoint(tmp_path / "whole" / name)[key]), name
 
 
+@pytest.mark.slow
 def test_checkpoints_load_with_weights_only_and_hold_resume_state(small_splits, tmp_path):
     from medclf.train.training import run_training
 
@@ -170,6 +174,7 @@ def test_checkpoints_load_with_weights_only_and_hold_resume_state(small_splits, 
     assert last["epoch"] == 1 and len(last["history"]) == 1
 
 
+@pytest.mark.slow
 def test_existing_run_is_not_overwritten_without_resume(small_splits, tmp_path):
     from medclf.train.training import run_training
 
@@ -197,6 +202,7 @@ def test_warmup_cosine_schedule_values():
     assert warmup_cosine_factor(100, 10, 100) == pytest.approx(0)
 
 
+@pytest.mark.slow
 def test_freeze_backbone_run_changes_only_the_head(small_splits, tmp_path):
     from medclf.models.architectures import build_model
     from medclf.train.training import load_checkpoint, run_training, seed_everything
@@ -210,6 +216,7 @@ def test_freeze_backbone_run_changes_only_the_head(small_splits, tmp_path):
     assert changed == ["fc.bias", "fc.weight"]  # running_mean/var and num_batches_tracked included
 
 
+@pytest.mark.slow
 def test_single_logit_head_with_focal_loss_trains_and_predicts_two_columns(small_splits, tmp_path):
     from medclf.infer.predict import run_test
     from medclf.train.training import run_training
@@ -221,6 +228,7 @@ def test_single_logit_head_with_focal_loss_trains_and_predicts_two_columns(small
     assert all(len(p) == 2 and abs(sum(p) - 1) < 1e-12 for p in record["probabilities"])
 
 
+@pytest.mark.slow
 def test_tensorboard_without_the_package_is_a_clear_error(small_splits, tmp_path):
     try:
         import tensorboard  # noqa: F401
@@ -249,6 +257,7 @@ def _evaluate_with_nan_loss_in(epochs_with_nan, monkeypatch):
     monkeypatch.setattr(training, "evaluate", evaluate)
 
 
+@pytest.mark.slow
 def test_a_monitored_value_never_finite_is_an_error_not_restored_weights(small_splits, tmp_path, monkeypatch, capsys):
     from medclf.train import training
 
@@ -262,6 +271,7 @@ def test_a_monitored_value_never_finite_is_an_error_not_restored_weights(small_s
     assert "best weights restored" not in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_nan_epoch_after_a_finite_one_keeps_the_finite_best_and_says_so(small_splits, tmp_path, monkeypatch,
                                                                           capsys):
     from medclf.train import training
@@ -274,6 +284,7 @@ def test_a_nan_epoch_after_a_finite_one_keeps_the_finite_best_and_says_so(small_
     assert "best weights restored" in err and "val_loss was NaN in epoch(s) [2]" in err
 
 
+@pytest.mark.slow
 def test_the_run_cli_exits_1_with_one_line_when_nothing_was_finite(small_splits, tmp_path, monkeypatch, capsys):
     _evaluate_with_nan_loss_in({1}, monkeypatch)
     status = cli.main(["train", "--splits", str(small_splits), "--img-size", "32", "--epochs", "1", "--threads", "1",
@@ -299,6 +310,7 @@ def test_curves_show_loss_auc_and_balanced_accuracy_from_history_columns(tmp_pat
     assert dict(curve_panels("val_auc"))["auc"].endswith("(monitored)")
 
 
+@pytest.mark.slow
 def test_run_training_gives_the_caller_its_torch_switches_back(monkeypatch):
     from medclf.train import training
 
@@ -320,6 +332,7 @@ def test_the_production_code_has_no_test_hooks(repo_root):
     assert "MEDCLF_TEST" not in sources and "SIGKILL" not in sources
 
 
+@pytest.mark.slow
 def test_ema_and_swa_run_interrupted_and_resumed_equals_the_uninterrupted_run(small_splits, tmp_path, monkeypatch):
     from medclf.train import recipes, training
 

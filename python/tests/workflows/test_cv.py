@@ -90,6 +90,7 @@ def test_repeats_without_folds_is_refused(brain_mri_root, tmp_path, capsys):
 
 # ---------------------------------------------------------------- the CV outputs
 
+@pytest.mark.slow
 def test_every_non_test_image_is_out_of_fold_once_per_repeat_and_never_a_test_image(brain_cv, brain_cv_splits):
     splits = _read_splits(brain_cv_splits.parent)
     oof = read_json(brain_cv / "predictions_oof.json")
@@ -105,6 +106,7 @@ def test_every_non_test_image_is_out_of_fold_once_per_repeat_and_never_a_test_im
     assert all(labels[p] == y for p, y in zip(oof["paths"], oof["labels"]))
 
 
+@pytest.mark.slow
 def test_fold_ensemble_is_the_mean_of_the_fold_models_test_probabilities(brain_cv):
     members = read_json(brain_cv / "cv.json")["members"]
     assert len(members) == 6
@@ -140,6 +142,7 @@ def _val_probabilities(run, state_dict):
         return probabilities_from_logits(model(torch.stack([dataset[i][0] for i in range(len(dataset))]))).numpy()
 
 
+@pytest.mark.slow
 def test_fold_models_predict_with_their_best_epoch_weights(brain_cv):
     from medclf.train.training import load_checkpoint
 
@@ -159,6 +162,7 @@ def test_fold_models_predict_with_their_best_epoch_weights(brain_cv):
         assert not np.allclose(stored, _val_probabilities(run, load_checkpoint(run / "last.pt")["model"]), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_oof_report_pools_each_repeat_with_intervals_and_spreads_over_folds_and_repeats(brain_cv):
     results = read_json(brain_cv / "results_oof.json")
     assert results["task"] == "binary" and [r["repeat"] for r in results["repeats"]] == [0, 1]
@@ -171,6 +175,7 @@ def test_oof_report_pools_each_repeat_with_intervals_and_spreads_over_folds_and_
     assert "never on test" in (brain_cv / "report_oof.md").read_text()
 
 
+@pytest.mark.slow
 def test_tta_on_a_finished_cv_trains_nothing_and_writes_beside_the_plain_predictions(brain_cv, brain_cv_splits):
     before = {p: p.stat().st_mtime_ns for p in brain_cv.glob("fold*/best.pt")}
     assert cli.main(["cv", "--splits", str(brain_cv_splits), "--out", str(brain_cv.parent), "--run-name", "cv",
@@ -182,6 +187,7 @@ def test_tta_on_a_finished_cv_trains_nothing_and_writes_beside_the_plain_predict
     assert "tta" not in read_json(brain_cv / "fold0" / "predictions_test.json")["model"]  # as without --tta
 
 
+@pytest.mark.slow
 def test_a_cv_rerun_with_other_training_options_is_refused(brain_cv, brain_cv_splits, capsys):
     assert cli.main(["cv", "--splits", str(brain_cv_splits), "--out", str(brain_cv.parent), "--run-name", "cv",
                      "--epochs", "3", "--patience", "2", *TRAIN_ARGS, *PAST_BEST]) == 1
@@ -198,6 +204,7 @@ RECIPE_ERA_OPTIONS = ("recipe", "label_smoothing", "mixup_alpha", "cutmix_alpha"
                       "swa_epochs", "swa_lr", "patience_start", "no_decay_norm_bias")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("older", ["before recipes", "recipe options as given"])
 def test_a_cv_json_from_an_older_medclf_resumes_without_training_again(brain_cv_splits, tmp_path, older):
     from medclf.train import recipes
@@ -219,6 +226,7 @@ def test_a_cv_json_from_an_older_medclf_resumes_without_training_again(brain_cv_
     assert best.stat().st_mtime_ns == trained_at
 
 
+@pytest.mark.slow
 def test_a_cv_whose_recipe_holds_other_values_since_is_refused(brain_cv_splits, tmp_path, monkeypatch, capsys):
     from medclf.train import recipes
 
@@ -230,6 +238,7 @@ def test_a_cv_whose_recipe_holds_other_values_since_is_refused(brain_cv_splits, 
     assert "made with other options or splits (lr)" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_cv_needs_fold_columns_and_enough_repeats(brain_cv_splits, tmp_path, capsys):
     frame = _read_splits(brain_cv_splits.parent).drop(columns=["fold", "fold_r1"])
     frame.to_csv(tmp_path / "splits.csv", index=False)
@@ -299,6 +308,7 @@ def test_mean_probabilities_refuses_other_images_or_labels(other, message):
         cv.mean_probabilities([_record(["x", "y"], [1, 0], [[1, 0], [0, 1]]), other])
 
 
+@pytest.mark.slow
 def test_medclf_test_tta_on_a_fold_run_matches_the_cv_and_one_view_matches_no_tta(brain_cv, tmp_path):
     from medclf.infer.predict import run_test
 

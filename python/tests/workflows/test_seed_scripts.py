@@ -51,6 +51,7 @@ def test_model_suffixes_are_stripped_properly(name, stem):
     assert strip_model_suffix(name) == stem
 
 
+@pytest.mark.slow
 def test_readme_train_and_test_run_on_the_seed002_layout(brain_partition, tmp_path):
     splits = brain_partition
     project = tmp_path / "kaggle_brain_classification"

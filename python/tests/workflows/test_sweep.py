@@ -147,6 +147,7 @@ def test_pruning_also_waits_for_the_warm_up_that_patience_does_not_count(tmp_pat
 
 # ------------------------------------------------------------------------------ resume, failures
 
+@pytest.mark.slow
 def test_a_sweep_killed_mid_trial_resumes_and_finishes_n_trials(tmp_path, images):
     import optuna
 
@@ -186,6 +187,7 @@ def test_a_sweep_killed_mid_trial_resumes_and_finishes_n_trials(tmp_path, images
         assert (sweep_dir / plot).stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_a_failed_trial_is_recorded_and_counted_never_retried(tmp_path, images, monkeypatch):
     real = training.run_training
     calls = []
@@ -204,6 +206,7 @@ def test_a_failed_trial_is_recorded_and_counted_never_retried(tmp_path, images, 
     assert table[0]["note"] == "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"
 
 
+@pytest.mark.slow
 def test_the_trial_lock_is_held_until_the_trial_is_recorded(tmp_path, images, monkeypatch):
     """Another worker marks a RUNNING trial whose lock is free as interrupted, so the lock must stay
     held until the storage has the trial's end: two workers once marked a finished trial interrupted
