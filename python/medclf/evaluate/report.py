@@ -21,7 +21,8 @@ import numpy as np
 from medclf.core import layout, schemas
 from medclf.core.errors import MedclfError
 from medclf.core.fileio import read_json, write_json, write_text
-from medclf.core.predictions import fail, is_number, read_predictions_file, same_predictions, validate_predictions
+from medclf.core.predictions import (fail, is_number, passed_subset, read_predictions_file, require_file,
+                                     same_predictions, validate_predictions)
 from medclf.core.run_config import read_run_config
 from medclf.core.splits import named_positive
 from medclf.evaluate import metrics as M
@@ -529,14 +530,12 @@ def write_plots(result, data, out_dir, names=None):
     return written
 
 
-def quality_gate_section(result, request, engine):
-    """When `medclf test --quality-gate` marked the predictions: score the images that passed
-    (predictions_<split>_passed.json beside the file), store {n, passed, rejected, metrics} as
-    result["quality_gate"] and return the Markdown section; else "" and result is unchanged."""
-    from medclf.core.predictions import passed_subset
-
+def quality_gate_section(result, request, engine, record):
+    """When `medclf test --quality-gate` marked the predictions (`record`, the file of
+    request["predictions_path"]): score the images that passed (predictions_<split>_passed.json beside
+    the file), store {n, passed, rejected, metrics} as result["quality_gate"] and return the Markdown
+    section; else "" and result is unchanged."""
     source = Path(request["predictions_path"])
-    record = read_predictions_file(source)
     subset = passed_subset(record)
     if subset is None:
         return ""
@@ -568,10 +567,9 @@ def report_run(run_dir, split="test", positive=None, threshold=None, threshold_r
 
     run_dir = Path(run_dir)
     names = output_names(split, tag)
-    predictions = layout.predictions_file(run_dir, split)
-    if not predictions.is_file():
-        raise MedclfError(f"{predictions}: not found; run `medclf test --run {run_dir}` first")
-    uncalibrated = refuse_uncalibrated(read_predictions_file(predictions), predictions, allow_uncalibrated)
+    predictions = require_file(layout.predictions_file(run_dir, split), run_dir)
+    raw = read_predictions_file(predictions)  # the one read of the file on the Python side
+    uncalibrated = refuse_uncalibrated(raw, predictions, allow_uncalibrated)
     if (run_dir / "config.json").is_file():  # refuse a broken config.json before anything is written
         read_run_config(run_dir / "config.json", required={})
     val_path = None
@@ -581,12 +579,11 @@ def report_run(run_dir, split="test", positive=None, threshold=None, threshold_r
             raise MedclfError(f"{val_path}: not found; a threshold rule is chosen on validation predictions "
                               f"(`medclf test --run {run_dir}` writes them)")
     request = build_request(predictions, val_path, positive, threshold, threshold_rule, group, boot_n, seed)
-    frame = framing(load_predictions(request, "predictions"), positive, request["group"])  # refuses before any engine
+    data = validate_predictions(raw, predictions)
+    frame = framing(data, positive, request["group"])  # refuses before any engine
     result, notes = run_engine(request, engine)
     if notes:
         result["engine_notes"] = notes
-    raw = read_predictions_file(predictions)
-    data = validate_predictions(raw, predictions)
     variability = None
     if threshold_rule is not None and frame is not None:
         val = validate_predictions(read_predictions_file(val_path), val_path)
@@ -597,7 +594,7 @@ def report_run(run_dir, split="test", positive=None, threshold=None, threshold_r
         gate_markdown = f"\n**Not calibrated:** {uncalibrated}.\n"
     else:
         gate_markdown = ""
-    gate_markdown += quality_gate_section(result, request, engine)
+    gate_markdown += quality_gate_section(result, request, engine, raw)
     results_path = run_dir / names["results"]
     write_json(results_path, result)
     plot_paths = write_plots(result, data, run_dir, names) if plots else []

@@ -36,6 +36,7 @@ from PIL import Image
 from medclf.core import schemas
 from medclf.core.errors import MedclfError, UnreadableImageError
 from medclf.core.fileio import read_json, sha256_file, write_json, write_text
+from medclf.core.predictions import read_predictions_file
 from medclf.data.imageio import IMAGE_EXTENSIONS, is_image_name, read_image
 
 MEASURE_SIDE = 128
@@ -236,7 +237,7 @@ def gate_predictions(run_dir, predictions_paths, gate_path, data_root=None, prog
     if data_root is None:
         data_root = read_json(Path(run_dir) / "config.json").get("data_root")
     for path in predictions_paths:
-        record = read_json(path)
+        record = read_predictions_file(path)
         rows = measure_files([Path(data_root or ".") / p for p in record["paths"]], record["paths"], progress,
                              record.get("split", "predictions"))
         record["quality"] = gate_verdicts(rows, gate)
