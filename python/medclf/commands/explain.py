@@ -12,7 +12,7 @@ DESCRIPTION = (
 
 
 def add_arguments(parser):
-    from medclf.explain.heatmap import METHODS
+    from medclf.explain.methods import METHODS
 
     parser.add_argument("--run", required=True, help="run folder written by `medclf train` (results/NAME)")
     parser.add_argument("--split", default="test", choices=["train", "val", "test"])

@@ -25,11 +25,8 @@ import torch
 from torch import nn
 
 from medclf.core.errors import MedclfError
+from medclf.explain.methods import CAM_METHODS, METHODS
 from medclf.models import architectures as models
-
-CAM_METHODS = ("gradcam", "gradcam++", "scorecam", "eigencam", "layercam")
-GRADIENT_METHODS = ("ig", "saliency", "occlusion")
-METHODS = CAM_METHODS + GRADIENT_METHODS
 
 # The last convolutional block of the ten architectures the seeds used (tests/test_models.py).
 TARGET_LAYERS = {

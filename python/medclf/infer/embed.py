@@ -24,7 +24,6 @@ import numpy as np
 from medclf.core import schemas
 from medclf.core.errors import MedclfError
 from medclf.core.fileio import atomic_path
-from medclf.models import architectures as models
 
 ARRAYS = ("embeddings", "paths", "splits", "labels", "classes", "meta")
 
@@ -53,6 +52,7 @@ def _weights_source(arch, weights, splits, data_root, img_size, device, progress
     from medclf.core.splits import read_splits
     from medclf.data import datasets as data_mod
     from medclf.data import transforms
+    from medclf.models import architectures as models
 
     if not splits:
         raise MedclfError("--arch needs --splits (the images to embed)")
@@ -119,6 +119,7 @@ def run_embed(out, run_dir=None, arch=None, weights="none", splits=None, data_ro
     """Write OUT (.npz) with the embeddings of every image of the splits file; returns its meta."""
     from medclf.core.provenance import git_commit, library_versions
     from medclf.engine.precision import select_device
+    from medclf.models import architectures as models  # torch: `medclf probe` reads embeddings without it
 
     device = select_device(device)
     if (run_dir is None) == (arch is None):
