@@ -198,6 +198,28 @@ def read_run_predictions(run_dir, split):
     return record
 
 
+def build_record(split, classes, positive_class, model, paths, labels, probabilities, logits=None, uncertainty=None,
+                 **extra):
+    """A medclf.predictions/1 record, the one builder every writer uses (test, cv, ensemble, probe):
+    `predictions` are the argmax of `probabilities`, `logits` their log (clipped at LOG_CLIP) unless
+    given, and seed 002's keys ("predictive probabilities", one-hot "label probabilities") are
+    filled in. `extra` keys (e.g. inference) follow."""
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    labels = [int(y) for y in labels]
+    listed = probabilities.tolist()
+    logits = log_probabilities(probabilities) if logits is None else np.asarray(logits, dtype=np.float64)
+    record = {
+        "schema": schemas.PREDICTIONS, "split": split, "classes": list(classes), "positive_class": positive_class,
+        "model": model, "paths": list(paths), "labels": labels,
+        "predictions": [int(k) for k in probabilities.argmax(axis=1)], "probabilities": listed,
+        "logits": logits.tolist(), "predictive probabilities": listed,
+        "label probabilities": [[1.0 if k == y else 0.0 for k in range(len(classes))] for y in labels],
+        "uncertainty": uncertainty,
+    }
+    record.update(extra)
+    return record
+
+
 def log_probabilities(probabilities):
     """The `logits` field of a record written from probabilities: log(p), p clipped at LOG_CLIP."""
     return np.log(np.clip(np.asarray(probabilities, dtype=np.float64), LOG_CLIP, None))

@@ -31,7 +31,7 @@ import numpy as np
 from medclf.core import layout, schemas
 from medclf.core.errors import MedclfError
 from medclf.core.fileio import sha256_file, write_json
-from medclf.core.predictions import log_probabilities, read_predictions_file, validate_predictions
+from medclf.core.predictions import build_record, read_predictions_file, validate_predictions
 from medclf.core.provenance import library_versions
 from medclf.evaluate import uncertainty
 
@@ -217,18 +217,9 @@ def ensemble_record(split, method, members, files, weights):
              "calibrated": method != "rank"}
     if method == "rank":
         model["note"] = RANK_NOTE
-    labels = [int(y) for y in first["labels"]]
-    k = len(first["classes"])
-    probs = probabilities.tolist()
-    return {
-        "schema": schemas.PREDICTIONS, "split": split, "classes": list(first["classes"]),
-        "positive_class": first["positive_class"], "model": model, "paths": list(first["paths"]),
-        "labels": labels, "predictions": [int(i) for i in probabilities.argmax(axis=1)],
-        "probabilities": probs, "logits": log_probabilities(probabilities).tolist(),
-        "predictive probabilities": probs,
-        "label probabilities": [[1.0 if j == y else 0.0 for j in range(k)] for y in labels],
-        "uncertainty": None if method == "rank" else ensemble_uncertainty(stack, weights, sources),
-    }
+    return build_record(split, first["classes"], first["positive_class"], model, first["paths"], first["labels"],
+                        probabilities,
+                        uncertainty=None if method == "rank" else ensemble_uncertainty(stack, weights, sources))
 
 
 def run_ensemble(members, method="mean", weights=None, split="test", out_dir=None):

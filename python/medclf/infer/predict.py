@@ -24,9 +24,8 @@ import torch
 from medclf.core import layout
 from medclf.core.errors import MedclfError
 from medclf.core.fileio import write_json
-from medclf.core.predictions import LOG_CLIP
+from medclf.core.predictions import LOG_CLIP, build_record
 from medclf.core.run_config import read_run_config
-from medclf.core.schemas import PREDICTIONS as PREDICTIONS_SCHEMA
 from medclf.core.splits import load_run_splits, read_splits, refuse_images_seen_by_run
 from medclf.data import datasets as data_mod
 from medclf.data import transforms
@@ -174,25 +173,9 @@ def predictions_record(split, config, checkpoint, checkpoint_name, paths, labels
         probabilities = torch.as_tensor(mean)
         logits = torch.log(torch.clamp(probabilities, min=LOG_CLIP))
         unc = uncertainty.uncertainty_record("mc_dropout", samples=int(samples.shape[0]), measures=measures)
-    n_classes = len(config["classes"])
-    labels = [int(x) for x in labels]
-    probs = probabilities.tolist()
-    return {
-        "schema": PREDICTIONS_SCHEMA,
-        "split": split,
-        "classes": list(config["classes"]),
-        "positive_class": config.get("positive_class"),
-        "model": model,
-        "paths": list(paths),
-        "labels": labels,
-        "predictions": [int(x) for x in probabilities.argmax(dim=1).tolist()],
-        "probabilities": probs,
-        "logits": torch.as_tensor(logits, dtype=torch.float64).tolist(),
-        "predictive probabilities": probs,
-        "label probabilities": [[1.0 if k == y else 0.0 for k in range(n_classes)] for y in labels],
-        "uncertainty": unc,
-        "inference": inference,
-    }
+    return build_record(split, config["classes"], config.get("positive_class"), model, paths, labels,
+                        probabilities.double().numpy(), torch.as_tensor(logits, dtype=torch.float64).numpy(), unc,
+                        inference=inference)
 
 
 def split_table_for_test(run_dir, config, splits=None, data_root=None, names=("test",)):

@@ -25,7 +25,7 @@ import numpy as np
 from medclf.core import layout, schemas
 from medclf.core.errors import MedclfError
 from medclf.core.fileio import sha256_file, write_json
-from medclf.core.predictions import log_probabilities
+from medclf.core.predictions import build_record
 from medclf.infer.embed import read_embeddings
 
 MODELS = ("logreg", "linear-svm")
@@ -130,14 +130,9 @@ def predictions_record(split, data, rows, probs, model_info):
     labels = [int(y) for y in data["labels"][rows]]
     probs = np.clip(np.asarray(probs, dtype=np.float64), 0.0, 1.0)
     probs = probs / probs.sum(axis=1, keepdims=True)
-    listed = probs.tolist()
-    return {"schema": schemas.PREDICTIONS, "split": split, "classes": classes,
-            "positive_class": data["meta"].get("positive_class"), "model": model_info,
-            "paths": [str(p) for p in data["paths"][rows]], "labels": labels,
-            "predictions": [int(k) for k in probs.argmax(axis=1)], "probabilities": listed,
-            "logits": log_probabilities(probs).tolist(), "predictive probabilities": listed,
-            "label probabilities": [[1.0 if k == y else 0.0 for k in range(len(classes))] for y in labels],
-            "uncertainty": uncertainty.uncertainty_record("softmax", probabilities=probs)}
+    return build_record(split, classes, data["meta"].get("positive_class"), model_info,
+                        [str(p) for p in data["paths"][rows]], labels, probs,
+                        uncertainty=uncertainty.uncertainty_record("softmax", probabilities=probs))
 
 
 def split_rows(data, split, path):

@@ -206,7 +206,7 @@ def run_lr_find(config, out, start_lr=1e-7, end_lr=10.0, steps=100):
     from tqdm import tqdm
 
     from medclf.engine import distributed
-    from medclf.engine.precision import log_precision
+    from medclf.engine.precision import choose_precision, log_precision
     from medclf.train import training
 
     out = check_out_dir(out)
@@ -214,7 +214,7 @@ def run_lr_find(config, out, start_lr=1e-7, end_lr=10.0, steps=100):
     # The range test sets the learning rate itself: a schedule would rescale it at construction.
     cfg = training.resolve_config({**config, "scheduler": "none", "resume": False})
     with training.preserved_torch_state():
-        precision = training.setup_torch(cfg)
+        precision = choose_precision(training.setup_torch(cfg), cfg["amp"])
         trainer = training.prepare_trainer(cfg, out, False, distributed.World(), precision)
         log_precision("lr-find", precision)
         bar = tqdm(total=len(lrs), desc="lr-find", unit="batch", disable=not cfg["progress"], leave=False,

@@ -31,7 +31,7 @@ import torch
 
 from medclf.core import schemas
 from medclf.core.errors import MedclfError
-from medclf.core.fileio import atomic_path, read_json, write_json, write_text
+from medclf.core.fileio import atomic_path, write_json, write_text
 from medclf.core.provenance import git_commit, library_versions
 from medclf.core.run_config import read_run_config
 from medclf.core.splits import bind_splits_to_run, read_splits
@@ -390,18 +390,19 @@ def _prepare_config(config):
     if cfg["resume"]:
         if not config_path.is_file():
             raise MedclfError(f"{run_dir}: no config.json to resume from; start the run without --resume")
-        saved = read_run_config(config_path)["arguments"]
+        record = read_run_config(config_path)  # the one read of the saved config.json on --resume
+        saved = record["arguments"]
         changed = {k: (saved.get(k), v) for k, v in cfg.items()
                    if k not in _RESUME_FREE and k in config and config[k] is not None and k in saved
                    and saved.get(k) != v and config[k] != DEFAULTS.get(k)}
         if changed:
             print(f"medclf train: --resume keeps the saved arguments; ignoring {sorted(changed)}", file=sys.stderr)
         free = {k: cfg[k] for k in _RESUME_FREE}
-        return MappingProxyType({**DEFAULTS, **saved, **free}), run_dir, last_path.is_file()
+        return MappingProxyType({**DEFAULTS, **saved, **free}), run_dir, record if last_path.is_file() else None
     if last_path.is_file() or (run_dir / "best.pt").is_file():
         raise MedclfError(f"{run_dir}: a run with this name exists; continue it with --resume, "
                           "or choose another --run-name")
-    return cfg, run_dir, False
+    return cfg, run_dir, None
 
 
 @contextlib.contextmanager
@@ -421,19 +422,20 @@ def preserved_torch_state():
 
 
 def setup_torch(cfg):
-    """Threads, device, mixed precision and determinism of the run; returns its Precision."""
+    """Threads, device and determinism of the run; returns its device (precision is chosen once the
+    process knows its own device: medclf.engine.distributed.start)."""
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg["threads"]))  # part of the run's arguments: sums may depend on it
-    precision = choose_precision(select_device(cfg["device"]), cfg["amp"])
-    if precision.device.type == "cuda":
+    device = select_device(cfg["device"])
+    if device.type == "cuda":
         # cuDNN's autotuner picks the fastest kernels for the fixed input size, not a reproducible one.
         torch.backends.cudnn.benchmark = not cfg["deterministic"]
     if cfg["deterministic"]:
         torch.use_deterministic_algorithms(True)
-        if precision.device.type == "cuda":
+        if device.type == "cuda":
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     seed_everything(cfg["seed"])
-    return precision
+    return device
 
 
 # ---------------------------------------------------------------- data
@@ -489,11 +491,12 @@ def load_caches(cfg, files_by_split, side, run_dir, world):
 
 
 def run_normalisation(cfg, model_info, run_dir, train_cache, resuming):
-    """ImageNet statistics for ImageNet weights, else the train split's (kept in config.json)."""
+    """ImageNet statistics for ImageNet weights, else the train split's (kept in config.json:
+    `resuming`, the saved config.json of a resumed run, or None)."""
     if model_info["mean"] is not None:
         return {"mean": model_info["mean"], "std": model_info["std"], "source": "imagenet weights"}
     if resuming:
-        return read_json(run_dir / "config.json")["normalisation"]
+        return resuming["normalisation"]
     mean, std = data_mod.channel_stats(train_cache)
     return {"mean": mean, "std": std, "source": "train split"}
 
@@ -685,7 +688,7 @@ def restore_from_last(trainer):
 def write_run_config(trainer, resuming, split_binding):
     record = config_record(trainer, split_binding)
     if resuming:
-        record["created"] = read_json(trainer.run_dir / "config.json").get("created", record["created"])
+        record["created"] = resuming.get("created", record["created"])
     write_json(trainer.run_dir / "config.json", record)
 
 
@@ -701,10 +704,8 @@ def run_training(config, on_epoch=None, images=None):
 
 def _run_training(config, on_epoch=None, images=None):
     cfg, run_dir, resuming = _prepare_config(config)
-    precision = setup_torch(cfg)
-    world = distributed.start(distributed.world_from_env(), precision.device)
-    if world.device != precision.device:  # a CUDA rank trains on its own GPU
-        precision = choose_precision(world.device, cfg["amp"])
+    world = distributed.start(distributed.world_from_env(), setup_torch(cfg))  # a CUDA rank: its own GPU
+    precision = choose_precision(world.device, cfg["amp"])
     try:
         if world.distributed:  # every process names the run as rank 0 does (the default holds the time)
             cfg = MappingProxyType({**cfg, "run_name": distributed.broadcast_object(world, cfg["run_name"])})
@@ -738,7 +739,7 @@ def _train_in_world(cfg, run_dir, resuming, world, precision, on_epoch=None, ima
         log_precision("train", precision)
     start_epoch = restore_from_last(trainer) if resuming else 1
     if resuming and world.is_main:
-        trained_with = read_json(run_dir / "config.json").get("world_size", 1)
+        trained_with = resuming.get("world_size", 1)
         if trained_with != world.size:
             print(f"medclf train: warning: resuming with {world.size} process(es), the run was trained with "
                   f"{trained_with}: later epochs sample and batch differently", file=sys.stderr)

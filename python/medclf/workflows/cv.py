@@ -36,7 +36,7 @@ import numpy as np
 from medclf.core import layout, schemas
 from medclf.core.errors import MedclfError
 from medclf.core.fileio import read_json, sha256_file, write_json, write_text
-from medclf.core.predictions import log_probabilities
+from medclf.core.predictions import build_record
 from medclf.core.splits import SPLITS, read_splits, splits_csv_text
 
 CV_SCHEMA = schemas.CV
@@ -201,17 +201,8 @@ def predictions_from_probabilities(template, split, paths, labels, probabilities
     from medclf.evaluate import uncertainty
 
     probabilities = np.asarray(probabilities, dtype=np.float64)
-    n_classes = len(template["classes"])
-    probs = probabilities.tolist()
-    return {
-        "schema": schemas.PREDICTIONS, "split": split, "classes": list(template["classes"]),
-        "positive_class": template.get("positive_class"), "model": model, "paths": list(paths),
-        "labels": [int(y) for y in labels], "predictions": [int(k) for k in probabilities.argmax(axis=1)],
-        "probabilities": probs, "logits": log_probabilities(probabilities).tolist(),
-        "predictive probabilities": probs,
-        "label probabilities": [[1.0 if k == y else 0.0 for k in range(n_classes)] for y in labels],
-        "uncertainty": uncertainty.uncertainty_record("softmax", probabilities=probabilities),
-    }
+    return build_record(split, template["classes"], template.get("positive_class"), model, paths, labels,
+                        probabilities, uncertainty=uncertainty.uncertainty_record("softmax", probabilities=probabilities))
 
 
 def out_of_fold_record(fold_records, model):
