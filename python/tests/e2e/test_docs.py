@@ -6,7 +6,11 @@ commands are joined until `bash -n` accepts them), in a scratch copy of the repo
 
     TMP/repo/<every tracked top-level entry>  -> symlink to the checkout (studies/, scripts/, ...)
     TMP/repo/results/                            empty: outputs land here, never in the checkout
-    TMP/shared/data                           -> the real ../shared/data
+    TMP/shared/data/brain_mri/                the real ../shared/data/brain_mri (253 images), as folders
+                                              of links to its files: a page that copies the folder and
+                                              moves the copy's images (organize --mode move) moves links
+    TMP/shared/data/ham10000_dev/             a lesion-whole subset of the real one (ham_subset below:
+                                              about 50 images per diagnosis and every image a page names)
     TMP/bin/{medclf,python,python3}              run the checked-out package with this interpreter
 
 ```powershell / ```ps1 / ```pwsh blocks run with `pwsh` where it exists (skipped, with the reason
@@ -271,6 +275,58 @@ def parse_doc(text, doc):
     return runnable
 
 
+def link_tree(source, out):
+    """`out` as a copy of the folder `source` whose files are links to the originals."""
+    for folder, _, files in os.walk(source):
+        target = out / Path(folder).relative_to(source)
+        target.mkdir(parents=True, exist_ok=True)
+        for name in files:
+            (target / name).symlink_to(Path(folder) / name)
+
+
+def data_state():
+    """(path, size, mtime) of every file of the shared data: a page must leave it as it was."""
+    return {(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in SHARED_DATA.rglob("*") if p.is_file()}
+
+
+HAM_IMAGES_PER_DX = 50  # of 1,983: the pages' HAM10000 commands run on about 350 images
+
+
+def ham_subset(source, out, per_dx=HAM_IMAGES_PER_DX):
+    """A smaller HAM10000 development set for the documented commands, real images all the same:
+    per diagnosis, whole lesions in lesion_id order until `per_dx` images, plus the lesions of every
+    image a page names (ISIC_...). The metadata CSV keeps only their rows; images are links."""
+    import csv
+
+    named = {m for doc in DOCS for m in re.findall(r"ISIC_\d{7}", doc.read_text(encoding="utf-8"))}
+    with open(source / "HAM10000_metadata.csv", newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        fields, rows = reader.fieldnames, list(reader)
+    lesions = {}
+    for row in rows:
+        lesions.setdefault(row["lesion_id"], []).append(row)
+    keep, taken = {r["lesion_id"] for r in rows if r["image_id"] in named}, {}
+    for lesion in sorted(lesions):
+        dx = lesions[lesion][0]["dx"]
+        if taken.get(dx, 0) < per_dx:
+            keep.add(lesion)
+        if lesion in keep:
+            taken[dx] = taken.get(dx, 0) + len(lesions[lesion])
+    (out / "images").mkdir(parents=True)
+    kept = [r for r in rows if r["lesion_id"] in keep]
+    with open(out / "HAM10000_metadata.csv", "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(kept)
+    for row in kept:
+        for image in (source / "images").glob(row["image_id"] + ".*"):
+            (out / "images" / image.name).symlink_to(image)
+    for extra in source.iterdir():
+        if extra.name not in ("images", "HAM10000_metadata.csv"):
+            (out / extra.name).symlink_to(extra)
+    return len(kept)
+
+
 def make_scratch(tmp):
     """TMP/repo mirroring the checkout's root, TMP/shared/data, and TMP/bin with the CLI shims."""
     repo = tmp / "repo"
@@ -283,8 +339,12 @@ def make_scratch(tmp):
             (repo / name).mkdir()
         elif (REPO / name).exists():
             (repo / name).symlink_to(REPO / name)
-    (tmp / "shared").mkdir()
-    (tmp / "shared" / "data").symlink_to(SHARED_DATA)
+    (tmp / "shared" / "data").mkdir(parents=True)
+    for dataset in sorted(SHARED_DATA.iterdir()):
+        if dataset.name == "ham10000_dev":
+            ham_subset(dataset, tmp / "shared" / "data" / dataset.name)
+        elif dataset.is_dir():
+            link_tree(dataset, tmp / "shared" / "data" / dataset.name)
     bin_dir = tmp / "bin"
     bin_dir.mkdir()
     no_pip = ('if [ "$1" = -m ] && [ "$2" = pip ]; then echo "docs test: refusing to run pip here; '
@@ -367,6 +427,7 @@ def test_every_command_block_runs(doc, tmp_path):
         print(f"[docs] {block.doc}:{block.line}: ```{block.lang} block skipped: pwsh is not installed")
     repo, bin_dir = make_scratch(tmp_path)
     env, exports, before, start = scratch_env(bin_dir), [], checkout_files(), time.monotonic()
+    data_before = data_state()
     for block in blocks:
         if block not in skipped:
             message = run_block(block, repo, env, exports)
@@ -375,6 +436,8 @@ def test_every_command_block_runs(doc, tmp_path):
     print(f"[docs] {doc.name}: {sum(len(b.commands) for b in blocks)} commands in {time.monotonic() - start:.0f} s")
     stray = checkout_files() - before
     assert not stray, f"{doc.name}'s commands wrote into the checkout instead of the scratch copy: {sorted(stray)}"
+    changed = sorted(data_before ^ data_state())
+    assert not changed, f"{doc.name}'s commands changed the shared data {SHARED_DATA}: {changed[:5]}"
     if skipped and len(skipped) == len(blocks):
         pytest.skip(f"{doc.name}: only ```powershell blocks, and pwsh is not installed")
 

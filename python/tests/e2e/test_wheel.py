@@ -21,8 +21,14 @@ pytestmark = pytest.mark.slow  # builds the wheel
 def wheel(repo_root, tmp_path_factory):
     pytest.importorskip("setuptools", minversion="77", reason="building the wheel offline needs setuptools >= 77")
     out = tmp_path_factory.mktemp("wheel")
+    # Built from a copy: setuptools writes build/ beside the sources, and the checkout stays as it is.
+    source = out / "source"
+    shutil.copytree(repo_root / "python" / "medclf", source / "python" / "medclf",
+                    ignore=shutil.ignore_patterns("__pycache__", "tests"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(repo_root / name, source / name)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out),
-                    str(repo_root)], check=True, capture_output=True, text=True)
+                    str(source)], check=True, capture_output=True, text=True)
     (path,) = out.glob("medclf-*.whl")
     return path
 
