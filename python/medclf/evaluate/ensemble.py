@@ -34,6 +34,7 @@ from medclf.core.fileio import sha256_file, write_json
 from medclf.core.predictions import build_record, read_predictions_file, validate_predictions
 from medclf.core.provenance import library_versions
 from medclf.evaluate import uncertainty
+from medclf.evaluate.metrics import mid_ranks
 
 METHODS = ("mean", "weighted", "rank")
 RANK_NOTE = ("rank-averaged scores: only the order of the images is meaningful (ROC-AUC, average precision); "
@@ -129,10 +130,8 @@ def combine_mean(stack, weights):
 
 def combine_rank(stack):
     """Binary (M, N, 2) -> (N, 2): [1 - r, r], r = the members' mean normalised rank of P(class 1)."""
-    from scipy.stats import rankdata
-
     n = stack.shape[1]
-    ranks = np.stack([(rankdata(member[:, 1]) - 0.5) / n for member in stack])
+    ranks = np.stack([(mid_ranks(member[:, 1]) - 0.5) / n for member in stack])
     r = ranks.mean(axis=0)
     return np.column_stack([1.0 - r, r])
 

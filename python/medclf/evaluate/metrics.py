@@ -6,7 +6,15 @@ states its 0/0 convention.
 """
 
 import numpy as np
-from scipy.stats import rankdata
+
+
+def mid_ranks(values):
+    """Ranks 1..n of `values`, tied values sharing the mean of their ranks (scipy's
+    rankdata(method="average"), R's rank()): exact halves, no floating-point sums. Kept in numpy
+    because training scores every epoch with it, and scipy.stats costs a second to import."""
+    _, index, counts = np.unique(np.asarray(values, dtype=np.float64), return_inverse=True, return_counts=True)
+    last = np.cumsum(counts)
+    return (last - (counts - 1) / 2.0)[index.reshape(-1)]
 
 
 def roc_auc(labels_binary, scores):
@@ -18,7 +26,7 @@ def roc_auc(labels_binary, scores):
     n_pos, n_neg = int(y.sum()), int((~y).sum())
     if n_pos == 0 or n_neg == 0:
         return float("nan")
-    ranks = rankdata(s)
+    ranks = mid_ranks(s)
     return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
@@ -146,9 +154,9 @@ def delong_placements(is_positive, scores):
     s = np.asarray(scores, dtype=np.float64)
     cases, controls = s[y], s[~y]
     m, n = len(cases), len(controls)
-    combined = rankdata(s)
-    v10 = (combined[y] - rankdata(cases)) / n
-    v01 = 1.0 - (combined[~y] - rankdata(controls)) / m
+    combined = mid_ranks(s)
+    v10 = (combined[y] - mid_ranks(cases)) / n
+    v01 = 1.0 - (combined[~y] - mid_ranks(controls)) / m
     return float(v10.mean()), v10, v01
 
 

@@ -10,7 +10,7 @@ commands are joined until `bash -n` accepts them), in a scratch copy of the repo
                                               of links to its files: a page that copies the folder and
                                               moves the copy's images (organize --mode move) moves links
     TMP/shared/data/ham10000_dev/             a lesion-whole subset of the real one (ham_subset below:
-                                              about 50 images per diagnosis and every image a page names)
+                                              about 30 images per diagnosis and every image a page names)
     TMP/bin/{medclf,python,python3}              run the checked-out package with this interpreter
 
 ```powershell / ```ps1 / ```pwsh blocks run with `pwsh` where it exists (skipped, with the reason
@@ -289,7 +289,7 @@ def data_state():
     return {(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in SHARED_DATA.rglob("*") if p.is_file()}
 
 
-HAM_IMAGES_PER_DX = 50  # of 1,983: the pages' HAM10000 commands run on about 350 images
+HAM_IMAGES_PER_DX = 30  # of 1,983: the pages' HAM10000 commands run on about 230 images
 
 
 def ham_subset(source, out, per_dx=HAM_IMAGES_PER_DX):
@@ -391,6 +391,7 @@ def failure(block, command, rewritten, notes, proc):
 def run_block(block, repo, env, exports):
     """Run each command of a block in repo; returns a failure message or None."""
     for command in block.commands:
+        started = time.monotonic()
         if block.lang in PWSH_LANGS:
             proc = subprocess.run(["pwsh", "-NoProfile", "-Command", command], cwd=repo, env=env,
                                   capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S)
@@ -405,7 +406,8 @@ def run_block(block, repo, env, exports):
                 return f"{block.doc}:{block.line}: `{rewritten}` ran past {COMMAND_TIMEOUT_S} s\n{err.stderr}"
             if re.match(STATE_COMMAND, rewritten):
                 exports.append(rewritten)  # variables and cd stay in effect for the doc's later commands
-        print(f"[docs] {block.doc}:{block.line}: {rewritten}" + "".join(f"  ({n})" for n in notes))
+        print(f"[docs] {block.doc}:{block.line}: {rewritten}" + "".join(f"  ({n})" for n in notes)
+              + f"  [{time.monotonic() - started:.1f} s]")
         if proc.returncode != 0:
             return failure(block, command, rewritten, notes, proc)
     return None

@@ -1,6 +1,8 @@
 """The pure-Python metrics (R/metrics.R's mirror): hand-computed fixtures as fractions and
 cross-checks against scikit-learn."""
 
+from fractions import Fraction
+
 import numpy as np
 import pytest
 from scipy.stats import binom
@@ -116,3 +118,12 @@ def test_precision_at_recall_takes_the_best_point_at_or_above_the_target():
     assert pr["precision"] == pytest.approx(16 / 17)
     assert pr["threshold"] == pytest.approx(1 / (1 + np.exp(0.1)))
     assert pr["sensitivity"] == 1.0
+
+
+def test_mid_ranks_share_tied_ranks_exactly_as_scipy_ranks_them():
+    from scipy.stats import rankdata
+
+    assert M.mid_ranks([3, 1, 3, 2]).tolist() == [Fraction(7, 2), 1, Fraction(7, 2), 2]
+    rng = np.random.default_rng(5)
+    values = rng.integers(0, 7, 500) / 4  # many ties
+    assert np.array_equal(M.mid_ranks(values), rankdata(values))
