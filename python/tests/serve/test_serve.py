@@ -2,6 +2,7 @@
 the hardening (headers, limits, 127.0.0.1), the operating point of the run's report, and the page
 in a real browser (Debian's chromium driven by Playwright) against the real server process."""
 
+import re
 import base64
 import io
 import json
@@ -343,7 +344,7 @@ def launch_chromium(playwright):
 
 @pytest.mark.slow
 def test_the_page_in_chromium_shows_probabilities_and_heat_map_then_an_error(server, run_dir, ham_root, tmp_path):
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
     record = read_json(run_dir / "predictions_test.json")
     first = record["quality"].index("passed")
@@ -355,7 +356,8 @@ def test_the_page_in_chromium_shows_probabilities_and_heat_map_then_an_error(ser
         requested = []
         page.on("request", lambda r: requested.append(r.url))
         page.goto(server + "/")
-        page.wait_for_function("document.getElementById('model').textContent.startsWith('Model:')")
+        # expect() polls without evaluating a string: the page's policy (script-src 'self') forbids eval
+        expect(page.locator("#model")).to_have_text(re.compile(r"^Model:"))
         assert page.locator("#metadata").is_hidden()  # an image-only run: no metadata inputs
         page.set_input_files("#files", str(image))
         page.click("#submit")
