@@ -2,11 +2,13 @@
 
 Each case copies a tiny, valid workspace (16 random 32x32 PNGs in data/{no,yes}/, their partition
 in part/, a one-epoch squeezenet run with predictions in run/, the same split in seed 002's layout
-in seed/), breaks one thing, runs one command as a subprocess (as a user would) and checks the
+in seed/), breaks one thing, runs one command in its own process (as a user would) and checks the
 promise of DESIGN.md: a non-zero exit, exactly one line on stderr naming the offending file, no
 traceback, and every file that existed before byte-identical afterwards (inputs and earlier outputs
-alike; a refused command writes no new file either). The cases run as subprocesses in their own folders, a few at a time (the `outcomes` fixture), because
-most of the time is each process importing torch; the test of each case then checks its outcome.
+alike; a refused command writes no new file either). The cases run in their own folders, a few at a
+time (the `outcomes` fixture), each process a fork of one that has imported torch already
+(preloaded_commands.py: a new interpreter spends 3 s importing it); the test of each case then
+checks its outcome.
 """
 
 import csv
@@ -27,6 +29,7 @@ import pytest
 from PIL import Image
 
 from medclf import cli
+from preloaded_commands import PreloadedCommands
 
 REPO = Path(__file__).resolve().parents[3]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
@@ -47,13 +50,14 @@ def tree_hashes(root):
     return hashes
 
 
-def command(text):
-    """'medclf ...' runs the package, 'X.py ...' a seed Python script, 'X.R ...' an R script."""
+def command(text, commands):
+    """'medclf ...' runs the package, 'X.py ...' a seed Python script (both through `commands`, a
+    PreloadedCommands), 'X.R ...' an R script."""
     argv = shlex.split(text)
     if argv[0] == "medclf":
-        return [sys.executable, "-m", "medclf", *argv[1:]]
+        return commands.argv("module", "medclf", argv[1:])
     if argv[0].endswith(".py"):
-        return [sys.executable, str(REPO / argv[0]), *argv[1:]]
+        return commands.argv("script", str(REPO / argv[0]), argv[1:])
     if argv[0].endswith(".R"):
         return ["Rscript", "--vanilla", str(REPO / argv[0]), *argv[1:]]
     raise ValueError(argv[0])
@@ -382,7 +386,7 @@ CASES = [
 ]
 
 
-def run_case(case, base, work):
+def run_case(case, base, work, commands):
     """Copy the workspace to `work`, break it as the case says, run the command (None: no Rscript)."""
     if case.command.startswith("R/") and shutil.which("Rscript") is None:
         return None
@@ -390,19 +394,21 @@ def run_case(case, base, work):
     for source, target in case.copies.items():
         shutil.copytree(work / source, work / target)
     apply_setup(work, case.setup)
-    return run_hashed(work, command(case.command))
+    return run_hashed(work, command(case.command, commands))
 
 
 @pytest.fixture(scope="module")
 def outcomes(base, request, tmp_path_factory):
-    """Every selected case, run two or more at a time: each is a subprocess in its own folder."""
+    """Every selected case, run two or more at a time: each is a command in its own folder (a fork of
+    a process that has imported torch already: preloaded_commands.py)."""
     module = sys.modules[__name__]
     selected = [item.callspec.params["case"] for item in request.session.items
                 if item.module is module and "case" in getattr(getattr(item, "callspec", None), "params", {})]
     root = tmp_path_factory.mktemp("malformed_cases")
     works = {case.id: root / case.id.replace("/", "__") for case in selected}
-    with ThreadPoolExecutor(max_workers=max(2, min(4, os.cpu_count() or 2))) as pool:
-        results = pool.map(lambda case: run_case(case, base, works[case.id]), selected)
+    with PreloadedCommands(ENV, str(root)) as commands, \
+            ThreadPoolExecutor(max_workers=max(2, min(4, os.cpu_count() or 2))) as pool:
+        results = pool.map(lambda case: run_case(case, base, works[case.id], commands), selected)
         return dict(zip((case.id for case in selected), results))
 
 

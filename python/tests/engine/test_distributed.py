@@ -105,6 +105,7 @@ def run_initial_head(splits, tmp_path):
     return load_checkpoint(tmp_path / "lr0" / "best.pt")["state_dict"]["fc.weight"]
 
 
+@pytest.mark.slow  # torchrun trains a run on two processes
 def test_two_processes_write_a_normal_run_folder_once(two_process_run):
     out, done = two_process_run
     run = out / "whole"
@@ -136,7 +137,6 @@ def assert_best_val_metrics_are_those_of_one_process_on_every_val_image_once(run
     return best
 
 
-@pytest.mark.slow
 def skip_where_fp32_is_forced(pytestconfig):
     """--fp32 reaches this process only: the torchrun processes would train in bf16 on a bf16 CPU
     while `medclf test` here recomputes in fp32, a mix no real CPU makes."""
@@ -144,6 +144,7 @@ def skip_where_fp32_is_forced(pytestconfig):
         pytest.skip("--fp32 does not reach the torchrun processes")
 
 
+@pytest.mark.slow  # torchrun trains a run on two processes
 def test_validation_metrics_are_those_of_one_process_on_every_val_image_once(two_process_run, pytestconfig):
     skip_where_fp32_is_forced(pytestconfig)
     out, _ = two_process_run

@@ -143,6 +143,7 @@ def _train_cli(splits, out, name, extra=(), env=None, kill_after_batches=None):
                           timeout=600)
 
 
+@pytest.mark.slow  # trains a run three times in subprocesses
 def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(small_splits, tmp_path):
     from medclf.train.training import load_checkpoint
 

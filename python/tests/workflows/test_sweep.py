@@ -277,7 +277,7 @@ def postgres_url():
         shutil.rmtree(base, ignore_errors=True)
 
 
-@pytest.mark.parametrize("kind", ["journal", "postgresql"])
+@pytest.mark.parametrize("kind", ["journal", pytest.param("postgresql", marks=pytest.mark.slow)])  # a database server
 def test_two_workers_on_one_storage_give_n_distinct_trials(tmp_path, images, kind, request):
     import optuna
 
