@@ -2,11 +2,11 @@
 the hardening (headers, limits, 127.0.0.1), the operating point of the run's report, and the page
 in a real browser (Debian's chromium driven by Playwright) against the real server process."""
 
-import re
 import base64
 import io
 import json
 import os
+import re
 import socket
 import struct
 import subprocess
