@@ -2,10 +2,10 @@
 
   --device auto|cpu|cuda   auto (the default): CUDA when present, else the CPU
   --threads N              torch intra-op threads (default: one per core)
-  --amp / --no-amp         mixed precision (commands whose forward passes honour it)
+  --amp / --no-amp         mixed precision (commands whose forward passes honour it; crop's Grad-CAM
+                           maps are computed in fp32, as explain's, so crop has none)
   --no-progress, --quiet   no progress bars (--quiet is the same option)
 """
-
 
 
 def add_amp_arguments(parser, default_text):

@@ -20,7 +20,7 @@ def add_arguments(parser):
     parser.add_argument("--img-size", type=int, default=224, help="with --arch: square input size in pixels")
     parser.add_argument("--out", required=True, help="the .npz file to write")
     parser.add_argument("--batch-size", type=int, default=64)
-    add_compute_arguments(parser)
+    add_compute_arguments(parser, amp_default="off (fp32 embeddings)")
 
 
 def run(args):
@@ -28,7 +28,7 @@ def run(args):
 
     apply_threads(args)
     meta = run_embed(args.out, args.run, args.arch, args.weights, args.splits, args.data_root, args.img_size,
-                     args.device, args.batch_size, args.progress)
+                     args.device, args.batch_size, args.progress, bool(args.amp))
     print(f"{meta['dim']}-d embeddings of {meta['architecture']}")
     print(args.out)
     return 0

@@ -30,7 +30,7 @@ def add_arguments(parser):
     parser.add_argument("--data-root", dest="data_root", help="image root (default: the splits file's)")
     parser.add_argument("--degrade", action="store_true",
                         help="with --run: the degradation study on the test split (degradation.png/json/csv)")
-    add_compute_arguments(parser)
+    add_compute_arguments(parser, amp_default="off (the degradation study predicts in fp32)")
 
 
 def run(args):
@@ -38,6 +38,7 @@ def run(args):
 
     apply_threads(args)
     for line in run_quality(args.run, args.splits, args.folder, args.out, args.preset, args.percentile, args.gate,
-                            args.gate_out, args.data_root, args.degrade, args.device, args.progress):
+                            args.gate_out, args.data_root, args.degrade, args.device, args.progress,
+                            bool(args.amp)):
         print(line)
     return 0

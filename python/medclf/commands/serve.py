@@ -37,7 +37,7 @@ def add_arguments(parser):
                         help="most images in one request")
     parser.add_argument("--max-connections", dest="max_connections", type=int, default=64,
                         help="open connections above this are answered 503 instead of queued")
-    add_compute_arguments(parser)
+    add_compute_arguments(parser, amp_default="as the run was trained (as `medclf test`); not with --onnx")
 
 
 def run(args):
@@ -49,6 +49,6 @@ def run(args):
         raise MedclfError("--max-upload-mb, --max-pixels, --max-files and --max-connections must be positive")
     apply_threads(args)
     limits = Limits(int(args.max_upload_mb * 1024 * 1024), args.max_pixels, args.max_files)
-    app = build_app(args.run, args.onnx, args.gate, args.results, args.device, limits)
+    app = build_app(args.run, args.onnx, args.gate, args.results, args.device, limits, args.amp)
     run_server(app, args.host, args.port, args.max_connections)
     return 0

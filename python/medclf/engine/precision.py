@@ -24,7 +24,7 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 def select_device(requested):
     """The torch device of `--device auto|cpu|cuda` (gpu: cuda); cuda without a GPU warns and runs on the CPU."""
     if requested in ("cuda", "gpu") and not torch.cuda.is_available():
-        print("medclf train: warning: CUDA requested but not available; running on CPU", file=sys.stderr)
+        print("medclf: warning: CUDA requested but not available; running on the CPU", file=sys.stderr)
         return torch.device("cpu")
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -71,8 +71,9 @@ def _weights_source(arch, weights, splits, data_root, img_size, device, progress
     return model.to(device).eval(), table, img_size, transform, meta
 
 
-def embed_table(model, table, side, transform, device, batch_size, progress):
-    """(embeddings (N, D) float32, paths, splits, labels) over every row, in file order."""
+def embed_table(model, table, side, transform, precision, batch_size, progress):
+    """(embeddings (N, D) float32, paths, splits, labels) over every row, in file order; the forward
+    passes in `precision` (an engine.precision.Precision)."""
     import torch
     from tqdm import tqdm
 
@@ -83,9 +84,9 @@ def embed_table(model, table, side, transform, device, batch_size, progress):
     loader = data_mod.make_loader(data_mod.CachedImageDataset(cache, frame["label_index"].tolist(), transform),
                                   batch_size)
     chunks = []
-    with torch.inference_mode():
+    with torch.inference_mode(), precision.autocast():
         for images, _ in tqdm(loader, desc="embed", unit="batch", disable=not progress, file=sys.stderr):
-            chunks.append(model(images.to(device)).float().flatten(1).cpu().numpy())
+            chunks.append(model(precision.to_device(images)).float().flatten(1).cpu().numpy())
     return (np.concatenate(chunks).astype(np.float32), list(frame["path"]), list(frame["split"]),
             frame["label_index"].astype(np.int64).to_numpy())
 
@@ -115,10 +116,11 @@ def read_embeddings(path):
 
 
 def run_embed(out, run_dir=None, arch=None, weights="none", splits=None, data_root=None, img_size=224,
-              device="auto", batch_size=64, progress=True):
-    """Write OUT (.npz) with the embeddings of every image of the splits file; returns its meta."""
+              device="auto", batch_size=64, progress=True, amp=False):
+    """Write OUT (.npz) with the embeddings of every image of the splits file; returns its meta.
+    amp: False (the default) embeds in fp32, True in the device's mixed precision (--amp)."""
     from medclf.core.provenance import git_commit, library_versions
-    from medclf.engine.precision import select_device
+    from medclf.engine.precision import choose_precision, select_device
     from medclf.models import architectures as models  # torch: `medclf probe` reads embeddings without it
 
     device = select_device(device)
@@ -130,13 +132,14 @@ def run_embed(out, run_dir=None, arch=None, weights="none", splits=None, data_ro
         model, table, side, transform, meta = _weights_source(arch, weights, splits, data_root, img_size, device,
                                                               progress)
     models.remove_head(model, "embed needs a torchvision classification model")
-    model = model.to(device).eval()
+    precision = choose_precision(device, bool(amp))
+    model = precision.prepare_model(model).eval()
     _log(f"{meta['architecture']} on {len(table.frame)} images of {table.source}")
     started = time.perf_counter()
-    embeddings, paths, split_names, labels = embed_table(model, table, side, transform, device, batch_size, progress)
+    embeddings, paths, split_names, labels = embed_table(model, table, side, transform, precision, batch_size, progress)
     meta = {"schema": schemas.EMBEDDINGS, **meta, "splits_file": str(table.source),
             "data_root": str(table.data_root), "positive_class": table.positive_class, "dim": int(embeddings.shape[1]),
-            "seconds": round(time.perf_counter() - started, 3),
+            "seconds": round(time.perf_counter() - started, 3), "inference": precision.record(),
             "library_versions": library_versions(), "git_commit": git_commit()}
     write_embeddings(out, embeddings, paths, split_names, labels, list(table.classes), meta)
     return meta

@@ -76,14 +76,14 @@ def score(labels, probabilities, positive):
     return auc, metrics.balanced_accuracy(labels, probabilities.argmax(1), probabilities.shape[1])
 
 
-def _condition(model, images, labels, to_tensor, gate, positive, kind, strength, device):
+def _condition(model, images, labels, to_tensor, gate, positive, kind, strength, precision):
     rows, tensors = [], []
     for img in images:
         damaged = degrade(img, kind, strength)
         rows.append(quality.measure_image(damaged))
         tensors.append(to_tensor(damaged))
-    with torch.no_grad():
-        logits = torch.cat([model(torch.stack(tensors[i:i + 64]).to(device)).cpu()
+    with torch.no_grad(), precision.autocast():
+        logits = torch.cat([model(precision.to_device(torch.stack(tensors[i:i + 64]))).float().cpu()
                             for i in range(0, len(tensors), 64)])
     probs = probabilities_from_logits(logits).numpy()
     auc, bacc = score(labels, probs, positive)
@@ -94,8 +94,9 @@ def _condition(model, images, labels, to_tensor, gate, positive, kind, strength,
     return out, verdicts
 
 
-def run_degradation(model, config, files, labels, gate, positive, device="cpu", progress=True):
-    """(rows, false_reject): one row per (kind, strength) and the clean gate's false-reject rate."""
+def run_degradation(model, config, files, labels, gate, positive, precision, progress=True):
+    """(rows, false_reject): one row per (kind, strength) and the clean gate's false-reject rate; the
+    model (on precision.device) predicts in `precision` (an engine.precision.Precision)."""
     from tqdm import tqdm
 
     images = [read_image(f) for f in files]
@@ -103,7 +104,7 @@ def run_degradation(model, config, files, labels, gate, positive, device="cpu", 
     rows, clean_verdicts = [], None
     steps = [(k, s) for k, strengths in DEGRADATIONS.items() for s in strengths]
     for kind, strength in tqdm(steps, desc="degradation", disable=not progress, leave=False, file=sys.stderr):
-        row, verdicts = _condition(model, images, labels, to_tensor, gate, positive, kind, strength, device)
+        row, verdicts = _condition(model, images, labels, to_tensor, gate, positive, kind, strength, precision)
         rows.append(row)
         if clean_verdicts is None:
             clean_verdicts = verdicts  # blur sigma 0 is the clean image

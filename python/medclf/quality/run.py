@@ -12,15 +12,18 @@ from medclf.quality import degradation
 from medclf.quality.gate import quality_of_folder, quality_of_splits, rejection_summary, write_csv
 
 
-def run_degradation_study(run_dir, gate, out_dir, device="auto", progress=True):
-    """degradation.csv, degradation.json and degradation.png for the run's test split."""
+def run_degradation_study(run_dir, gate, out_dir, device="auto", progress=True, amp=False):
+    """degradation.csv, degradation.json and degradation.png for the run's test split; predicted in
+    fp32, or with amp=True (--amp) in the device's mixed precision."""
     from medclf.core.provenance import git_commit, library_versions
     from medclf.core.splits import read_splits
-    from medclf.engine.precision import select_device
+    from medclf.engine.precision import choose_precision, select_device
     from medclf.infer.predict import load_run
 
     device = select_device(device)
     model, config, _ = load_run(run_dir, device)
+    precision = choose_precision(device, bool(amp))
+    precision.prepare_model(model)
     if config.get("metadata"):  # the degraded copies are images alone
         raise MedclfError(f"{run_dir}: trained with --metadata-features; the degradation study scores image-only "
                           "runs, so run it on a run trained without metadata")
@@ -32,11 +35,12 @@ def run_degradation_study(run_dir, gate, out_dir, device="auto", progress=True):
     positive = classes.index(str(config.get("positive_class"))) if str(config.get("positive_class")) in classes else 1
     rows, false_reject = degradation.run_degradation(
         model, config, [table.resolve(p) for p in test["path"]], test["label_index"].astype(int).tolist(),
-        gate, positive, device, progress)
+        gate, positive, precision, progress)
     out_dir = Path(out_dir)
     write_csv(out_dir / "degradation.csv", pd.DataFrame(rows))
     summary = {"schema": schemas.DEGRADATION, "run": str(run_dir), "split": "test", "gate": gate,
                "degradations": degradation.DEGRADATIONS, "false_reject_clean": false_reject, "rows": rows,
+               "inference": precision.record(),
                "library_versions": library_versions(), "git_commit": git_commit()}
     write_json(out_dir / "degradation.json", summary)
     degradation.write_degradation_plot(out_dir / "degradation.png", rows, false_reject,
@@ -56,7 +60,8 @@ def _table_and_out(run_dir, splits, out_dir, data_root):
 
 
 def run_quality(run_dir=None, splits=None, folder=None, out_dir=None, preset="calibrated", percentile=1.0,
-                gate_path=None, gate_out=None, data_root=None, degrade=False, device="auto", progress=True):
+                gate_path=None, gate_out=None, data_root=None, degrade=False, device="auto", progress=True,
+                amp=False):
     """The `medclf quality` stage; yields the lines it prints (summaries, then paths written)."""
     if degrade and run_dir is None:
         raise MedclfError("--degrade needs --run RUN: the study predicts the run's test split")
@@ -75,7 +80,7 @@ def run_quality(run_dir=None, splits=None, folder=None, out_dir=None, preset="ca
     yield from lines
     yield str(written["csv"])
     if degrade:
-        study = run_degradation_study(run_dir, written["gate_content"], out_dir, device, progress)
+        study = run_degradation_study(run_dir, written["gate_content"], out_dir, device, progress, amp)
         fr = study["false_reject"]
         yield (f"false-reject rate on clean test images: {fr['rejected']}/{fr['n']} = {fr['estimate']:.3f} "
                f"(95% CI {fr['lower']:.3f}-{fr['upper']:.3f})")

@@ -47,7 +47,7 @@ class TorchClassifier:
     """A run folder's best.pt, loaded once (weights_only=True, eval mode). One lock serialises the
     forward passes, so concurrent requests never hold more than one batch of activations."""
 
-    def __init__(self, run_dir, device="cpu", heatmap_method="gradcam"):
+    def __init__(self, run_dir, device="cpu", heatmap_method="gradcam", amp=None):
         from medclf.data import transforms
         from medclf.engine.precision import select_device
         from medclf.explain import heatmap
@@ -57,8 +57,8 @@ class TorchClassifier:
         self.device = select_device(device)
         self.model, self.config, self.checkpoint = load_run(self.run_dir, self.device)
         self.metadata = self.config.get("metadata")  # the run's fitted encoder, or None
-        # as `medclf test` predicts: the run's own precision (bf16 where it trained with --amp)
-        self.precision = inference_precision(self.config, self.device)
+        # as `medclf test` predicts: --amp/--no-amp, else the run's own precision (bf16 where it trained with --amp)
+        self.precision = inference_precision(self.config, self.device, amp)
         self.precision.prepare_model(self.model)
         run_input = transforms.eval_input(self.config)
         self.class_names = [str(c) for c in self.config["classes"]]

@@ -5,7 +5,7 @@ from medclf.core.errors import MedclfError
 from medclf.serve.server import _log, load_classifier, load_gate, load_operating_point
 
 
-def build_app(run_dir=None, onnx=None, gate=None, results=None, device="auto", limits=None):
+def build_app(run_dir=None, onnx=None, gate=None, results=None, device="auto", limits=None, amp=None):
     """Everything `medclf serve` loads once, before the first request: model, gate, operating point."""
     try:
         from medclf.serve.webapp import Limits, create_app
@@ -13,7 +13,7 @@ def build_app(run_dir=None, onnx=None, gate=None, results=None, device="auto", l
         raise MedclfError(f"medclf serve needs {exc.name}: pip install 'medclf[serve]' (versions pinned in "
                           "requirements.txt)") from exc
 
-    classifier = load_classifier(run_dir, onnx, device)
+    classifier = load_classifier(run_dir, onnx, device, amp)
     gate_content, gate_source = load_gate(run_dir, gate)
     point = load_operating_point(run_dir, list(classifier.class_names), results)
     if point is None:

@@ -214,15 +214,16 @@ def analyse_upload(classifier, gate, operating_point, name, data, max_pixels, ro
 
 # ---------------------------------------------------------------------------------------- server
 
-def load_classifier(run_dir=None, onnx=None, device="auto"):
-    """The PyTorch run (weights_only, eval), or with `onnx` the exported model through onnxruntime;
-    with both, the run must have the same classes (it then provides the gate and the report)."""
+def load_classifier(run_dir=None, onnx=None, device="auto", amp=None):
+    """The PyTorch run (weights_only, eval; amp as `medclf test --amp/--no-amp`, None: as the run was
+    trained), or with `onnx` the exported model through onnxruntime; with both, the run must have the
+    same classes (it then provides the gate and the report)."""
     if onnx is None:
         if run_dir is None:
             raise MedclfError("medclf serve needs --run RUN (a folder written by `medclf train`) or --onnx FILE")
         from medclf.serve.inference import TorchClassifier
 
-        return TorchClassifier(run_dir, device)
+        return TorchClassifier(run_dir, device, amp=amp)
     from medclf.infer.onnx_model import OnnxClassifier
 
     classifier = OnnxClassifier(onnx)

@@ -169,6 +169,7 @@ def test_quality_gate_through_test_and_report_and_the_degradation_study(tiny_bra
     assert "false-reject rate on clean test images" in out and (run / "degradation.png").is_file()
     study = json.loads((run / "degradation.json").read_text())
     assert len(study["rows"]) == sum(len(v) for v in degradation.DEGRADATIONS.values())
+    assert study["inference"]["precision"] == "fp32"  # --amp not given
     csv = pd.read_csv(run / "quality.csv")
     assert list(csv["split"].unique()) == ["train", "val", "test"] and "verdict" in csv
     assert cli.main(["test", "--run", str(run), "--quality-gate", str(run / "quality.json"), "--no-progress"]) == 0

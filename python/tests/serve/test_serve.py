@@ -343,6 +343,17 @@ def launch_chromium(playwright):
 
 
 @pytest.mark.slow
+def test_amp_and_no_amp_set_the_serving_precision_and_neither_keeps_the_runs_own(run_dir):
+    from medclf.engine.precision import choose_precision
+    from medclf.infer.predict import inference_precision
+    from medclf.serve.server import load_classifier
+
+    as_trained = load_classifier(run_dir, device="cpu")
+    assert as_trained.precision == inference_precision(as_trained.config, as_trained.device)
+    assert load_classifier(run_dir, device="cpu", amp=False).precision.name == "fp32"
+    assert load_classifier(run_dir, device="cpu", amp=True).precision.name == choose_precision("cpu", True).name
+
+
 def test_the_page_in_chromium_shows_probabilities_and_heat_map_then_an_error(server, run_dir, ham_root, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
