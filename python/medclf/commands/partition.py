@@ -11,8 +11,11 @@ DESCRIPTION = (
     "Split class folders (--data-root DIR, one subfolder per class) or a metadata CSV "
     "(--metadata CSV --image-dir DIR --image-col COL --label-col COL) into train/val/test, "
     "stratified by class. Whole groups (--group-col, plus exact and near-duplicate clusters) stay "
-    "in one split. Every image is read once; unreadable files are warned about, excluded and "
-    "counted. Output is byte-identical for the same inputs and seed."
+    "in one split, and go to splits at random within strata (class, group-size band, --stratify-by "
+    "column), so a group's chance of landing in test does not depend on its size. A balance table "
+    "compares the splits with train (standardized differences; a warning above 0.1). Every image is "
+    "read once; unreadable files are warned about, excluded and counted. Output is byte-identical for "
+    "the same inputs and seed. See docs/partition.md."
 )
 
 
@@ -34,6 +37,9 @@ def add_arguments(parser):
                       "means the one file <name>.<image extension> in --image-dir)")
     meta.add_argument("--group-col", default=None,
                       help="CSV column whose value must stay in one split (lesion_id, patient_id)")
+    meta.add_argument("--stratify-by", default=None, metavar="COL",
+                      help="CSV column whose values are spread over the splits in the ratios, as the classes "
+                      "are (e.g. dx_type: how the diagnosis was confirmed); default: none")
     parser.add_argument("--out", type=Path, required=True, help="output folder for splits.csv and partition.json")
     parser.add_argument("--val", type=float, default=0.1, help="fraction of images for validation")
     parser.add_argument("--test", type=float, default=0.2, help="fraction of images for test")
@@ -90,6 +96,7 @@ def run(args):
     options = PartitionOptions(
         out=args.out, data_root=args.data_root, metadata=args.metadata, image_dir=args.image_dir,
         image_col=args.image_col, label_col=args.label_col, image_ext=args.image_ext, group_col=args.group_col,
+        stratify_by=args.stratify_by,
         val=args.val, test=args.test, seed=args.seed, folds=args.folds, repeats=args.repeats, classes=args.classes,
         positive=args.positive, dedup=args.dedup, near_dups=args.near_dups, dup_neighbours=args.dup_neighbours,
         dup_min_inliers=args.dup_min_inliers, duplicate_decisions=args.duplicate_decisions,

@@ -9,8 +9,9 @@ Steps (each a function below, called in order by `partition`):
  3. build groups: exact and verified near-duplicate pairs (`detect_duplicates`) merged (union)
     with the `--group-col` value (patient, lesion) (`build_groups`), so that no group can cross
     splits; duplicates.csv and a contact sheet let a person review the pairs;
- 4. assign whole groups to train/val/test (`assign_splits`, `assign_groups`), stratified by
-    class, then optionally k stratified folds over the non-test groups;
+ 4. assign whole groups to train/val/test (`assign_splits`; `medclf.prepare.assignment`) at random
+    within strata (class, group-size band, --stratify-by column), then optionally k folds over the
+    non-test groups the same way; the balance table (`medclf.prepare.balance`) compares the splits;
  5. write splits.csv and partition.json atomically (`splits_frame`, `write_outputs`), with a
     leakage report that checks the result rather than trusting the algorithm; an existing,
     different pair is replaced only with --overwrite.
@@ -32,7 +33,10 @@ from medclf.core.fileio import read_csv, read_json, write_json, write_text
 from medclf.core.schemas import PARTITION as SCHEMA
 from medclf.core.splits import REQUIRED_COLUMNS, SPLITS, splits_csv_text
 from medclf.data.imageio import IMAGE_EXTENSIONS, is_image_name, read_image
+from medclf.prepare import balance
 from medclf.prepare import dedup as dedup_lib
+from medclf.prepare.assignment import (ASSIGNMENT, assign_groups, class_share_deviation, outdated_assignment,
+                                       size_band_labels)
 from medclf.prepare import duplicates_review
 
 _IGNORED_NAMES = {"thumbs.db", "desktop.ini"}
@@ -48,6 +52,7 @@ class PartitionOptions:
     label_col: str = "label"
     image_ext: str = None
     group_col: str = None
+    stratify_by: str = None  # a metadata column whose values are spread over the splits like the classes
     val: float = 0.1
     test: float = 0.2
     seed: int = 0
@@ -142,12 +147,13 @@ class _FolderListing:
         return [f"{folder}/{c}" if folder else c for c in stems.get(base, [])]
 
 
-def _metadata_frame(csv_path, image_dir, image_col, label_col, group_col):
+def _metadata_frame(csv_path, image_dir, image_col, label_col, group_col, stratify_by=None):
     if not image_dir.is_dir():
         raise MedclfError(f"{image_dir}: image folder not found; check --image-dir")
     frame = read_csv(csv_path, "check --metadata: give a CSV with a header row and one image per row",
                      dtype=str, keep_default_na=False)
-    for option, column in (("--image-col", image_col), ("--label-col", label_col), ("--group-col", group_col)):
+    for option, column in (("--image-col", image_col), ("--label-col", label_col), ("--group-col", group_col),
+                           ("--stratify-by", stratify_by)):
         if column and column not in frame.columns:
             raise MedclfError(
                 f"{csv_path}: no column {column!r} (named by {option}); columns are: "
@@ -163,12 +169,12 @@ def _listed(problems, show):
     return shown + (f" and {len(problems) - 10} more" if len(problems) > 10 else "")
 
 
-def load_metadata(csv_path, image_dir, image_col, label_col, image_ext=None, group_col=None):
+def load_metadata(csv_path, image_dir, image_col, label_col, image_ext=None, group_col=None, stratify_by=None):
     """Rows of a metadata CSV as Items; every CSV column passes through as `extra`. An image id
     without its extension (HAM10000's `ISIC_0027419`) means the one file `<id>.<image extension>`
     in the folder; --image-ext appends a fixed extension instead."""
     csv_path, image_dir = Path(csv_path), Path(image_dir) if image_dir else Path(csv_path).parent
-    frame = _metadata_frame(csv_path, image_dir, image_col, label_col, group_col)
+    frame = _metadata_frame(csv_path, image_dir, image_col, label_col, group_col, stratify_by)
     ext = image_ext if (not image_ext or image_ext.startswith(".")) else "." + image_ext
     listing = _FolderListing(image_dir)
     items, missing, blank, ambiguous = [], [], [], []
@@ -301,61 +307,6 @@ def resolve_classes(items, classes=None, positive=None):
 
 # ---------------------------------------------------------------- the split
 
-def assign_groups(group_counts, ratios, seed):
-    """Assign each group (a row of per-class image counts) to one of len(ratios) bins so that
-    every class is spread over the bins in proportion to `ratios`.
-
-    Greedy, largest group first (ties in a seeded random order): each group goes to the bin
-    whose choice brings the per-class allocation closest to its targets (squared error,
-    relative to each class's size). A repair pass then makes sure each class with enough
-    groups has at least one group in every bin with a non-zero ratio. Returns bin indices."""
-    counts = np.asarray(group_counts, dtype=np.float64)
-    n_groups, n_classes = counts.shape
-    ratios = np.asarray(ratios, dtype=np.float64) / float(sum(ratios))
-    totals = counts.sum(axis=0)
-    targets = np.outer(ratios, totals)
-    scale = np.maximum(totals, 1.0)
-    rng = np.random.default_rng(seed)
-    tie_break = rng.permutation(n_groups)
-    order = sorted(range(n_groups), key=lambda g: (-counts[g].sum(), tie_break[g]))
-    alloc = np.zeros_like(targets)
-    assignment = np.full(n_groups, -1, dtype=int)
-    active = [b for b in range(len(ratios)) if ratios[b] > 0]
-    for g in order:
-        best, best_cost = None, None
-        for b in active:
-            # Only rows that change matter: cost delta of adding counts[g] to bin b.
-            before = ((alloc[b] - targets[b]) / scale) ** 2
-            after = ((alloc[b] + counts[g] - targets[b]) / scale) ** 2
-            cost = float((after - before).sum())
-            if best_cost is None or cost < best_cost - 1e-12:
-                best, best_cost = b, cost
-        assignment[g] = best
-        alloc[best] += counts[g]
-    _repair_empty_bins(counts, assignment, alloc, active)
-    return assignment
-
-
-def _repair_empty_bins(counts, assignment, alloc, active):
-    n_classes = counts.shape[1]
-    for c in range(n_classes):
-        groups_of_c = [g for g in range(len(counts)) if counts[g, c] > 0]
-        if len(groups_of_c) < len(active):
-            continue
-        for b in active:
-            if alloc[b, c] > 0:
-                continue
-            # Take the smallest group of class c from the bin holding most of class c.
-            donor = max(active, key=lambda d: (alloc[d, c], -d))
-            candidates = [g for g in groups_of_c if assignment[g] == donor]
-            if len([g for g in groups_of_c if assignment[g] == donor]) < 2:
-                continue
-            g = min(candidates, key=lambda g: (counts[g].sum(), g))
-            assignment[g] = b
-            alloc[donor] -= counts[g]
-            alloc[b] += counts[g]
-
-
 def _check_class_sizes(classes, labels_by_group, ratios, folds):
     """A class too small for the requested split is a user error, not a silent empty split."""
     needed_bins = sum(1 for r in ratios if r > 0)
@@ -390,11 +341,13 @@ def partition(options):
     classes, positive = resolve_classes(items, opts.classes, positive)  # a class may have been all unreadable
     dup_report = detect_duplicates(items, opts)
     components, group_of = build_groups(items, dup_report, opts)
-    split_of, fold_of = assign_splits(items, classes, components, opts)
+    split_of, fold_of, assignment = assign_splits(items, classes, components, opts)
     frame, extra_columns = splits_frame(items, classes, split_of, fold_of, group_of, columns, label_map, opts)
     info = _partition_info(opts, classes, positive, data_root, items, split_of, fold_of, group_of, components,
                            dup_report, unreadable, skipped, label_map)
     info["excluded_classes"] = excluded_classes
+    info["assignment"] = assignment
+    info["balance"] = balance.balance_table(frame, balance_columns(columns, label_map, opts))
     review = None
     if dup_report is not None:
         review = duplicates_review.plan_review(dup_report, [i.path for i in items], [i.label for i in items],
@@ -404,8 +357,19 @@ def partition(options):
                   before=(lambda: review.write(Path(opts.out), data_root)) if review else None)
     if not opts.quiet:
         print(format_summary(info))
+        print(balance.format_balance(info["balance"]))
+    for line in balance.imbalance_warnings(info["balance"]):
+        _warn(line)
+    if not opts.quiet:
         print(f"wrote {Path(opts.out) / 'splits.csv'} and {Path(opts.out) / 'partition.json'}")
     return info
+
+
+def balance_columns(columns, label_map, opts):
+    """The splits.csv columns the balance table compares: the metadata columns (and the original
+    label under --label-map), not the image and group identifiers."""
+    skip = {opts.image_col, opts.group_col, opts.label_col, *REQUIRED_COLUMNS}
+    return (["label_original"] if label_map else []) + [c for c in columns if c not in skip and c != "label_original"]
 
 
 def check_options(opts):
@@ -420,6 +384,8 @@ def check_options(opts):
         raise MedclfError("no input: pass --data-root DIR (class folders) or --metadata CSV --image-dir DIR")
     if opts.metadata is None and opts.group_col:
         raise MedclfError("--group-col needs --metadata (class folders have no columns); drop --group-col")
+    if opts.metadata is None and opts.stratify_by:
+        raise MedclfError("--stratify-by needs --metadata (class folders have no columns); drop --stratify-by")
 
 
 def collect_images(opts):
@@ -427,7 +393,7 @@ def collect_images(opts):
     if opts.metadata:
         data_root = Path(opts.image_dir or Path(opts.metadata).parent)
         items, columns = load_metadata(opts.metadata, data_root, opts.image_col, opts.label_col,
-                                       opts.image_ext, opts.group_col)
+                                       opts.image_ext, opts.group_col, opts.stratify_by)
         skipped = []
     else:
         data_root = Path(opts.data_root)
@@ -521,21 +487,34 @@ def fold_column(repeat):
     return "fold" if repeat == 0 else f"fold_r{repeat}"
 
 
-def assign_folds(group_counts, split_of_group, folds, repeats, seed):
+def assign_folds(group_counts, split_of_group, folds, repeats, seed, strata=None):
     """Grouped, stratified folds over the non-test groups, once per repeat (each from
     fold_seed(seed, repeat)). Returns (repeats, groups) fold indices, -1 for test groups."""
     fold_of_group = np.full((repeats, len(group_counts)), -1)
     non_test = [g for g in range(len(group_counts)) if SPLITS[split_of_group[g]] != "test"]
+    non_test_strata = None if strata is None else [strata[g] for g in non_test]
     for repeat in range(repeats):
-        assignment = assign_groups(group_counts[non_test], [1.0] * folds, fold_seed(seed, repeat))
+        assignment = assign_groups(group_counts[non_test], [1.0] * folds, fold_seed(seed, repeat), non_test_strata)
         fold_of_group[repeat, non_test] = assignment
     return fold_of_group
 
 
+def group_strata(items, components, column):
+    """Each group's value of the --stratify-by column: the most frequent among its images (the
+    first in sorted order on ties); an empty cell counts as the value "(missing)"."""
+    if not column:
+        return None
+    values = []
+    for members in components:
+        seen = Counter((items[i].extra.get(column) or "").strip() or "(missing)" for i in members)
+        values.append(min(seen, key=lambda v: (-seen[v], v)))
+    return values
+
+
 def assign_splits(items, classes, components, opts):
-    """Step 4: whole groups to train/val/test, stratified by class, then optional folds over the
-    non-test groups (`opts.repeats` assignments). Returns (split of each item, for each repeat
-    the fold of each item or None)."""
+    """Step 4: whole groups to train/val/test at random within strata (medclf.prepare.assignment),
+    then optional folds over the non-test groups (`opts.repeats` assignments). Returns (split of
+    each item, for each repeat the fold of each item or None, the assignment record)."""
     class_index = {c: k for k, c in enumerate(classes)}
     group_counts = np.zeros((len(components), len(classes)))
     for g, members in enumerate(components):
@@ -543,9 +522,16 @@ def assign_splits(items, classes, components, opts):
             group_counts[g, class_index[items[i].label]] += 1
     ratios = [1.0 - opts.val - opts.test, opts.val, opts.test]
     _check_class_sizes(classes, [{items[i].label for i in m} for m in components], ratios, opts.folds)
-    split_of_group = assign_groups(group_counts, ratios, opts.seed)
+    strata = group_strata(items, components, opts.stratify_by)
+    split_of_group = assign_groups(group_counts, ratios, opts.seed, strata)
     repeats = opts.repeats if opts.folds else 0
-    fold_of_group = assign_folds(group_counts, split_of_group, opts.folds, repeats, opts.seed)
+    fold_of_group = assign_folds(group_counts, split_of_group, opts.folds, repeats, opts.seed, strata)
+    deviation, largest = class_share_deviation(group_counts, split_of_group, ratios, SPLITS, classes)
+    record = {"method": ASSIGNMENT,
+              "strata": ["class", "group size band"] + ([f"column {opts.stratify_by}"] if opts.stratify_by else []),
+              "stratify_by": opts.stratify_by,
+              "group_size_bands": size_band_labels(group_counts),
+              "class_share_deviation": deviation, "largest_class_share_deviation": largest}
     split_of, fold_of = [None] * len(items), [[None] * len(items) for _ in range(repeats)]
     for g, members in enumerate(components):
         for i in members:
@@ -553,7 +539,7 @@ def assign_splits(items, classes, components, opts):
             for repeat in range(repeats):
                 fold = int(fold_of_group[repeat, g])
                 fold_of[repeat][i] = fold if fold >= 0 else None
-    return split_of, fold_of
+    return split_of, fold_of, record
 
 
 def splits_frame(items, classes, split_of, fold_of, group_of, columns, label_map, opts):
@@ -598,6 +584,11 @@ def write_outputs(out, frame, extra_columns, info, overwrite=False, before=None)
         (info_path, lambda: _json_equal(info_path, info)),
     ) if p.is_file() and not same()]
     if changed and not overwrite:
+        outdated = info_path.is_file() and outdated_assignment(_read_or_empty(info_path))
+        if outdated:
+            raise MedclfError(
+                f"{out}: holds a split made by an earlier medclf ({outdated}); pass --overwrite to split "
+                "again (runs keep their own copy of the split they trained on), or choose another --out")
         raise MedclfError(
             f"{out}: already holds a different {' and '.join(changed)} (another seed, input or option); "
             "pass --overwrite to replace it (runs keep their own copy of the split they trained on), "
@@ -607,6 +598,13 @@ def write_outputs(out, frame, extra_columns, info, overwrite=False, before=None)
         before()
     write_text(splits_path, text)
     write_json(info_path, info)
+
+
+def _read_or_empty(path):
+    try:
+        return read_json(path)
+    except MedclfError:
+        return {}
 
 
 def _read_or_error(path):

@@ -305,6 +305,8 @@ class StageCall:
     run_dir: Path = None
     inputs: list = field(default_factory=list)       # files made by earlier stages that this one reads
     args: object = None                              # argv parsed by the stage's parser (set by the plan)
+    folder: Path = None                              # the folder a rerun replaces (kept aside), if not run_dir
+    stale: object = None                             # () -> why finished outputs must be made again, or None
 
     def finished(self):
         if self.stage == "train":
@@ -435,7 +437,18 @@ def _partition_call(study, source, data, out_dir, parser_for):
     argv += options_to_argv(_section(study, "partition", source) or {}, parser_for("partition"), "partition",
                             f"{source}: partition")
     return StageCall("partition", None, argv, f"{source}: partition",
-                     outputs=[partition_dir / "splits.csv", partition_dir / "partition.json"])
+                     outputs=[partition_dir / "splits.csv", partition_dir / "partition.json"],
+                     folder=partition_dir, stale=lambda: _partition_outdated(partition_dir / "partition.json"))
+
+
+def _partition_outdated(info_path):
+    from medclf.prepare.assignment import outdated_assignment
+
+    try:
+        info = read_json(info_path)
+    except MedclfError:
+        return None  # unreadable: partition itself reports it
+    return outdated_assignment(info)
 
 
 def _predictions_dir(test_options):
@@ -680,6 +693,11 @@ def decide_calls(plan, selected, previous, force):
                           (call.stage in ("test", "report") and call.run in rerun) or \
                           (call.stage == "compare" and bool(rerun))
         note = ""
+        stale = call.stale() if call.stale and call.finished() and not force and not upstream_reruns else None
+        if stale:
+            decisions.append(Decision("run", note=f"made by an earlier medclf: {stale}", keep_previous=True))
+            rerun.add(call.run if call.run else call.stage)
+            continue
         if call.finished() and not force and not upstream_reruns:
             if made_with and made_with.get("argv") != call.argv:
                 raise MedclfError(
@@ -767,9 +785,10 @@ def run_call(call, decision, entry, runner, record, resolved_path):
     if decision.note:
         _log(f"rerun {call.label}: {decision.note}")
     if decision.keep_previous:
-        # `medclf train` never overwrites a run; keep the old one beside the new.
-        kept = call.run_dir.with_name(f"{call.run_dir.name}.replaced-{datetime.datetime.now():%Y%m%d-%H%M%S}")
-        call.run_dir.rename(kept)
+        # `medclf train` never overwrites a run, nor partition a split: keep the old one beside the new.
+        folder = call.run_dir or call.folder
+        kept = folder.with_name(f"{folder.name}.replaced-{datetime.datetime.now():%Y%m%d-%H%M%S}")
+        folder.rename(kept)
         entry["previous_run_kept_in"] = str(kept)
         _log(f"{call.label}: the previous run folder is kept as {kept}")
     argv = call.resume_argv if decision.action == "resume" else call.argv

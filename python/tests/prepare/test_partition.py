@@ -10,7 +10,7 @@ from PIL import Image
 
 from medclf.cli import main
 from medclf.core.errors import MedclfError
-from medclf.prepare.partition import PartitionOptions, assign_groups, parse_label_map, partition
+from medclf.prepare.partition import PartitionOptions, parse_label_map, partition
 
 HAM_ARGS = ["--image-col", "image_id", "--label-col", "dx", "--group-col", "lesion_id", "--image-ext", ".jpg"]
 
@@ -308,26 +308,7 @@ def test_rerun_with_another_seed_is_refused_and_changes_nothing(tmp_path, capsys
     assert (out / "splits.csv").read_bytes() != before[0]
 
 
-# ---------------------------------------------------------------- the algorithm
-
-def test_assign_groups_hand_example():
-    # 10 singleton groups of class A and 10 of class B, ratios 0.6/0.2/0.2 -> 6/2/2 per class.
-    counts = [[1, 0]] * 10 + [[0, 1]] * 10
-    assignment = assign_groups(counts, [0.6, 0.2, 0.2], seed=3)
-    for cls in (slice(0, 10), slice(10, 20)):
-        assert np.bincount(assignment[cls], minlength=3).tolist() == [6, 2, 2]
-
-
-def test_assign_groups_keeps_big_groups_whole_and_balances():
-    counts = [[5, 0], [3, 0], [1, 0], [1, 0], [0, 4], [0, 2], [0, 1], [0, 1], [0, 1], [0, 1]]
-    a = assign_groups(counts, [0.5, 0.0, 0.5], seed=0)
-    assert set(a.tolist()) == {0, 2}  # a zero ratio gets nothing
-    per_bin = np.zeros((3, 2))
-    for g, b in enumerate(a):
-        per_bin[b] += counts[g]
-    # Largest first: 5A and 4B open bin 0; 3A and 2B then fit bin 2 better; the 1s fill the gaps.
-    assert per_bin.tolist() == [[5, 5], [0, 0], [5, 5]]
-
+# ---------------------------------------------------------------- label maps
 
 def test_label_map_parsing(tmp_path):
     assert parse_label_map("mel=malignant, bcc=malignant,*=benign") == {
@@ -470,6 +451,43 @@ def test_csv_without_named_column(tmp_path, capsys):
     code, err = _run_cli(["--metadata", tmp_path / "meta.csv", "--image-dir", tmp_path / "img",
                           "--label-col", "dx", "--out", tmp_path / "o"], capsys)
     assert code == 1 and "meta.csv: no column 'dx' (named by --label-col)" in err and "diagnosis" in err
+
+
+def _metadata_set(tmp_path, n=24):
+    for i in range(n):
+        _noise_image(tmp_path / "img" / f"i{i}.png", 100 + i)
+    rows = "\n".join(f"i{i}.png,{'ab'[i % 2]},{'hf'[i % 3 == 0]},{20 + i}" for i in range(n))
+    (tmp_path / "meta.csv").write_text(f"image_id,dx,dx_type,age\n{rows}\n")
+    return ["--metadata", tmp_path / "meta.csv", "--image-dir", tmp_path / "img", "--label-col", "dx"]
+
+
+def test_stratify_by_names_a_column_of_the_csv_and_needs_a_csv(tmp_path, capsys):
+    source = _metadata_set(tmp_path)
+    code, err = _run_cli([*source, "--stratify-by", "confirmation", "--out", tmp_path / "o"], capsys)
+    assert code == 1 and "meta.csv: no column 'confirmation' (named by --stratify-by)" in err and "dx_type" in err
+    code, err = _run_cli(["--data-root", tmp_path / "img", "--stratify-by", "dx_type", "--out", tmp_path / "o"], capsys)
+    assert code == 1 and "--stratify-by needs --metadata" in err
+    assert not (tmp_path / "o").exists()
+    assert _run_cli([*source, "--stratify-by", "dx_type", "--out", tmp_path / "o"], capsys)[0] == 0
+    info = json.loads((tmp_path / "o" / "partition.json").read_text())
+    assert info["assignment"]["method"] == "stratified-random/1" and info["assignment"]["stratify_by"] == "dx_type"
+    assert {r["variable"] for r in info["balance"]["rows"]} == {"images per group", "class", "dx_type", "age"}
+    assert info["balance"]["splits"]["test"]["images"] == sum(info["counts"]["test"].values())
+
+
+def test_a_split_made_by_the_old_assignment_is_replaced_only_with_overwrite(tmp_path, capsys):
+    source = _metadata_set(tmp_path)
+    out = tmp_path / "o"
+    assert _run_cli([*source, "--out", out], capsys)[0] == 0
+    info = json.loads((out / "partition.json").read_text())
+    del info["assignment"]  # as medclf wrote it before the stratified random assignment
+    (out / "partition.json").write_text(json.dumps(info))
+    before = [(out / n).read_bytes() for n in ("splits.csv", "partition.json")]
+    code, err = _run_cli([*source, "--out", out], capsys)
+    assert code == 1 and "made by an earlier medclf" in err and "greedy" in err and "--overwrite" in err
+    assert [(out / n).read_bytes() for n in ("splits.csv", "partition.json")] == before
+    assert _run_cli([*source, "--out", out, "--overwrite"], capsys)[0] == 0
+    assert json.loads((out / "partition.json").read_text())["assignment"]["method"] == "stratified-random/1"
 
 
 def test_csv_row_with_missing_image(tmp_path, capsys):

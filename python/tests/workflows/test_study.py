@@ -13,6 +13,7 @@ import pytest
 
 from medclf.commands import registry
 from medclf.core.errors import MedclfError
+from medclf.prepare.assignment import ASSIGNMENT
 from medclf.train.training import config_from_arguments, resolve_config
 from medclf.workflows import study as study_mod
 from medclf.workflows.study import (apply_overrides, build_plan, expand_env, format_interval, options_to_argv,
@@ -83,7 +84,7 @@ class FakeStages:
             out = Path(_option(argv, "--out"))
             out.mkdir(parents=True, exist_ok=True)
             (out / "splits.csv").write_text(f"path,label,label_index,split,group\n# seed {_option(argv, '--seed')}\n")
-            (out / "partition.json").write_text("{}")
+            (out / "partition.json").write_text(json.dumps({"assignment": {"method": ASSIGNMENT}}))
         elif stage == "train":
             run_dir = Path(_option(argv, "--out")) / _option(argv, "--run-name")
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -368,6 +369,23 @@ def test_a_new_split_makes_every_later_stage_rerun_in_later_invocations(study_fi
     resolved = json.loads((tmp_path / "results" / "tiny" / "study_resolved.json").read_text())
     splits = str(tmp_path / "results" / "tiny" / "partition" / "splits.csv")
     assert resolved["calls"][1]["made_with"]["inputs"][splits].startswith("sha256:")
+
+
+def test_a_split_made_by_the_old_assignment_is_made_again_and_kept_aside(study_file, tmp_path):
+    run(study_file, FakeStages())
+    out = tmp_path / "results" / "tiny"
+    (out / "partition" / "partition.json").write_text("{}")  # as medclf wrote it before: no `assignment`
+    again = FakeStages()
+    run(study_file, again)
+    assert [argv[0] for argv in again.calls] == ["partition", "train", "test", "report", "train", "test", "report",
+                                                "compare"]
+    kept = sorted(out.glob("partition.replaced-*"))
+    assert len(kept) == 1 and (kept[0] / "partition.json").read_text() == "{}"
+    assert json.loads((out / "partition" / "partition.json").read_text())["assignment"]["method"] == ASSIGNMENT
+    assert sorted(p.name.split(".replaced-")[0] for p in out.glob("*.replaced-*")) == ["a", "b", "partition"]
+    third = FakeStages()
+    run(study_file, third)
+    assert third.calls == []
 
 
 def _snapshot(folder):
