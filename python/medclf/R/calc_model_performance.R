@@ -34,6 +34,9 @@ mc_cli_options <- function() {
     optparse::make_option("--boot", type = "integer", default = 0L,
                           help = "number of bootstrap resamples for percentile intervals (0 = none) [default: %default]"),
     optparse::make_option("--seed", type = "integer", default = 1L, help = "bootstrap seed [default: %default]"),
+    optparse::make_option("--clusters", type = "character", default = NULL,
+                          help = paste("the group (patient, lesion) of each prediction, for intervals over groups: a",
+                                       "splits.csv (path and group columns) or a JSON array of group names in file order")),
     optparse::make_option("--legacy", action = "store_true", default = FALSE,
                           help = "write the original two-array form [[names], [Accuracy, Sensitivity, Specificity, ROC-AUC, Cohen's Kappa]]")
   )
@@ -56,9 +59,11 @@ main <- function(argv = commandArgs(trailingOnly = TRUE)) {
   group <- tryCatch(mc_parse_group(opt$group), medclf_error = function(e) fail(conditionMessage(e)))
   if (!is.null(opt$threshold_rule) && is.null(opt$threshold_from))
     fail("--threshold-rule needs --threshold-from VAL.json (validation predictions)")
+  clusters <- if (is.null(opt$clusters)) NULL else
+    tryCatch(mc_read_clusters(opt$clusters, files[1]), medclf_error = function(e) fail(conditionMessage(e)))
   request <- list(predictions_path = files[1], val_predictions_path = opt$threshold_from,
                   positive = opt$positive, threshold = opt$threshold, threshold_rule = opt$threshold_rule,
-                  group = group, boot_n = opt$boot, seed = opt$seed, legacy = opt$legacy)
+                  group = group, boot_n = opt$boot, seed = opt$seed, legacy = opt$legacy, clusters = clusters)
   request <- Filter(Negate(is.null), request)
   out <- medclf_report_json(mc_to_json(request))
   parsed_out <- jsonlite::fromJSON(out, simplifyVector = FALSE)

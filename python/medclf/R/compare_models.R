@@ -123,6 +123,8 @@ mc_compare <- function(req) {
   framing <- mc_framing(runs[[1]]$data, mc_opt(req, "positive"), mc_opt(req, "group"))
   threshold <- mc_opt(req, "threshold", 0.5)
   first <- runs[[1]]$data
+  codes <- mc_cluster_codes(req, length(first$labels))
+  grouped <- mc_is_clustered(codes)
   # Targets: one binary framing, or each class one-vs-rest for a multi-class comparison.
   targets <- if (!is.null(framing)) list(list(label = framing$positive, framing = framing))
              else lapply(first$classes, function(k) list(label = k, framing = list(positive = k, negative = paste("not", k),
@@ -132,10 +134,14 @@ mc_compare <- function(req) {
     if (!is.null(framing)) {
       v <- mc_binary_view(r$data, framing)
       b <- mc_binary_metrics(v$is_positive, v$score, threshold)
+      if (grouped) b$metrics <- mc_clustered_binary(b$metrics, v$is_positive, v$score, threshold, codes,
+                                                    mc_cluster_resamples(codes, as.integer(v$is_positive)))
       row$roc_auc <- b$metrics$roc_auc
       for (nm in c("sensitivity", "specificity", "accuracy", "cohen_kappa")) row[[nm]] <- b$metrics[[nm]]
     } else {
       m <- mc_multiclass_metrics(r$data$labels, r$data$probabilities, r$data$classes)
+      if (grouped) m <- mc_clustered_multiclass(m, r$data$labels, r$data$probabilities, codes,
+                                                mc_cluster_resamples(codes, r$data$labels))
       row$macro_auc <- m$metrics$macro_auc
       row$balanced_accuracy <- m$metrics$balanced_accuracy
       row$accuracy <- m$metrics$accuracy
@@ -150,6 +156,7 @@ mc_compare <- function(req) {
     for (t in targets) {
       va <- mc_binary_view(runs[[i]]$data, t$framing); vb <- mc_binary_view(runs[[j]]$data, t$framing)
       test <- mc_paired_delong(va$is_positive, va$score, vb$score)
+      if (grouped) test <- mc_clustered_paired(va$is_positive, va$score, vb$score, codes, test)
       pairs[[length(pairs) + 1]] <- list(a = runs[[i]]$name, b = runs[[j]]$name, positive_class = t$label,
                                          auc_a = mc_auc(va$is_positive, va$score)$estimate,
                                          auc_b = mc_auc(vb$is_positive, vb$score)$estimate,
@@ -160,14 +167,16 @@ mc_compare <- function(req) {
   holm <- rep(NA_real_, length(p))
   holm[!is.na(p)] <- stats::p.adjust(p[!is.na(p)], method = "holm")
   for (k in seq_along(pairs)) pairs[[k]]$p_holm <- holm[k]
-  list(schema = MC_COMPARISON_SCHEMA, engine = mc_engine(),
-       task = if (is.null(framing)) "multiclass (one-vs-rest per class)" else "binary",
-       positive_class = if (is.null(framing)) NULL else framing$positive,
-       grouping = if (is.null(framing)) NULL else framing$group,
-       threshold = if (is.null(framing)) NULL else threshold,
-       n = length(first$labels), joined_by = aligned$joined_by,
-       runs = rows, pairwise = pairs,
-       p_adjust = "Holm over all pairwise tests in this file")
+  out <- list(schema = MC_COMPARISON_SCHEMA, engine = mc_engine(),
+              task = if (is.null(framing)) "multiclass (one-vs-rest per class)" else "binary",
+              positive_class = if (is.null(framing)) NULL else framing$positive,
+              grouping = if (is.null(framing)) NULL else framing$group,
+              threshold = if (is.null(framing)) NULL else threshold,
+              n = length(first$labels), joined_by = aligned$joined_by,
+              runs = rows, pairwise = pairs,
+              p_adjust = "Holm over all pairwise tests in this file")
+  if (grouped) out$clusters <- mc_cluster_summary(codes)
+  out
 }
 
 medclf_compare_json <- function(request_json) {
@@ -182,7 +191,10 @@ main <- function(argv = commandArgs(trailingOnly = TRUE)) {
     optparse::make_option("--positive", type = "character", default = NULL, help = "positive class [default: the files' positive_class]"),
     optparse::make_option("--group", type = "character", default = NULL, help = "clinical grouping, e.g. malignant=mel,bcc,akiec"),
     optparse::make_option("--threshold", type = "double", default = NULL, help = "threshold for sensitivity/specificity [default: 0.5]"),
-    optparse::make_option("--names", type = "character", default = NULL, help = "comma-separated run names [default: the shortest distinct path suffixes]"))
+    optparse::make_option("--names", type = "character", default = NULL, help = "comma-separated run names [default: the shortest distinct path suffixes]"),
+    optparse::make_option("--clusters", type = "character", default = NULL,
+                          help = paste("the group (patient, lesion) of each image of the first file, for intervals and tests",
+                                       "over groups: a splits.csv (path and group columns) or a JSON array of group names")))
   parser <- optparse::OptionParser(usage = "Rscript %prog A.json B.json [C.json ...] [options]", option_list = options,
                                    description = "Paired DeLong comparison of models scored on the same test images.")
   fail <- function(msg) {
@@ -197,9 +209,11 @@ main <- function(argv = commandArgs(trailingOnly = TRUE)) {
   names_ <- if (is.null(opt$names)) mc_path_labels(files) else trimws(strsplit(opt$names, ",", fixed = TRUE)[[1]])
   if (length(names_) != length(files)) fail(sprintf("--names has %d names for %d files", length(names_), length(files)))
   group <- tryCatch(mc_parse_group(opt$group), medclf_error = function(e) fail(conditionMessage(e)))
+  clusters <- if (is.null(opt$clusters)) NULL else
+    tryCatch(mc_read_clusters(opt$clusters, files[1]), medclf_error = function(e) fail(conditionMessage(e)))
   request <- Filter(Negate(is.null), list(
     runs = lapply(seq_along(files), function(i) list(name = names_[i], predictions_path = files[i])),
-    positive = opt$positive, group = group, threshold = opt$threshold))
+    positive = opt$positive, group = group, threshold = opt$threshold, clusters = clusters))
   out <- medclf_compare_json(mc_to_json(request))
   parsed_out <- jsonlite::fromJSON(out, simplifyVector = FALSE)
   if (!is.null(parsed_out$error)) fail(parsed_out$error)

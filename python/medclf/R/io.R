@@ -184,6 +184,24 @@ mc_parse_group <- function(text) {
 # Results and comparisons: jsonlite with the write_json settings (auto_unbox, digits = NA for
 # full precision, NA and NULL as null), as a string so rpy2 and Rscript share it; files are then
 # written atomically.
+# The group of each prediction of `predictions_path` from FILE: a JSON array of group names in the
+# predictions' order, or a splits.csv (path and group columns, matched to the predictions' paths).
+mc_read_clusters <- function(file, predictions_path) {
+  if (!file.exists(file)) mc_fail(file, "not found; give a splits.csv with a group column, or a JSON array")
+  if (grepl("\\.json$", tolower(file))) return(as.character(mc_parse_json(mc_read_json_text(file), file)))
+  table <- tryCatch(utils::read.csv(file, colClasses = "character", check.names = FALSE),
+                    error = function(e) mc_fail(file, paste("not a readable CSV:", conditionMessage(e))))
+  if (!all(c("path", "group") %in% names(table)))
+    mc_fail(file, "needs the columns path and group (a splits.csv of medclf partition)")
+  paths <- as.character(unlist(mc_read_predictions_file(predictions_path)$paths))
+  if (!length(paths)) mc_fail(predictions_path, "has no paths, so its images cannot be matched to groups")
+  found <- match(paths, table$path)
+  if (anyNA(found))
+    mc_fail(file, sprintf("has no row for %s (of %s); give the splits.csv the predictions were made from",
+                          paths[which(is.na(found))[1]], predictions_path))
+  table$group[found]
+}
+
 mc_to_json <- function(x) {
   as.character(jsonlite::toJSON(x, auto_unbox = TRUE, digits = NA, na = "null", null = "null", pretty = TRUE))
 }

@@ -10,6 +10,8 @@
 #   group           {"name": "malignant", "classes": ["mel", "bcc", "akiec"]}: binary report of
 #                   the group (probability = sum of its classes' probabilities) versus the rest
 #   boot_n, seed    percentile bootstrap intervals (resampling images) when boot_n > 0
+#   clusters        the group (patient, lesion) of each prediction, in file order: when a group holds
+#                   two images, intervals over groups (clustered.R) and a "clusters" record
 #   legacy          TRUE: the original two-array output of calc_model_performance.R
 # A user-fixable problem returns {"schema": "medclf.error/1", "error": "<message>"}.
 
@@ -22,8 +24,9 @@ mc_r_dir <- function() {
   if (nzchar(dir)) return(dir)
   "R"
 }
-if (!exists("mc_binary_metrics", mode = "function") || !exists("mc_validate_predictions", mode = "function")) {
-  for (.mc_file in c("metrics.R", "io.R")) sys.source(file.path(mc_r_dir(), .mc_file), envir = environment())
+if (!exists("mc_binary_metrics", mode = "function") || !exists("mc_validate_predictions", mode = "function") ||
+    !exists("mc_clustered_binary", mode = "function")) {
+  for (.mc_file in c("metrics.R", "io.R", "clustered.R")) sys.source(file.path(mc_r_dir(), .mc_file), envir = environment())
   rm(.mc_file)
 }
 
@@ -95,6 +98,13 @@ mc_binary_view <- function(data, framing) {
   list(is_positive = (data$labels + 1L) %in% idx, score = score, other = other)
 }
 
+mc_cluster_codes <- function(req, n) {
+  clusters <- mc_opt(req, "clusters")
+  if (is.null(clusters)) return(NULL)
+  if (length(clusters) != n) mc_fail("clusters", sprintf("%d group names for %d predictions", length(clusters), n))
+  mc_group_codes(clusters)
+}
+
 mc_bootstrap <- function(n, boot_n, seed, statistic) {
   set.seed(seed)
   draws <- lapply(seq_len(boot_n), function(b) statistic(sample.int(n, n, replace = TRUE)))
@@ -151,6 +161,12 @@ mc_binary_report <- function(req, data, framing) {
   truth <- as.integer(view$is_positive)
   decided <- as.integer(view$score >= threshold)
   per_class <- mc_per_class(truth, decided, two, c(framing$negative, framing$positive))
+  codes <- mc_cluster_codes(req, length(truth))
+  if (mc_is_clustered(codes)) {
+    indices <- mc_cluster_resamples(codes, truth)
+    b$metrics <- mc_clustered_binary(b$metrics, view$is_positive, view$score, threshold, codes, indices)
+    per_class <- mc_clustered_per_class(per_class, truth, decided, two, codes, indices)
+  }
   out <- list(schema = MC_RESULTS_SCHEMA, engine = mc_engine(), task = "binary",
               split = data$split, predictions = data$source, input_format = data$format,
               classes = data$classes, positive_class = framing$positive, negative_class = framing$negative,
@@ -161,6 +177,7 @@ mc_binary_report <- function(req, data, framing) {
               macro = mc_macro(per_class),
               operating_points = mc_operating_points(view$is_positive, view$score),
               model = data$model)
+  if (mc_is_clustered(codes)) out$clusters <- mc_cluster_summary(codes)
   boot_n <- as.integer(mc_opt(req, "boot_n", 0))
   if (boot_n > 0) {
     y <- view$is_positive; s <- view$score
@@ -178,12 +195,16 @@ mc_multiclass_report <- function(req, data) {
   if (!is.null(mc_opt(req, "threshold")) || !is.null(mc_opt(req, "threshold_rule")))
     mc_fail("options", "a threshold needs a binary task: name --positive CLASS or --group NAME=CLASS,...")
   m <- mc_multiclass_metrics(data$labels, data$probabilities, data$classes)
+  codes <- mc_cluster_codes(req, length(data$labels))
+  if (mc_is_clustered(codes))
+    m <- mc_clustered_multiclass(m, data$labels, data$probabilities, codes, mc_cluster_resamples(codes, data$labels))
   out <- list(schema = MC_RESULTS_SCHEMA, engine = mc_engine(), task = "multiclass",
               split = data$split, predictions = data$source, input_format = data$format,
               classes = data$classes, positive_class = NULL, threshold = NULL, threshold_source = "argmax",
               decision_rule = "class with the highest probability (first on ties)",
               n = length(data$labels), confusion_matrix = m$confusion_matrix, metrics = m$metrics,
               per_class = m$per_class, macro = m$macro, operating_points = list(), model = data$model)
+  if (mc_is_clustered(codes)) out$clusters <- mc_cluster_summary(codes)
   boot_n <- as.integer(mc_opt(req, "boot_n", 0))
   if (boot_n > 0) {
     y <- data$labels; p <- data$probabilities; k <- length(data$classes)

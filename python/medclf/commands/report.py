@@ -24,6 +24,13 @@ def add_arguments(parser):
                         help="choose the threshold on predictions_val.json: youden | sensitivity:0.95 | specificity:0.9 "
                              "(used on --split val, the estimates are marked optimistic)")
     parser.add_argument("--group", help="clinical grouping of a multi-class run, e.g. malignant=mel,bcc,akiec")
+    parser.add_argument("--level", default="image", choices=["image", "group"],
+                        help="image: one prediction per image; group: one per group of splits.csv (patient, lesion, "
+                             "duplicate cluster), written as predictions_<split>_group-<reduce>.json and reported "
+                             "with the tag group-<reduce> unless --tag (default: image)")
+    parser.add_argument("--group-reduce", dest="group_reduce", default="mean", choices=["mean", "max"],
+                        help="with --level group: mean of the images' probabilities, or the image with the highest "
+                             "probability of the positive class (default: mean)")
     parser.add_argument("--engine", default="auto", choices=["auto", "rpy2", "rscript", "python"],
                         help="auto tries rpy2, then Rscript, then Python")
     parser.add_argument("--boot", type=int, default=0, help="bootstrap resamples for percentile intervals (0 = none)")
@@ -39,7 +46,8 @@ def run(args):
     from medclf.evaluate.report import report_run
 
     out = report_run(args.run, args.split, args.positive, args.threshold, args.threshold_rule, args.group,
-                     args.engine, args.boot, args.seed, args.plots, args.tag, args.allow_uncalibrated)
+                     args.engine, args.boot, args.seed, args.plots, args.tag, args.allow_uncalibrated, args.level,
+                     args.group_reduce)
     result = out["result"]
     headline = ["roc_auc", "sensitivity", "specificity"] if result["task"] == "binary" else \
         ["macro_auc", "balanced_accuracy", "cohen_kappa"]

@@ -16,7 +16,8 @@ import numpy as np
 from medclf.core import layout, schemas
 from medclf.core.errors import MedclfError
 from medclf.core.fileio import write_json, write_text
-from medclf.core.predictions import fail, load_predictions_file
+from medclf.core.predictions import fail, load_predictions_file, read_predictions_file
+from medclf.evaluate import clustered, group_level
 from medclf.evaluate import metrics as M
 from medclf.evaluate import r_bridge
 from medclf.evaluate import report as R
@@ -136,17 +137,25 @@ def python_compare(request):
         targets = [(frame["positive"], frame)]
     else:
         targets = [(k, {"positive": k, "negative": f"not {k}", "members": [k], "group": None}) for k in first["classes"]]
+    codes = clustered.request_codes(request, len(first["labels"]))
+    grouped = clustered.is_clustered(codes)
     rows = []
     for r in runs:
         row = {"name": r["name"], "predictions": r["data"]["source"], "model": r["data"]["model"]}
         if frame is not None:
             v = R.binary_view(r["data"], frame)
             b = M.binary_metrics(v["is_positive"], v["score"], threshold)
+            if grouped:
+                b["metrics"] = clustered.binary_metrics(b["metrics"], v["is_positive"], v["score"], threshold, codes,
+                                                        clustered.resamples(codes, v["is_positive"].astype(np.int64)))
             row["roc_auc"] = b["metrics"]["roc_auc"]
             for name in ("sensitivity", "specificity", "accuracy", "cohen_kappa"):
                 row[name] = b["metrics"][name]
         else:
             m = M.multiclass_metrics(r["data"]["labels"], r["data"]["probabilities"], r["data"]["classes"])
+            if grouped:
+                m = clustered.multiclass_metrics(m, r["data"]["labels"], r["data"]["probabilities"], codes,
+                                                 clustered.resamples(codes, r["data"]["labels"]))
             row.update(macro_auc=m["metrics"]["macro_auc"], balanced_accuracy=m["metrics"]["balanced_accuracy"],
                        accuracy=m["metrics"]["accuracy"], cohen_kappa=m["metrics"]["cohen_kappa"],
                        per_class_auc={k: pc["metrics"]["roc_auc"] for k, pc in m["per_class"].items()})
@@ -157,17 +166,22 @@ def python_compare(request):
             for label, target in targets:
                 va, vb = R.binary_view(runs[i]["data"], target), R.binary_view(runs[j]["data"], target)
                 test = paired_delong(va["is_positive"], va["score"], vb["score"])
+                if grouped:
+                    test = clustered.paired_auc(va["is_positive"], va["score"], vb["score"], codes, test)
                 pairs.append({"a": runs[i]["name"], "b": runs[j]["name"], "positive_class": label,
                               "auc_a": M.auc_delong(va["is_positive"], va["score"])["estimate"],
                               "auc_b": M.auc_delong(vb["is_positive"], vb["score"])["estimate"],
                               "difference": test["difference"], "z": test["z"], "p_value": test["p_value"]})
     for pair, adjusted in zip(pairs, holm([p["p_value"] for p in pairs])):
         pair["p_holm"] = adjusted
-    return {"schema": schemas.COMPARISON, "engine": r_bridge.python_engine_info(),
-            "task": "binary" if frame is not None else "multiclass (one-vs-rest per class)",
-            "positive_class": frame["positive"] if frame else None, "grouping": frame["group"] if frame else None,
-            "threshold": float(threshold) if frame else None, "n": int(len(first["labels"])), "joined_by": joined_by,
-            "runs": rows, "pairwise": pairs, "p_adjust": "Holm over all pairwise tests in this file"}
+    out = {"schema": schemas.COMPARISON, "engine": r_bridge.python_engine_info(),
+           "task": "binary" if frame is not None else "multiclass (one-vs-rest per class)",
+           "positive_class": frame["positive"] if frame else None, "grouping": frame["group"] if frame else None,
+           "threshold": float(threshold) if frame else None, "n": int(len(first["labels"])), "joined_by": joined_by,
+           "runs": rows, "pairwise": pairs, "p_adjust": "Holm over all pairwise tests in this file"}
+    if grouped:
+        out["clusters"] = clustered.summary(codes)
+    return out
 
 
 # ------------------------------------------------------------------------------------ engines
@@ -184,6 +198,10 @@ def _rscript_argv(request, out_path):
         argv += ["--group", R.format_group(request["group"])]
     if request.get("threshold") is not None:
         argv += ["--threshold", repr(float(request["threshold"]))]
+    if request.get("clusters") is not None:
+        clusters = Path(out_path).with_name("clusters.json")  # beside the result, in the call's own temp folder
+        write_json(clusters, list(request["clusters"]))
+        argv += ["--clusters", str(clusters)]
     return argv
 
 
@@ -218,8 +236,12 @@ def markdown_table(result):
     head = f"positive class **{result['positive_class']}**, threshold {result['threshold']}" if binary \
         else "multi-class; pairwise tests one-vs-rest per class"
     lines = [f"# Model comparison ({result['n']} images, joined by {result['joined_by']}; {head})", "",
-             f"Engine: {r_bridge.describe_engine(result['engine'])}.", "",
-             "| run | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+             f"Engine: {r_bridge.describe_engine(result['engine'])}.", ""]
+    if result.get("clusters"):
+        c = result["clusters"]
+        lines += [f"{c['n_images']} images in {c['n_groups']} groups; intervals and tests over groups "
+                  "(docs/report.md, Intervals over groups).", ""]
+    lines += ["| run | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     lines += [f"| {row['name']} | " + " | ".join(estimate_with_interval(row.get(c)) for c in cols) + " |"
               for row in result["runs"]]
     lines += ["", "## Pairwise paired DeLong tests (AUC a - AUC b, 95% CI)", "",
@@ -243,8 +265,10 @@ def compare_runs(run_dirs, split="test", out_dir=None, positive=None, group=None
         raise MedclfError("compare needs at least two runs")
     refuse_same_file([str(p) for p in paths])
     runs = [{"name": name, "predictions_path": str(path)} for name, path in zip(path_labels(run_dirs), paths)]
+    first_dir = Path(run_dirs[0])
+    clusters = (group_level.image_groups(first_dir, read_predictions_file(paths[0])) if first_dir.is_dir() else None)
     request = {"runs": runs, "positive": positive, "group": R.parse_group(group) if isinstance(group, str) else group,
-               "threshold": threshold}
+               "threshold": threshold, "clusters": clusters}
     R.framing(R.load_predictions(runs[0], "predictions"), positive, request["group"])  # refuses before any engine
     result, notes = run_compare_engine(request, engine)
     if notes:

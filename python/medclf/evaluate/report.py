@@ -26,7 +26,7 @@ from medclf.core.predictions import (fail, is_number, passed_subset, read_predic
 from medclf.core.run_config import read_run_config
 from medclf.core.splits import named_positive
 from medclf.evaluate import metrics as M
-from medclf.evaluate import r_bridge, reliability
+from medclf.evaluate import clustered, group_level, r_bridge, reliability
 from medclf.evaluate.formatting import estimate_with_interval, interval, number
 
 OPTIMISTIC = ("the threshold was chosen on the same predictions it is scored on, so these estimates are "
@@ -125,8 +125,13 @@ def _binary_python(request, data, frame):
     b = M.binary_metrics(y, s, threshold)
     truth = y.astype(np.int64)
     decided = (s >= threshold).astype(np.int64)
-    per_class = M.per_class_metrics(truth, decided, np.column_stack([view["other"], s]),
-                                    [frame["negative"], frame["positive"]])
+    two = np.column_stack([view["other"], s])
+    per_class = M.per_class_metrics(truth, decided, two, [frame["negative"], frame["positive"]])
+    codes = clustered.request_codes(request, len(data["labels"]))
+    if clustered.is_clustered(codes):
+        indices = clustered.resamples(codes, truth)
+        b["metrics"] = clustered.binary_metrics(b["metrics"], y, s, threshold, codes, indices)
+        per_class = clustered.per_class_metrics(per_class, truth, decided, two, codes, indices)
     out = {"schema": schemas.RESULTS, "engine": r_bridge.python_engine_info(), "task": "binary", "split": data["split"],
            "predictions": data["source"], "input_format": data["format"], "classes": data["classes"],
            "positive_class": frame["positive"], "negative_class": frame["negative"], "grouping": frame["group"],
@@ -135,6 +140,8 @@ def _binary_python(request, data, frame):
            "n_positive": int(truth.sum()), "n_negative": int((1 - truth).sum()),
            "confusion_matrix": b["confusion_matrix"], "metrics": b["metrics"], "per_class": per_class,
            "macro": M.macro_metrics(per_class), "operating_points": M.operating_points(y, s), "model": data["model"]}
+    if clustered.is_clustered(codes):
+        out["clusters"] = clustered.summary(codes)
     boot_n = int(request.get("boot_n") or 0)
     if boot_n > 0:
         def statistic(i):
@@ -151,12 +158,18 @@ def _multiclass_python(request, data):
     if request.get("threshold") is not None or request.get("threshold_rule") is not None:
         fail("options", "a threshold needs a binary task: name --positive CLASS or --group NAME=CLASS,...")
     m = M.multiclass_metrics(data["labels"], data["probabilities"], data["classes"])
+    codes = clustered.request_codes(request, len(data["labels"]))
+    if clustered.is_clustered(codes):
+        m = clustered.multiclass_metrics(m, data["labels"], data["probabilities"], codes,
+                                         clustered.resamples(codes, data["labels"]))
     out = {"schema": schemas.RESULTS, "engine": r_bridge.python_engine_info(), "task": "multiclass", "split": data["split"],
            "predictions": data["source"], "input_format": data["format"], "classes": data["classes"],
            "positive_class": None, "threshold": None, "threshold_source": "argmax",
            "decision_rule": "class with the highest probability (first on ties)", "n": int(len(data["labels"])),
            "confusion_matrix": m["confusion_matrix"], "metrics": m["metrics"], "per_class": m["per_class"],
            "macro": m["macro"], "operating_points": [], "model": data["model"]}
+    if clustered.is_clustered(codes):
+        out["clusters"] = clustered.summary(codes)
     boot_n = int(request.get("boot_n") or 0)
     if boot_n > 0:
         y, p, k = data["labels"], data["probabilities"], len(data["classes"])
@@ -211,6 +224,10 @@ def _rscript_argv(request, out_path):
         argv += ["--boot", str(int(request["boot_n"])), "--seed", str(int(request.get("seed") or 1))]
     if request.get("legacy"):
         argv += ["--legacy"]
+    if request.get("clusters") is not None:
+        clusters = Path(out_path).with_name("clusters.json")  # beside the result, in the call's own temp folder
+        write_json(clusters, list(request["clusters"]))
+        argv += ["--clusters", str(clusters)]
     return argv
 
 
@@ -243,8 +260,10 @@ def format_group(group):
 
 
 def build_request(predictions_path, val_predictions_path=None, positive=None, threshold=None, threshold_rule=None,
-                  group=None, boot_n=0, seed=1, legacy=False):
-    return {"predictions_path": str(predictions_path),
+                  group=None, boot_n=0, seed=1, legacy=False, clusters=None):
+    """The engines' request; `clusters`: the group of each prediction (intervals over groups when a
+    group holds two images, medclf.evaluate.clustered), or None."""
+    return {"predictions_path": str(predictions_path), "clusters": None if clusters is None else list(clusters),
             "val_predictions_path": None if val_predictions_path is None else str(val_predictions_path),
             "positive": positive, "threshold": threshold, "threshold_rule": threshold_rule,
             "group": parse_group(group) if isinstance(group, str) else group,
@@ -337,6 +356,12 @@ def _header_lines(result):
              f"n = {result['n']}. Input format: {result.get('input_format')}.", ""]
     if result.get("threshold_optimistic"):
         lines += [f"**Optimistic estimate:** {result['threshold_optimistic']}.", ""]
+    if result.get("clusters"):
+        c = result["clusters"]
+        lines += [f"**{c['n_images']} images in {c['n_groups']} groups; intervals over groups** (up to "
+                  f"{c['largest_group']} images per patient, lesion or duplicate cluster of splits.csv): each "
+                  "interval's method below says how (clustered DeLong, effective-sample-size Clopper-Pearson, "
+                  f"or a group bootstrap of {c['bootstrap']['n']} resamples).", ""]
     if result["task"] == "binary":
         lines.append(f"Positive class **{result['positive_class']}** (vs {result['negative_class']}); "
                      f"{result['decision_rule']}; threshold {_threshold_text(result)}.")
@@ -558,14 +583,35 @@ def quality_gate_section(result, request, engine, record):
     return "\n".join(lines) + "\n"
 
 
+def _group_level_inputs(run_dir, split, predictions, raw, val_path, reduce, positive):
+    """(group-level predictions path, its record, group-level val path or None): derived from the
+    image-level files and written beside them (medclf.evaluate.group_level)."""
+    group_of = group_level.run_groups(run_dir)
+    derived = group_level.group_level_record(raw, group_of, reduce, positive, predictions.name)
+    path = group_level.group_predictions_file(run_dir, split, reduce)
+    write_json(path, derived)
+    if val_path is not None:
+        val = group_level.group_level_record(read_predictions_file(val_path), group_of, reduce, positive, val_path.name)
+        val_path = group_level.group_predictions_file(run_dir, "val", reduce)
+        write_json(val_path, val)
+    return path, derived, val_path
+
+
 def report_run(run_dir, split="test", positive=None, threshold=None, threshold_rule=None, group=None,
-               engine="auto", boot_n=0, seed=1, plots=True, tag=None, allow_uncalibrated=False):
+               engine="auto", boot_n=0, seed=1, plots=True, tag=None, allow_uncalibrated=False, level="image",
+               group_reduce="mean"):
     """Score results/NAME/predictions_<split>.json; write results_<split>[_<tag>].json,
     report_<split>[_<tag>].md and the plots named likewise (output_names). Rank scores (a rank
-    ensemble) are refused unless allow_uncalibrated (medclf.evaluate.ensemble.refuse_uncalibrated)."""
+    ensemble) are refused unless allow_uncalibrated (medclf.evaluate.ensemble.refuse_uncalibrated).
+    level "group" scores one prediction per group (medclf.evaluate.group_level; tag default
+    group-<reduce>)."""
     from medclf.evaluate.ensemble import refuse_uncalibrated
 
     run_dir = Path(run_dir)
+    if level not in ("image", "group"):
+        raise MedclfError(f"--level {level}: use image or group")
+    if level == "group" and tag is None:
+        tag = f"group-{group_reduce}"
     names = output_names(split, tag)
     predictions = require_file(layout.predictions_file(run_dir, split), run_dir)
     raw = read_predictions_file(predictions)  # the one read of the file on the Python side
@@ -578,7 +624,12 @@ def report_run(run_dir, split="test", positive=None, threshold=None, threshold_r
         if not val_path.is_file():
             raise MedclfError(f"{val_path}: not found; a threshold rule is chosen on validation predictions "
                               f"(`medclf test --run {run_dir}` writes them)")
-    request = build_request(predictions, val_path, positive, threshold, threshold_rule, group, boot_n, seed)
+    if level == "group":
+        predictions, raw, val_path = _group_level_inputs(run_dir, split, predictions, raw, val_path, group_reduce,
+                                                         positive)
+    clusters = None if level == "group" else group_level.image_groups(run_dir, raw)
+    request = build_request(predictions, val_path, positive, threshold, threshold_rule, group, boot_n, seed,
+                            clusters=clusters)
     data = validate_predictions(raw, predictions)
     frame = framing(data, positive, request["group"])  # refuses before any engine
     result, notes = run_engine(request, engine)
@@ -595,6 +646,9 @@ def report_run(run_dir, split="test", positive=None, threshold=None, threshold_r
     else:
         gate_markdown = ""
     gate_markdown += quality_gate_section(result, request, engine, raw)
+    if level == "group":
+        result["level"] = raw["level"]
+        gate_markdown += "\n" + group_level.describe(raw["level"]) + "\n"
     results_path = run_dir / names["results"]
     write_json(results_path, result)
     plot_paths = write_plots(result, data, run_dir, names) if plots else []

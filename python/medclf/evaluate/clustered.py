@@ -1,0 +1,311 @@
+"""Intervals that count groups (patients, lesions, duplicate clusters), not images.
+
+Images of one group are not independent: an interval that treats them so is too narrow. When a
+scored split has a group with more than one image (the `clusters` of a report request: the group
+of each image, from the run's splits.csv), the intervals are recomputed over groups; the estimates
+do not change. Mirrored in R/clustered.R to 1e-9 (tests/parity/test_clustered_parity.py).
+
+- ROC-AUC: the clustered DeLong variance of Obuchowski (1997, Biometrics 53:567): each group's
+  summed placement values V10_i (its positives) and V01_i (its negatives), with I groups, M
+  positives, N negatives and m_i, n_i per group,
+      var = I/(I-1) [ sum (V10_i - m_i A)^2 / M^2 + sum (V01_i - n_i A)^2 / N^2
+                      + 2 sum (V10_i - m_i A)(V01_i - n_i A) / (M N) ],
+  and a normal interval, as DeLong's.
+- Sensitivity, specificity, PPV, NPV, accuracy and F1 (through the Jaccard index): the ratio
+  estimator p = sum x_i / sum n_i over the groups holding an eligible image, its cluster-robust
+  variance v = I_e/(I_e-1) sum (x_i - p n_i)^2 / n^2, and the Clopper-Pearson interval on the
+  effective sample size n_eff = min(n, p(1-p)/v), x_eff = p n_eff (Korn & Graubard 1998, Survey
+  Methodology 24:193). When v = 0 (p is 0 or 1, or every group has the same proportion) the groups
+  are counted: n_eff = I_e. Balanced accuracy: MOVER-Wilson (as unclustered) on the effective
+  counts of its recalls.
+- Cohen's kappa, average precision, macro AUC, Brier score, ECE and the calibration slope and
+  intercept: percentile group bootstrap, BOOT_N resamples of whole groups drawn within class
+  strata (a group's stratum: the most frequent class of its images, the smallest on ties) with the
+  portable Park-Miller generator (metrics.bootstrap_indices; stratum s uses seed BOOT_SEED + s).
+A metric whose eligible images are each in a group of their own keeps its unclustered interval
+exactly (so does every metric when no group has two images).
+"""
+
+import numpy as np
+
+from medclf.evaluate import metrics as M
+
+BOOT_N = 500
+BOOT_SEED = M.ECE_BOOT_SEED
+METHOD_AUC = "clustered DeLong over groups (Obuchowski 1997)"
+METHOD_PAIRED = "paired clustered DeLong over groups (Obuchowski 1997)"
+METHOD_PROPORTION = ("Clopper-Pearson on the effective sample size of the cluster-robust ratio-estimator variance "
+                     "over groups (Korn & Graubard 1998)")
+METHOD_F1 = "2J/(1+J) of the Jaccard index J, interval as " + METHOD_PROPORTION
+METHOD_BALANCED = "mean of per-class recalls; MOVER-Wilson on the recalls' effective counts over groups"
+METHOD_BOOT = f"percentile group bootstrap: whole groups resampled within class strata ({BOOT_N} resamples, portable generator)"
+PROPORTIONS = ("sensitivity", "specificity", "ppv", "npv", "accuracy")
+BOOTSTRAPPED = ("average_precision", "cohen_kappa", "brier_score", "ece", "calibration_slope", "calibration_intercept")
+
+
+def group_codes(clusters):
+    """0..K-1 codes of the group names (sorted), or None without clusters."""
+    if clusters is None:
+        return None
+    _, codes = np.unique(np.asarray([str(c) for c in clusters]), return_inverse=True)
+    return codes.astype(np.int64)
+
+
+def request_codes(request, n_predictions):
+    """The group codes of a report or compare request's `clusters` (one group name per prediction,
+    in the file's order), or None."""
+    clusters = request.get("clusters")
+    if clusters is None:
+        return None
+    if len(clusters) != n_predictions:
+        from medclf.core.predictions import fail
+
+        fail("clusters", f"{len(clusters)} group names for {n_predictions} predictions")
+    return group_codes(clusters)
+
+
+def is_clustered(codes):
+    """True when some group holds more than one image."""
+    return codes is not None and len(codes) > 0 and int(np.bincount(codes).max()) > 1
+
+
+def summary(codes):
+    return {"n_images": int(len(codes)), "n_groups": int(len(np.unique(codes))),
+            "largest_group": int(np.bincount(codes).max()), "intervals": "over groups",
+            "bootstrap": {"n": BOOT_N, "seed": BOOT_SEED, "method": METHOD_BOOT}}
+
+
+# ------------------------------------------------------------------ analytic intervals
+
+def _group_parts(y, scores, codes):
+    """(A, V10_i - m_i A, V01_i - n_i A) per group: the AUC's placements summed over each group."""
+    theta, v10, v01 = M.delong_placements(y, scores)
+    groups = int(codes.max()) + 1
+    a = np.bincount(codes[y], weights=v10, minlength=groups) - np.bincount(codes[y], minlength=groups) * theta
+    b = np.bincount(codes[~y], weights=v01, minlength=groups) - np.bincount(codes[~y], minlength=groups) * theta
+    return theta, a, b
+
+
+def _covariance(y, codes, first, second):
+    """Obuchowski's (co)variance of two AUCs on the same images from their _group_parts."""
+    m, n = int(y.sum()), int((~y).sum())
+    present = len(np.unique(codes))
+    (_, a1, b1), (_, a2, b2) = first, second
+    return present / (present - 1) * (float(np.sum(a1 * a2)) / (m * m) + float(np.sum(b1 * b2)) / (n * n)
+                                      + float(np.sum(a1 * b2) + np.sum(a2 * b1)) / (m * n))
+
+
+def auc(is_positive, scores, codes, unclustered):
+    """`unclustered` (auc_delong's value) with the Obuchowski interval when a group holds two images."""
+    y = np.asarray(is_positive, dtype=bool)
+    if unclustered["lower"] is None or int(np.bincount(codes).max()) < 2:
+        return unclustered
+    parts = _group_parts(y, scores, codes)
+    theta = parts[0]
+    half = M._z() * np.sqrt(max(_covariance(y, codes, parts, parts), 0.0))
+    note = unclustered.get("note")
+    return M.value(unclustered["estimate"], min(1.0, max(0.0, theta - half)), min(1.0, max(0.0, theta + half)),
+                   METHOD_AUC, note)
+
+
+def paired_auc(is_positive, score_a, score_b, codes, unclustered):
+    """compare.paired_delong's test with the difference's variance over groups:
+    var(A_a - A_b) = S_aa + S_bb - 2 S_ab, each S Obuchowski's (co)variance; z and two-sided p."""
+    from scipy.stats import norm
+
+    y = np.asarray(is_positive, dtype=bool)
+    if unclustered["difference"]["lower"] is None or not is_clustered(codes):
+        return unclustered
+    pa, pb = _group_parts(y, score_a, codes), _group_parts(y, score_b, codes)
+    sig = float(np.sqrt(max(_covariance(y, codes, pa, pa) + _covariance(y, codes, pb, pb)
+                            - 2 * _covariance(y, codes, pa, pb), 0.0)))
+    d = pa[0] - pb[0]
+    z = (0.0 if d == 0 else float(np.sign(d) * np.inf)) if sig == 0 else d / sig
+    crit = M._z()
+    return {"difference": M.value(unclustered["difference"]["estimate"], d - crit * sig, d + crit * sig, METHOD_PAIRED),
+            "z": float(z) if np.isfinite(z) else None, "p_value": float(2 * norm.cdf(-abs(z)))}
+
+
+def effective_counts(success, eligible, codes):
+    """(x, n, x_eff, n_eff, groups with an eligible image) of the proportion success/eligible;
+    n_eff is None when no group holds two eligible images (the image-level interval stands)."""
+    success = np.asarray(success, dtype=bool)
+    eligible = np.asarray(eligible, dtype=bool)
+    n = int(eligible.sum())
+    x = int((success & eligible).sum())
+    groups = int(codes.max()) + 1 if len(codes) else 0
+    per_x = np.bincount(codes[eligible], weights=success[eligible].astype(np.float64), minlength=groups)
+    per_n = np.bincount(codes[eligible], minlength=groups).astype(np.float64)
+    held = per_n > 0
+    present = int(held.sum())
+    if n == 0 or per_n.max() <= 1:
+        return x, n, None, None, present
+    p = x / n
+    variance = 0.0 if present < 2 else present / (present - 1) * float(np.sum((per_x[held] - p * per_n[held]) ** 2)) / n ** 2
+    n_eff = min(float(n), p * (1 - p) / variance) if variance > 0 else float(present)
+    return x, n, p * n_eff, n_eff, present
+
+
+def clopper_pearson(x, n, x_eff, n_eff):
+    """(lower, upper): Clopper-Pearson's beta quantiles at the effective counts; 0 (1) when x is 0 (n)."""
+    from scipy.stats import beta
+
+    alpha = (1 - M.CONF_LEVEL) / 2
+    lower = 0.0 if x == 0 else float(beta.ppf(alpha, x_eff, n_eff - x_eff + 1))
+    upper = 1.0 if x == n else float(beta.ppf(1 - alpha, x_eff + 1, n_eff - x_eff))
+    return lower, upper
+
+
+def proportion(success, eligible, codes, unclustered, method=METHOD_PROPORTION):
+    """`unclustered` (a Clopper-Pearson value) with the Korn-Graubard interval over groups when an
+    eligible group holds two images."""
+    x, n, x_eff, n_eff, present = effective_counts(success, eligible, codes)
+    if n_eff is None:
+        return unclustered
+    out = M.value(x / n, *clopper_pearson(x, n, x_eff, n_eff), method, unclustered.get("note"))
+    out.update(effective_n=n_eff, groups=present)
+    return out
+
+
+def f1(is_positive, called, codes, unclustered):
+    """F1 = 2J/(1+J) with the interval of the Jaccard index J = tp / (tp + fp + fn) over groups."""
+    x, n, x_eff, n_eff, present = effective_counts(is_positive & called, is_positive | called, codes)
+    if n_eff is None:
+        return unclustered
+    lower, upper = clopper_pearson(x, n, x_eff, n_eff)
+    out = M.value(unclustered["estimate"], 2 * lower / (1 + lower), 2 * upper / (1 + upper), METHOD_F1,
+                  unclustered.get("note"))
+    out.update(effective_n=n_eff, groups=present)
+    return out
+
+
+def balanced_accuracy(successes_eligibles, codes, unclustered):
+    """MOVER-Wilson on the effective counts of each recall ((success, eligible) per class)."""
+    counts = [effective_counts(s, e, codes) for s, e in successes_eligibles]
+    if unclustered["estimate"] is None or all(c[3] is None for c in counts):
+        return unclustered
+    p = np.array([c[0] / c[1] for c in counts])
+    bounds = np.array([M.wilson(c[0], c[1]) if c[3] is None else M.wilson(c[2], c[3]) for c in counts])
+    k = len(counts)
+    est = float(np.mean(p))
+    lower = est - np.sqrt(np.sum((p - bounds[:, 0]) ** 2)) / k
+    upper = est + np.sqrt(np.sum((bounds[:, 1] - p) ** 2)) / k
+    return M.value(est, max(0.0, lower), min(1.0, upper), METHOD_BALANCED, unclustered.get("note"))
+
+
+# ------------------------------------------------------------------ the group bootstrap
+
+def resamples(codes, strata, boot_n=BOOT_N, seed=BOOT_SEED):
+    """BOOT_N arrays of image indices, each the images of groups drawn with replacement within
+    class strata (see the module docstring), strata in sorted order, groups in code order."""
+    strata = np.asarray(strata, dtype=np.int64)
+    groups = int(codes.max()) + 1
+    members = [np.flatnonzero(codes == g) for g in range(groups)]
+    group_stratum = np.empty(groups, dtype=np.int64)
+    for g in range(groups):
+        values, counts = np.unique(strata[members[g]], return_counts=True)
+        group_stratum[g] = values[np.argmax(counts)]  # most frequent; the smallest on ties
+    draws = []
+    for s, stratum in enumerate(np.unique(group_stratum)):
+        in_stratum = np.flatnonzero(group_stratum == stratum)
+        draws.append((in_stratum, M.bootstrap_indices(len(in_stratum), boot_n, seed + s)))
+    return [np.concatenate([members[chosen[i]] for chosen, index in draws for i in index[b]])
+            for b in range(boot_n)]
+
+
+def percentile(unclustered, draws):
+    """`unclustered` with the 2.5 and 97.5 % percentiles (type 7) of the defined draws."""
+    if unclustered["estimate"] is None:
+        return unclustered
+    defined = np.array([d for d in draws if d is not None and np.isfinite(d)], dtype=np.float64)
+    if len(defined) == 0:
+        return M.value(unclustered["estimate"], None, None, METHOD_BOOT, "undefined in every resample")
+    alpha = (1 - M.CONF_LEVEL) / 2
+    return M.value(unclustered["estimate"], float(np.quantile(defined, alpha)), float(np.quantile(defined, 1 - alpha)),
+                   METHOD_BOOT)
+
+
+def _column_draws(y, s, index):
+    """Bootstrap statistics of one probability column (binary, or one class against the rest)."""
+    yi, si = y[index], s[index]
+    slope, intercept = M.calibration_slope_intercept(yi, si)
+    return {"average_precision": M.average_precision(yi, si)["estimate"],
+            "brier_score": float(np.mean((si - yi) ** 2)), "ece": M.ece_estimate(yi, si),
+            "calibration_slope": slope["estimate"], "calibration_intercept": intercept["estimate"]}
+
+
+def _count_intervals(metrics, y, called, codes):
+    out = dict(metrics)
+    eligible = {"sensitivity": (called, y), "specificity": (~called, ~y), "ppv": (y, called),
+                "npv": (~y, ~called), "accuracy": (called == y, np.ones(len(y), dtype=bool))}
+    for name, (success, among) in eligible.items():
+        if name in metrics:
+            out[name] = proportion(success, among, codes, metrics[name])
+    out["f1"] = f1(y, called, codes, metrics["f1"])
+    return out
+
+
+def per_class_metrics(per_class, labels, decided, probabilities, codes, indices):
+    """per_class_metrics' entries (one class against the rest) with intervals over groups;
+    `indices` the resamples (drawn within the label strata)."""
+    labels, decided = np.asarray(labels), np.asarray(decided)
+    p = np.asarray(probabilities, dtype=np.float64)
+    out = {}
+    for k, (name, entry) in enumerate(per_class.items()):
+        y = labels == k
+        m = _count_intervals(entry["metrics"], y, decided == k, codes)
+        m["roc_auc"] = auc(y, p[:, k], codes, entry["metrics"]["roc_auc"])
+        draws = [_column_draws(y.astype(np.float64), p[:, k], index) for index in indices]
+        for stat in BOOTSTRAPPED:
+            if stat in m:
+                m[stat] = percentile(entry["metrics"][stat], [d[stat] for d in draws])
+        out[name] = dict(entry, metrics=m)
+    return out
+
+
+def binary_metrics(metrics, is_positive, scores, threshold, codes, indices):
+    """metrics.binary_metrics' metrics with their intervals over groups (a new dict); `indices` the
+    resamples (drawn within the truth strata)."""
+    y = np.asarray(is_positive, dtype=bool)
+    s = np.asarray(scores, dtype=np.float64)
+    called = s >= threshold
+    out = _count_intervals(metrics, y, called, codes)
+    out["balanced_accuracy"] = balanced_accuracy([(called, y), (~called, ~y)], codes, metrics["balanced_accuracy"])
+    out["roc_auc"] = auc(y, s, codes, metrics["roc_auc"])
+    draws = []
+    for index in indices:
+        d = _column_draws(y.astype(np.float64), s, index)
+        cm = M.confusion(y[index], called[index])
+        d["cohen_kappa"] = M.kappa([[cm["tn"], cm["fp"]], [cm["fn"], cm["tp"]]])["estimate"]
+        draws.append(d)
+    for name in BOOTSTRAPPED:
+        out[name] = percentile(metrics[name], [d[name] for d in draws])
+    return out
+
+
+def multiclass_metrics(result, labels, probabilities, codes, indices):
+    """metrics.multiclass_metrics' result with every interval over groups: per class and overall
+    (accuracy, balanced accuracy, kappa, macro AUC, Brier, top-label ECE); `indices` the resamples
+    (drawn within the label strata)."""
+    labels = np.asarray(labels)
+    p = np.asarray(probabilities, dtype=np.float64)
+    decided = np.asarray(result["decided"])
+    k = p.shape[1]
+    draws = []
+    for index in indices:
+        li, pi, di = labels[index], p[index], decided[index]
+        onehot = (li[:, None] == np.arange(k)[None, :]).astype(np.float64)
+        aucs = [M.roc_auc(li == j, pi[:, j]) for j in range(k) if 0 < (li == j).sum() < len(li)]
+        draws.append({"cohen_kappa": M.kappa(M.confusion_table(li, di, k))["estimate"],
+                      "macro_auc": float(np.mean(aucs)) if aucs else None,
+                      "brier_score": float(np.mean(np.sum((pi - onehot) ** 2, axis=1))),
+                      "ece": M.ece_estimate(di == li, pi.max(axis=1))})
+    metrics = dict(result["metrics"])
+    metrics["accuracy"] = proportion(decided == labels, np.ones(len(labels), dtype=bool), codes, metrics["accuracy"])
+    present = [j for j in range(k) if (labels == j).any()]
+    metrics["balanced_accuracy"] = balanced_accuracy([(decided == j, labels == j) for j in present], codes,
+                                                     metrics["balanced_accuracy"])
+    for stat in ("cohen_kappa", "macro_auc", "brier_score", "ece"):
+        metrics[stat] = percentile(metrics[stat], [d[stat] for d in draws])
+    per_class = per_class_metrics(result["per_class"], labels, decided, p, codes, indices)
+    return dict(result, metrics=metrics, per_class=per_class)
