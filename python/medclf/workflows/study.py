@@ -420,7 +420,7 @@ def build_plan(study, study_file, *, parsers, validators, data_root=None, out_ro
         _check_call(call, parsers[call.stage], validators)
     plan = StudyPlan(name, source, out_dir, data, [r for r, _, _ in runs], calls, _report_split(study, source),
                      str(study.get("description") or "").strip(),
-                     (_section(study, "report", source) or {}).get("tag"),
+                     report_tag(_section(study, "report", source) or {}),
                      _predictions_dir(_section(study, "test", source)))
     check_class_names(plan)
     return plan
@@ -439,6 +439,15 @@ def _partition_call(study, source, data, out_dir, parser_for):
     return StageCall("partition", None, argv, f"{source}: partition",
                      outputs=[partition_dir / "splits.csv", partition_dir / "partition.json"],
                      folder=partition_dir, stale=lambda: _partition_outdated(partition_dir / "partition.json"))
+
+
+def report_tag(report_options):
+    """The tag `medclf report` names its outputs with: the given one, or group-<reduce> for
+    `level: group` (medclf.evaluate.report.report_run)."""
+    tag = report_options.get("tag")
+    if tag is None and report_options.get("level") == "group":
+        tag = f"group-{report_options.get('group-reduce') or report_options.get('group_reduce') or 'mean'}"
+    return tag
 
 
 def _partition_outdated(info_path):
@@ -485,7 +494,7 @@ def _run_calls(study, source, runs, out_dir, parser_for):
     report_options = _section(study, "report", source)
     split = str((test_options or {}).get("split") or "test")
     report_split = _report_split(study, source)
-    report_outputs = output_names(report_split, (report_options or {}).get("tag"))
+    report_outputs = output_names(report_split, report_tag(report_options or {}))
     calls = []
     for run_name, options, where in runs:
         run_dir = out_dir / run_name

@@ -60,6 +60,7 @@ def fake_parsers():
     report.add_argument("--run", required=True)
     report.add_argument("--split", default="test")
     report.add_argument("--positive")
+    report.add_argument("--level")
     compare = argparse.ArgumentParser(prog="medclf compare")
     compare.add_argument("runs", nargs="+")
     compare.add_argument("--out")
@@ -386,6 +387,17 @@ def test_a_split_made_by_the_old_assignment_is_made_again_and_kept_aside(study_f
     third = FakeStages()
     run(study_file, third)
     assert third.calls == []
+
+
+def test_report_level_group_reaches_the_report_and_names_its_outputs(study_file, tmp_path):
+    study_file.write_text(STUDY.replace("report: {}", "report: {level: group}"))
+    stages = FakeStages()
+    plan = run(study_file, stages)
+    reports = [argv for argv in stages.calls if argv[0] == "report"]
+    assert all(argv[argv.index("--level") + 1] == "group" for argv in reports) and len(reports) == 2
+    report_call = next(c for c in plan.calls if c.stage == "report")
+    assert [p.name for p in report_call.outputs] == ["results_test_group-mean.json", "report_test_group-mean.md"]
+    assert plan.report_tag == "group-mean"
 
 
 def _snapshot(folder):
