@@ -572,7 +572,10 @@ def quality_gate_section(result, request, engine, record):
     if passed:
         passed_path = source.with_name(source.stem + "_passed.json")
         write_json(passed_path, subset)
-        subset_result, _ = run_engine(dict(request, predictions_path=str(passed_path)), engine)
+        clusters = request.get("clusters")
+        if clusters is not None:  # the groups of the images that passed, in the subset's order
+            clusters = [c for c, verdict in zip(clusters, record["quality"]) if verdict == "passed"]
+        subset_result, _ = run_engine(dict(request, predictions_path=str(passed_path), clusters=clusters), engine)
         section["metrics"] = subset_result["metrics"]
         lines += ["| metric | all images (n = %d) | passed (n = %d) |" % (n, passed), "|---|---|---|"]
         for name, v in result["metrics"].items():

@@ -42,6 +42,17 @@ def _paths(splits_csv, split):
     return set(read_splits(splits_csv).rows(split)["path"])
 
 
+def _another_split(data, tmp_path, original):
+    """splits.csv of the first seed after 0 whose test split differs from `original`'s (made here,
+    not left behind by another test: tests of one module may run in different processes)."""
+    for seed in range(1, 50):
+        out = tmp_path / f"seed{seed}"
+        assert _partition(data, out, seed) == 0
+        if _paths(out / "splits.csv", "test") != original["test"]:
+            return out / "splits.csv"
+    raise AssertionError("no seed from 1 to 49 gives another split")
+
+
 @pytest.fixture(scope="module")
 def bound_run(tmp_path_factory):
     base = tmp_path_factory.mktemp("binding")
@@ -128,7 +139,7 @@ def test_old_run_falls_back_to_the_recorded_file_and_refuses_a_changed_one(bound
     write_json(old / "config.json", config)
     assert set(split_table_for_test(old, config).rows("test")["path"]) == original["test"]
 
-    shutil.copyfile(part / "splits.csv", recorded / "splits.csv")  # re-partitioned since (seed 1)
+    shutil.copyfile(_another_split(data, tmp_path, original), recorded / "splits.csv")  # re-partitioned since
     with pytest.raises(MedclfError, match=r"recorded/splits.csv: changed since .* was trained on it"):
         split_table_for_test(old, config)
     # A run from before sha256s were recorded: the per-split counts still catch a different file.
