@@ -937,10 +937,13 @@ def summary_table(plan):
     lines = [f"# Study {plan.name}: {plan.report_split} results", ""]
     if plan.description:
         lines += [plan.description, ""]
-    lines += [f"Data: {plan.data.get('metadata') or plan.data['root']}. Estimates with 95% intervals "
-             "(Clopper-Pearson for proportions, DeLong for AUC, asymptotic for kappa) "
-             f"from each run's {output_names(plan.report_split, plan.report_tag)['results']}; epochs trained (best epoch) and "
-             "training time from history.csv.", ""]
+    clusters = next((r.get("clusters") for _, r, _ in rows if r and r.get("clusters")), None)
+    methods = ("over groups: clustered DeLong for AUC, Clopper-Pearson at the effective sample size for proportions, "
+               "group bootstrap for kappa; " + f"{clusters['n_images']} images in {clusters['n_groups']} groups"
+               if clusters else "Clopper-Pearson for proportions, DeLong for AUC, asymptotic for kappa")
+    lines += [f"Data: {plan.data.get('metadata') or plan.data['root']}. Estimates with 95% intervals ({methods}) "
+              f"from each run's {output_names(plan.report_split, plan.report_tag)['results']}; epochs trained (best "
+              "epoch) and training time from history.csv.", ""]
     header = ["run", "n"] + [label for label, _ in columns] + ["epochs (best)", "train min"]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "---|" * len(header))

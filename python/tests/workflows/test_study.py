@@ -400,6 +400,16 @@ def test_report_level_group_reaches_the_report_and_names_its_outputs(study_file,
     assert plan.report_tag == "group-mean"
 
 
+def test_the_summary_names_intervals_over_groups_when_the_results_have_them(study_file, tmp_path):
+    plan = run(study_file, FakeStages())
+    assert "(Clopper-Pearson for proportions, DeLong for AUC, asymptotic for kappa)" in study_mod.summary_table(plan)
+    results_path = tmp_path / "results" / "tiny" / "a" / "results_test.json"
+    results = json.loads(results_path.read_text())
+    results["clusters"] = {"n_images": 26, "n_groups": 20}
+    results_path.write_text(json.dumps(results))
+    assert "clustered DeLong for AUC" in study_mod.summary_table(plan) and "26 images in 20 groups" in study_mod.summary_table(plan)
+
+
 def _snapshot(folder):
     """{path: (bytes, mtime_ns)} of every file under `folder`."""
     return {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(Path(folder).rglob("*")) if p.is_file()}
