@@ -167,12 +167,31 @@ mc_cluster_percentile <- function(unclustered, draws) {
   mc_value(unclustered$estimate, q[1], q[2], MC_CLUSTER_METHOD_BOOT)
 }
 
-mc_column_draws <- function(y, s, i) {
+mc_logits <- function(probability) {
+  p <- pmin(pmax(probability, MC_LOGIT_CLIP), 1 - MC_LOGIT_CLIP)
+  log(p / (1 - p))
+}
+
+# The full sample's slope and intercept fits: where each resample's Newton iterations start.
+mc_calibration_starts <- function(y, s) {
+  x <- mc_logits(s)
+  lapply(c(TRUE, FALSE), function(slope) { fit <- mc_logistic_fit(y, x, slope); if (is.null(fit)) NULL else fit$beta })
+}
+
+mc_calibration_estimates <- function(y, s, starts) {
+  x <- mc_logits(s)
+  if (sum(y) == 0 || sum(y) == length(y)) return(c(NA_real_, NA_real_))
+  separated <- min(x[y == 1]) > max(x[y == 0]) || max(x[y == 1]) < min(x[y == 0])
+  slope <- if (separated) NULL else mc_logistic_fit(y, x, TRUE, starts[[1]])
+  intercept <- mc_logistic_fit(y, x, FALSE, starts[[2]])
+  c(if (is.null(slope)) NA_real_ else slope$beta[2], if (is.null(intercept)) NA_real_ else intercept$beta[1])
+}
+
+mc_column_draws <- function(y, s, i, starts) {
   yi <- y[i]; si <- s[i]
-  si_fit <- mc_calibration_slope_intercept(yi, si)
+  fits <- mc_calibration_estimates(yi, si, starts)
   list(average_precision = mc_average_precision(yi == 1, si)$estimate, brier_score = mean((si - yi)^2),
-       ece = mc_ece_estimate(yi, si), calibration_slope = si_fit[[1]]$estimate,
-       calibration_intercept = si_fit[[2]]$estimate)
+       ece = mc_ece_estimate(yi, si), calibration_slope = fits[1], calibration_intercept = fits[2])
 }
 
 mc_clustered_counts <- function(metrics, y, called, codes) {
@@ -190,7 +209,8 @@ mc_clustered_per_class <- function(per_class, labels, decided, probabilities, co
     y <- labels == (k - 1L)
     m <- mc_clustered_counts(per_class[[k]]$metrics, y, decided == (k - 1L), codes)
     m$roc_auc <- mc_clustered_auc(y, probabilities[, k], codes, per_class[[k]]$metrics$roc_auc)
-    draws <- lapply(indices, function(i) mc_column_draws(as.numeric(y), probabilities[, k], i))
+    starts <- mc_calibration_starts(as.numeric(y), probabilities[, k])
+    draws <- lapply(indices, function(i) mc_column_draws(as.numeric(y), probabilities[, k], i, starts))
     for (stat in MC_CLUSTER_BOOTSTRAPPED)
       if (!is.null(m[[stat]])) m[[stat]] <- mc_cluster_percentile(per_class[[k]]$metrics[[stat]],
                                                                   lapply(draws, function(d) d[[stat]]))
@@ -205,8 +225,9 @@ mc_clustered_binary <- function(metrics, is_positive, scores, threshold, codes, 
   out$balanced_accuracy <- mc_clustered_balanced(list(list(called, is_positive), list(!called, !is_positive)), codes,
                                                  metrics$balanced_accuracy)
   out$roc_auc <- mc_clustered_auc(is_positive, scores, codes, metrics$roc_auc)
+  starts <- mc_calibration_starts(as.numeric(is_positive), scores)
   draws <- lapply(indices, function(i) {
-    d <- mc_column_draws(as.numeric(is_positive), scores, i)
+    d <- mc_column_draws(as.numeric(is_positive), scores, i, starts)
     cm <- mc_confusion(is_positive[i], called[i])
     d$cohen_kappa <- mc_kappa(matrix(c(cm$tn, cm$fn, cm$fp, cm$tp), 2))$estimate
     d

@@ -430,10 +430,10 @@ mc_ece <- function(outcome, probability, indices = NULL) {
 
 # Newton-Raphson for logit(P) = a + b x (slope) or a + x (offset), from 0, as
 # python's _logistic_fit; NULL when it does not converge.
-mc_logistic_fit <- function(y, x, slope) {
+mc_logistic_fit <- function(y, x, slope, start = NULL) {
   design <- if (slope) cbind(1, x) else matrix(1, length(y), 1)
   offset <- if (slope) 0 else x
-  beta <- rep(0, ncol(design))
+  beta <- if (is.null(start)) rep(0, ncol(design)) else as.numeric(start)
   info_of <- function(beta) {
     mu <- 1 / (1 + exp(-(as.vector(design %*% beta) + offset)))
     list(mu = mu, info = crossprod(design, design * (mu * (1 - mu))))

@@ -225,13 +225,37 @@ def percentile(unclustered, draws):
                    METHOD_BOOT)
 
 
-def _column_draws(y, s, index):
+def _logits(probability):
+    p = np.clip(np.asarray(probability, dtype=np.float64), M.LOGIT_CLIP, 1 - M.LOGIT_CLIP)
+    return np.log(p / (1 - p))
+
+
+def calibration_starts(y, s):
+    """The full sample's (slope fit, intercept fit) coefficients, where each resample's Newton
+    iterations start (the same optimum as from 0, in fewer steps), or None for a fit that fails."""
+    x = _logits(s)
+    return tuple(None if fit is None else fit[0] for fit in (M.logistic_fit(y, x, x, True), M.logistic_fit(y, x, x, False)))
+
+
+def calibration_estimates(y, s, starts):
+    """(slope, intercept) estimates as metrics.calibration_slope_intercept gives them (None where it
+    gives None), the Newton iterations started at `starts`."""
+    x = _logits(s)
+    if y.sum() == 0 or y.sum() == len(y):
+        return None, None
+    separated = x[y == 1].min() > x[y == 0].max() or x[y == 1].max() < x[y == 0].min()
+    slope = None if separated else M.logistic_fit(y, x, x, True, starts[0])
+    intercept = M.logistic_fit(y, x, x, False, starts[1])
+    return (None if slope is None else float(slope[0][1])), (None if intercept is None else float(intercept[0][0]))
+
+
+def _column_draws(y, s, index, starts):
     """Bootstrap statistics of one probability column (binary, or one class against the rest)."""
     yi, si = y[index], s[index]
-    slope, intercept = M.calibration_slope_intercept(yi, si)
+    slope, intercept = calibration_estimates(yi, si, starts)
     return {"average_precision": M.average_precision(yi, si)["estimate"],
             "brier_score": float(np.mean((si - yi) ** 2)), "ece": M.ece_estimate(yi, si),
-            "calibration_slope": slope["estimate"], "calibration_intercept": intercept["estimate"]}
+            "calibration_slope": slope, "calibration_intercept": intercept}
 
 
 def _count_intervals(metrics, y, called, codes):
@@ -255,7 +279,8 @@ def per_class_metrics(per_class, labels, decided, probabilities, codes, indices)
         y = labels == k
         m = _count_intervals(entry["metrics"], y, decided == k, codes)
         m["roc_auc"] = auc(y, p[:, k], codes, entry["metrics"]["roc_auc"])
-        draws = [_column_draws(y.astype(np.float64), p[:, k], index) for index in indices]
+        starts = calibration_starts(y.astype(np.float64), p[:, k])
+        draws = [_column_draws(y.astype(np.float64), p[:, k], index, starts) for index in indices]
         for stat in BOOTSTRAPPED:
             if stat in m:
                 m[stat] = percentile(entry["metrics"][stat], [d[stat] for d in draws])
@@ -272,9 +297,9 @@ def binary_metrics(metrics, is_positive, scores, threshold, codes, indices):
     out = _count_intervals(metrics, y, called, codes)
     out["balanced_accuracy"] = balanced_accuracy([(called, y), (~called, ~y)], codes, metrics["balanced_accuracy"])
     out["roc_auc"] = auc(y, s, codes, metrics["roc_auc"])
-    draws = []
+    draws, starts = [], calibration_starts(y.astype(np.float64), s)
     for index in indices:
-        d = _column_draws(y.astype(np.float64), s, index)
+        d = _column_draws(y.astype(np.float64), s, index, starts)
         cm = M.confusion(y[index], called[index])
         d["cohen_kappa"] = M.kappa([[cm["tn"], cm["fp"]], [cm["fn"], cm["tp"]]])["estimate"]
         draws.append(d)

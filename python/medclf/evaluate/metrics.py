@@ -560,11 +560,12 @@ def ece(outcome, probability, indices=None):
     return value(est, float(np.quantile(draws, alpha)), float(np.quantile(draws, 1 - alpha)), METHOD_ECE)
 
 
-def logistic_fit(y, x, offset, slope):
-    """Newton-Raphson for logit(P) = a + b x (slope) or a + x (offset), from 0 (as glm: P = 1/2).
-    Returns (coefficients, covariance) or None when it does not converge."""
+def logistic_fit(y, x, offset, slope, start=None):
+    """Newton-Raphson for logit(P) = a + b x (slope) or a + x (offset), from 0 (as glm: P = 1/2) or
+    from `start` (a bootstrap resample starts at the full sample's fit). Returns (coefficients,
+    covariance) or None when it does not converge."""
     design = np.column_stack([np.ones(len(y)), x]) if slope else np.ones((len(y), 1))
-    beta = np.zeros(design.shape[1])
+    beta = np.zeros(design.shape[1]) if start is None else np.array(start, dtype=np.float64)
     for _ in range(100):
         eta = design @ beta + (0.0 if slope else offset)
         with np.errstate(over="ignore"):  # exp overflow -> mu = 0, as in R
