@@ -190,7 +190,7 @@ mc_calibration_estimates <- function(y, s, starts) {
 mc_column_draws <- function(y, s, i, starts) {
   yi <- y[i]; si <- s[i]
   fits <- mc_calibration_estimates(yi, si, starts)
-  list(average_precision = mc_average_precision(yi == 1, si)$estimate, brier_score = mean((si - yi)^2),
+  list(average_precision = if (any(yi == 1)) mc_ap_estimate(yi == 1, si) else NA_real_, brier_score = mean((si - yi)^2),
        ece = mc_ece_estimate(yi, si), calibration_slope = fits[1], calibration_intercept = fits[2])
 }
 

@@ -114,9 +114,18 @@ mc_average_precision <- function(is_positive, scores) {
   method <- "step-wise sum over distinct thresholds (sklearn average_precision_score)"
   n_pos <- sum(is_positive)
   if (n_pos == 0) return(mc_value(NA, NA, NA, method, note = "no positive cases; AP undefined"))
-  tab <- mc_threshold_table(is_positive, scores)
-  recall <- tab$tp / n_pos
-  mc_value(sum(diff(c(0, recall)) * tab$precision), NA, NA, method)
+  mc_value(mc_ap_estimate(is_positive, scores), NA, NA, method)
+}
+
+# The AP of mc_average_precision without building the threshold table (the group bootstrap calls
+# it hundreds of times): the same cumulative counts at each distinct score, highest first.
+mc_ap_estimate <- function(is_positive, scores) {
+  o <- order(scores, decreasing = TRUE)
+  s <- scores[o]; y <- is_positive[o]
+  n <- length(s)
+  last <- if (n > 1) c(s[-1] != s[-n], TRUE) else TRUE
+  tp <- cumsum(y)[last]; fp <- cumsum(!y)[last]
+  sum(diff(c(0, tp / sum(is_positive))) * (tp / (tp + fp)))
 }
 
 # Cohen's kappa of a square confusion matrix (rows = truth, columns = decision).
@@ -382,7 +391,7 @@ mc_brier <- function(outcome, probability) {
 
 mc_ece_estimate <- function(outcome, probability, bins = MC_ECE_BINS) {
   idx <- pmin(pmax(ceiling(probability * bins), 1), bins)
-  gaps <- vapply(seq_len(bins), function(b) sum(outcome[idx == b] - probability[idx == b]), 0)
+  gaps <- rowsum(as.numeric(outcome) - probability, idx, reorder = FALSE)  # per non-empty bin, in image order
   sum(abs(gaps)) / length(outcome)
 }
 
