@@ -33,6 +33,7 @@ def cases(tmp_path_factory):
             "singletons": R.build_request(binary, clusters=[f"case{i}" for i in range(len(y))])}
 
 
+@pytest.mark.slow  # one Rscript process per case; the rpy2 test below checks the same R code in-process
 @pytest.mark.skipif(shutil.which("Rscript") is None, reason="Rscript not installed")
 def test_rscript_matches_python_over_groups(cases):
     for name, request in cases.items():

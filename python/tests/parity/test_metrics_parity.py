@@ -92,6 +92,7 @@ def cases(tmp_path_factory):
     return make_cases(tmp_path_factory.mktemp("parity"))
 
 
+@pytest.mark.slow  # one Rscript process per case; the rpy2 test below checks the same R code in-process
 @pytest.mark.skipif(shutil.which("Rscript") is None, reason="Rscript not installed")
 def test_rscript_matches_python_on_every_number(cases):
     for name, request in cases.items():

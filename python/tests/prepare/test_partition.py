@@ -237,6 +237,7 @@ def test_ham_label_map_malignant_vs_benign(ham_root, tmp_path):
     assert frame.groupby("lesion_id")["split"].nunique().max() == 1
 
 
+@pytest.mark.slow  # a second partition of the 1,983 HAM10000 images
 def test_ham_ids_without_extension_need_no_image_ext(ham_run, ham_root, tmp_path):
     """The README command: HAM10000's image_id lacks `.jpg`; the one file <id>.jpg is used."""
     out = tmp_path / "noext"

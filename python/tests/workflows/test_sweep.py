@@ -277,7 +277,8 @@ def postgres_url():
         shutil.rmtree(base, ignore_errors=True)
 
 
-@pytest.mark.parametrize("kind", ["journal", pytest.param("postgresql", marks=pytest.mark.slow)])  # a database server
+@pytest.mark.slow  # two sweep workers training trials; postgresql also starts a database server
+@pytest.mark.parametrize("kind", ["journal", "postgresql"])
 def test_two_workers_on_one_storage_give_n_distinct_trials(tmp_path, images, kind, request):
     import optuna
 
