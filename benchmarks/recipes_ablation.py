@@ -46,7 +46,6 @@ from medclf.core.fileio import read_json, write_json, write_text  # noqa: E402
 from medclf.evaluate.formatting import estimate_with_interval  # noqa: E402
 from medclf.workflows.cv import mean_probabilities, predictions_from_probabilities, score, spread  # noqa: E402
 
-DATA = REPO.parent / "shared" / "data"
 HAM_PARTITION = ["--metadata", "{data}/ham10000_dev/HAM10000_metadata.csv", "--image-dir", "{data}/ham10000_dev/images",
                  "--image-col", "image_id", "--label-col", "dx", "--image-ext", ".jpg", "--group-col", "lesion_id"]
 # dataset -> partition arguments (without split fractions and folds) and the plain recipe's train arguments
@@ -214,7 +213,8 @@ def caption(args, n):
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", required=True, choices=sorted(DATASETS))
-    parser.add_argument("--data", type=Path, default=DATA, help="folder holding brain_mri/ and ham10000_dev/")
+    parser.add_argument("--data", type=Path, default=Path("../shared/data"),
+                        help="folder holding brain_mri/ and ham10000_dev/ (default: %(default)s, from the current folder)")
     parser.add_argument("--img-size", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=40, help="maximum epochs (the shipped studies: 40)")
     parser.add_argument("--patience", type=int, default=8, help="early-stopping patience (the shipped studies: 8)")

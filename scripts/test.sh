@@ -31,6 +31,13 @@ echo "== Python tests (pytest, $tier), $free_gb GB free in $tmp"
 [ "$free_gb" -ge 5 ] || echo "warning: under 5 GB free in $tmp; tests may fail writing checkpoints: free space or set TMPDIR" >&2
 # One pytest worker per core (at most 4): most tests train or decode on one thread.
 workers="$("$py" -c 'import os; print(max(1, min(4, len(os.sched_getaffinity(0)))))')"
+# Each worker's torch, BLAS and OpenMP get cores / workers threads: two workers each spinning two
+# OpenMP threads on two cores made an in-process training 7x slower (5 s alone, 37 s in the suite).
+# A test or documented command that passes --threads still gets its own count.
+threads_per_worker="$("$py" -c "import os; print(max(1, len(os.sched_getaffinity(0)) // $workers))")"
+for var in OMP_NUM_THREADS MKL_NUM_THREADS OPENBLAS_NUM_THREADS; do
+  [ -n "${!var:-}" ] || export "$var=$threads_per_worker"
+done
 marker=()
 [ "$fast" = 1 ] && marker=(-m "not slow")
 py_started=$SECONDS
@@ -38,5 +45,5 @@ status=0
 "$py" -m pytest -q -p no:cacheprovider -n "$workers" --dist worksteal --durations=30 ${marker[@]+"${marker[@]}"} \
   ${pytest_args[@]+"${pytest_args[@]}"} || status=$?
 py_s=$((SECONDS - py_started))
-echo "== timings: setup ${setup_s}s, R tests ${r_s}s, pytest ${py_s}s ($workers workers, $tier), total $((SECONDS - started))s"
+echo "== timings: setup ${setup_s}s, R tests ${r_s}s, pytest ${py_s}s ($workers workers, $OMP_NUM_THREADS threads each, $tier), total $((SECONDS - started))s"
 exit "$status"

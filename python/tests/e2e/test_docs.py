@@ -76,7 +76,7 @@ REWRITES = {
     "--img-size": ["32"], "--epochs": ["1"], "--patience": ["1"], "--n-per-class": ["8"], "--boot": ["200"],
     "-num_epochs": ["1"], "-img_shape": ["3", "32", "32"], "-img_size": ["3", "32", "32"],
     "--n-speed": ["200"], "--seconds": ["3"], "--trials": ["2"], "--folds": ["2"], "--repeats": ["1"], "--C": ["0.01"],
-    "--swa-epochs": ["1"], "--seeds": ["0"], "--configs": ["plain"],
+    "--swa-epochs": ["1"], "--seeds": ["0"], "--configs": ["plain"], "--n": ["4"],
 }
 # `medclf study|sweep --set KEY=V`: the shrunk value of each key (added where the command lacks it)
 SET_SHRINK = {"train.epochs": "1", "train.img-size": "32", "train.patience": "1", "train.threads": "1"}
