@@ -142,24 +142,32 @@ mc_clustered_balanced <- function(pairs, codes, unclustered) {
   mc_value(est, max(0, lower), min(1, upper), MC_CLUSTER_METHOD_BALANCED, note = unclustered$note)
 }
 
-# Resamples: a list of 1-based image indices, groups drawn within class strata.
-mc_cluster_resamples <- function(codes, strata, boot_n = MC_CLUSTER_BOOT_N, seed = MC_CLUSTER_BOOT_SEED) {
+# A resample is a row of counts: how many times each image is drawn (its group's count). Every
+# bootstrap statistic is computed for all resamples at once, each image weighted by its count;
+# this equals computing it on the resample's list of images (the sums hold the same terms).
+
+# (boot_n x n) counts of each image in each resample: whole groups drawn with replacement within
+# class strata (a group's stratum: its most frequent class, the smallest on ties), strata in order.
+mc_cluster_resample_counts <- function(codes, strata, boot_n = MC_CLUSTER_BOOT_N, seed = MC_CLUSTER_BOOT_SEED) {
   groups <- max(codes) + 1L
-  members <- lapply(seq_len(groups) - 1L, function(g) which(codes == g))
-  group_stratum <- vapply(members, function(i) which.max(tabulate(strata[i] + 1L, nbins = max(strata) + 1L)) - 1L, 0L)
-  draws <- list()
-  for (s in seq_along(sort(unique(group_stratum)))) {
-    stratum <- sort(unique(group_stratum))[s]
-    in_stratum <- which(group_stratum == stratum)
-    draws[[s]] <- list(groups = in_stratum, index = mc_bootstrap_indices(length(in_stratum), boot_n, seed + s - 1))
+  group_stratum <- vapply(seq_len(groups) - 1L, function(g)
+    which.max(tabulate(strata[codes == g] + 1L, nbins = max(strata) + 1L)) - 1L, 0L)
+  group_counts <- matrix(0, boot_n, groups)
+  strata_in_order <- sort(unique(group_stratum))
+  for (s in seq_along(strata_in_order)) {
+    in_stratum <- which(group_stratum == strata_in_order[s])
+    drawn <- matrix(in_stratum[mc_bootstrap_indices(length(in_stratum), boot_n, seed + s - 1)], boot_n)
+    for (j in seq_len(ncol(drawn))) {
+      cells <- cbind(seq_len(boot_n), drawn[, j])  # one cell per row: no repeated index in one assignment
+      group_counts[cells] <- group_counts[cells] + 1
+    }
   }
-  lapply(seq_len(boot_n), function(b) unlist(lapply(draws, function(d) unlist(members[d$groups[d$index[b, ]]]))))
+  group_counts[, codes + 1L, drop = FALSE]
 }
 
 mc_cluster_percentile <- function(unclustered, draws) {
   if (is.na(unclustered$estimate)) return(unclustered)
-  draws <- unlist(draws)
-  defined <- draws[!is.na(draws) & is.finite(draws)]
+  defined <- draws[is.finite(draws)]
   if (!length(defined)) return(mc_value(unclustered$estimate, NA, NA, MC_CLUSTER_METHOD_BOOT,
                                         note = "undefined in every resample"))
   alpha <- (1 - MC_CONF_LEVEL) / 2
@@ -167,9 +175,102 @@ mc_cluster_percentile <- function(unclustered, draws) {
   mc_value(unclustered$estimate, q[1], q[2], MC_CLUSTER_METHOD_BOOT)
 }
 
+# Each resample's sums of `values` (one per image) over the runs of equal scores, in score order.
+mc_run_sums <- function(counts, scores, values, decreasing) {
+  o <- order(scores, decreasing = decreasing)
+  s <- scores[o]
+  run <- cumsum(c(TRUE, s[-1] != s[-length(s)]))
+  t(rowsum(values[o] * t(counts[, o, drop = FALSE]), run, reorder = FALSE))
+}
+
+# Cumulative sums along each row of a matrix of whole numbers (counts): one cumsum down the
+# columns of t(m), less the total of the rows before (exact: every partial sum is a whole number).
+mc_row_cumsum <- function(m) {
+  tm <- t(m)
+  sums <- cumsum(as.vector(tm))
+  before <- c(0, sums[seq_len(ncol(tm) - 1L) * nrow(tm)])
+  t(matrix(sums - rep(before, each = nrow(tm)), nrow(tm)))
+}
+
+# mc_average_precision's estimate per resample (NA without a positive).
+mc_weighted_ap <- function(y, scores, counts) {
+  tp <- mc_row_cumsum(mc_run_sums(counts, scores, y, TRUE))
+  fp <- mc_row_cumsum(mc_run_sums(counts, scores, 1 - y, TRUE))
+  n_pos <- tp[, ncol(tp)]
+  recall <- tp / n_pos
+  gain <- recall - cbind(0, recall[, -ncol(recall), drop = FALSE])
+  ap <- rowSums(ifelse(gain > 0, gain * tp / (tp + fp), 0))  # a score absent from a resample adds nothing
+  ap[n_pos == 0] <- NA
+  ap
+}
+
+# mc_rank_auc per resample (Mann-Whitney, ties one half; NA with one class absent).
+mc_weighted_auc <- function(y, scores, counts) {
+  positives <- mc_run_sums(counts, scores, y, FALSE)
+  negatives <- mc_run_sums(counts, scores, 1 - y, FALSE)
+  below <- mc_row_cumsum(negatives) - negatives
+  n_pos <- rowSums(positives); n_neg <- rowSums(negatives)
+  auc <- rowSums(positives * (below + 0.5 * negatives)) / (n_pos * n_neg)
+  auc[n_pos == 0 | n_neg == 0] <- NA
+  auc
+}
+
+# mc_ece_estimate per resample.
+mc_weighted_ece <- function(outcome, probability, counts, bins = MC_ECE_BINS) {
+  gaps <- matrix(0, length(outcome), bins)
+  gaps[cbind(seq_along(outcome), pmin(pmax(ceiling(probability * bins), 1), bins))] <- outcome - probability
+  rowSums(abs(counts %*% gaps)) / rowSums(counts)
+}
+
+# Cohen's kappa estimate (mc_kappa) per resample; NA where chance agreement is 1.
+mc_weighted_kappa <- function(labels, decided, n_classes, counts) {
+  cells <- matrix(0, length(labels), n_classes * n_classes)
+  cells[cbind(seq_along(labels), labels * n_classes + decided + 1)] <- 1
+  p <- (counts %*% cells) / rowSums(counts)  # column l * n_classes + d + 1: truth l, decision d
+  classes <- seq_len(n_classes) - 1L
+  po <- rowSums(p[, classes * n_classes + classes + 1, drop = FALSE])
+  rows <- vapply(classes, function(l) rowSums(p[, l * n_classes + classes + 1, drop = FALSE]), numeric(nrow(p)))
+  cols <- vapply(classes, function(d) rowSums(p[, classes * n_classes + d + 1, drop = FALSE]), numeric(nrow(p)))
+  pe <- rowSums(matrix(rows * cols, nrow(p)))
+  ifelse(pe == 1, NA, (po - pe) / (1 - pe))
+}
+
 mc_logits <- function(probability) {
   p <- pmin(pmax(probability, MC_LOGIT_CLIP), 1 - MC_LOGIT_CLIP)
   log(p / (1 - p))
+}
+
+# mc_logistic_fit for every resample at once (logit P = a + b x, or a + x), Newton from `start`
+# (the full sample's coefficients; zeros when NULL), each resample until its step is under 1e-10;
+# returns (resamples x 2) coefficients (a, b), NA where it does not converge.
+mc_weighted_logistic_fits <- function(y, x, counts, slope, start) {
+  rows <- nrow(counts)
+  beta <- matrix(0, rows, 2)
+  if (!is.null(start)) beta[, seq_along(start)] <- rep(start, each = rows)
+  out <- matrix(NA_real_, rows, 2)
+  active <- seq_len(rows)
+  for (it in 1:100) {
+    if (!length(active)) break
+    w <- counts[active, , drop = FALSE]; b <- beta[active, , drop = FALSE]
+    eta <- matrix(b[, 1] + (if (slope) outer(b[, 2], x) else rep(x, each = length(active))), length(active))
+    mu <- 1 / (1 + exp(-eta))
+    v <- w * mu * (1 - mu); r <- w * (rep(y, each = length(active)) - mu)
+    i00 <- rowSums(v); g0 <- rowSums(r)
+    if (slope) {
+      i01 <- as.vector(v %*% x); i11 <- as.vector(v %*% (x * x)); g1 <- as.vector(r %*% x)
+      det <- i00 * i11 - i01 * i01
+      step <- cbind((i11 * g0 - i01 * g1) / det, (i00 * g1 - i01 * g0) / det)
+    } else {
+      step <- cbind(g0 / i00, 0)
+    }
+    singular <- rowSums(!is.finite(step)) > 0
+    step[singular, ] <- 0
+    beta[active, ] <- b + step
+    done <- !singular & pmax(abs(step[, 1]), abs(step[, 2])) < 1e-10
+    out[active[done], ] <- beta[active[done], ]
+    active <- active[!done & !singular]
+  }
+  out
 }
 
 # The full sample's slope and intercept fits: where each resample's Newton iterations start.
@@ -178,20 +279,33 @@ mc_calibration_starts <- function(y, s) {
   lapply(c(TRUE, FALSE), function(slope) { fit <- mc_logistic_fit(y, x, slope); if (is.null(fit)) NULL else fit$beta })
 }
 
-mc_calibration_estimates <- function(y, s, starts) {
+# Slopes and intercepts per resample as mc_calibration_slope_intercept estimates them (NA where it
+# gives NA: one class absent, perfect separation for the slope, no convergence).
+mc_weighted_calibration <- function(y, s, counts) {
+  starts <- mc_calibration_starts(y, s)
   x <- mc_logits(s)
-  if (sum(y) == 0 || sum(y) == length(y)) return(c(NA_real_, NA_real_))
-  separated <- min(x[y == 1]) > max(x[y == 0]) || max(x[y == 1]) < min(x[y == 0])
-  slope <- if (separated) NULL else mc_logistic_fit(y, x, TRUE, starts[[1]])
-  intercept <- mc_logistic_fit(y, x, FALSE, starts[[2]])
-  c(if (is.null(slope)) NA_real_ else slope$beta[2], if (is.null(intercept)) NA_real_ else intercept$beta[1])
+  positives <- as.vector(counts %*% y)
+  defined <- positives > 0 & positives < rowSums(counts)
+  pos <- counts > 0 & rep(y == 1, each = nrow(counts))
+  neg <- counts > 0 & rep(y == 0, each = nrow(counts))
+  # each resample's lowest and highest logit among its drawn positives and negatives
+  xs <- rep(x, each = nrow(counts))
+  extreme <- function(drawn, f, none) apply(matrix(ifelse(drawn, xs, none), nrow(counts)), 1, f)
+  separated <- extreme(pos, min, Inf) > extreme(neg, max, -Inf) | extreme(pos, max, -Inf) < extreme(neg, min, Inf)
+  slopes <- rep(NA_real_, nrow(counts)); intercepts <- slopes
+  fit_slope <- defined & !separated
+  if (any(fit_slope))
+    slopes[fit_slope] <- mc_weighted_logistic_fits(y, x, counts[fit_slope, , drop = FALSE], TRUE, starts[[1]])[, 2]
+  if (any(defined))
+    intercepts[defined] <- mc_weighted_logistic_fits(y, x, counts[defined, , drop = FALSE], FALSE, starts[[2]])[, 1]
+  list(slope = slopes, intercept = intercepts)
 }
 
-mc_column_draws <- function(y, s, i, starts) {
-  yi <- y[i]; si <- s[i]
-  fits <- mc_calibration_estimates(yi, si, starts)
-  list(average_precision = if (any(yi == 1)) mc_ap_estimate(yi == 1, si) else NA_real_, brier_score = mean((si - yi)^2),
-       ece = mc_ece_estimate(yi, si), calibration_slope = fits[1], calibration_intercept = fits[2])
+# Bootstrap statistics of one probability column (binary, or one class against the rest), per resample.
+mc_column_draws <- function(y, s, counts) {
+  fits <- mc_weighted_calibration(y, s, counts)
+  list(average_precision = mc_weighted_ap(y, s, counts), brier_score = as.vector(counts %*% (s - y)^2) / rowSums(counts),
+       ece = mc_weighted_ece(y, s, counts), calibration_slope = fits$slope, calibration_intercept = fits$intercept)
 }
 
 mc_clustered_counts <- function(metrics, y, called, codes) {
@@ -204,61 +318,50 @@ mc_clustered_counts <- function(metrics, y, called, codes) {
   metrics
 }
 
-mc_clustered_per_class <- function(per_class, labels, decided, probabilities, codes, indices) {
+mc_clustered_per_class <- function(per_class, labels, decided, probabilities, codes, counts) {
   for (k in seq_along(per_class)) {
     y <- labels == (k - 1L)
     m <- mc_clustered_counts(per_class[[k]]$metrics, y, decided == (k - 1L), codes)
     m$roc_auc <- mc_clustered_auc(y, probabilities[, k], codes, per_class[[k]]$metrics$roc_auc)
-    starts <- mc_calibration_starts(as.numeric(y), probabilities[, k])
-    draws <- lapply(indices, function(i) mc_column_draws(as.numeric(y), probabilities[, k], i, starts))
+    draws <- mc_column_draws(as.numeric(y), probabilities[, k], counts)
     for (stat in MC_CLUSTER_BOOTSTRAPPED)
-      if (!is.null(m[[stat]])) m[[stat]] <- mc_cluster_percentile(per_class[[k]]$metrics[[stat]],
-                                                                  lapply(draws, function(d) d[[stat]]))
+      if (!is.null(m[[stat]])) m[[stat]] <- mc_cluster_percentile(per_class[[k]]$metrics[[stat]], draws[[stat]])
     per_class[[k]]$metrics <- m
   }
   per_class
 }
 
-mc_clustered_binary <- function(metrics, is_positive, scores, threshold, codes, indices) {
+mc_clustered_binary <- function(metrics, is_positive, scores, threshold, codes, counts) {
   called <- scores >= threshold
   out <- mc_clustered_counts(metrics, is_positive, called, codes)
   out$balanced_accuracy <- mc_clustered_balanced(list(list(called, is_positive), list(!called, !is_positive)), codes,
                                                  metrics$balanced_accuracy)
   out$roc_auc <- mc_clustered_auc(is_positive, scores, codes, metrics$roc_auc)
-  starts <- mc_calibration_starts(as.numeric(is_positive), scores)
-  draws <- lapply(indices, function(i) {
-    d <- mc_column_draws(as.numeric(is_positive), scores, i, starts)
-    cm <- mc_confusion(is_positive[i], called[i])
-    d$cohen_kappa <- mc_kappa(matrix(c(cm$tn, cm$fn, cm$fp, cm$tp), 2))$estimate
-    d
-  })
-  for (stat in MC_CLUSTER_BOOTSTRAPPED)
-    out[[stat]] <- mc_cluster_percentile(metrics[[stat]], lapply(draws, function(d) d[[stat]]))
+  draws <- mc_column_draws(as.numeric(is_positive), scores, counts)
+  draws$cohen_kappa <- mc_weighted_kappa(as.integer(is_positive), as.integer(called), 2L, counts)
+  for (stat in MC_CLUSTER_BOOTSTRAPPED) out[[stat]] <- mc_cluster_percentile(metrics[[stat]], draws[[stat]])
   out
 }
 
-mc_clustered_multiclass <- function(result, labels, probabilities, codes, indices) {
+mc_clustered_multiclass <- function(result, labels, probabilities, codes, counts) {
   decided <- result$decided
   k <- ncol(probabilities)
-  draws <- lapply(indices, function(i) {
-    li <- labels[i]; pi <- probabilities[i, , drop = FALSE]; di <- decided[i]
-    onehot <- outer(li, seq_len(k) - 1L, "==") * 1
-    aucs <- unlist(lapply(seq_len(k), function(j) {
-      n_j <- sum(li == j - 1L)
-      if (n_j > 0 && n_j < length(li)) mc_rank_auc(li == j - 1L, pi[, j]) else NULL
-    }))
-    list(cohen_kappa = mc_kappa(unclass(mc_confusion_table(li, di, k)))$estimate,
-         macro_auc = if (length(aucs)) mean(aucs) else NA_real_,
-         brier_score = mean(rowSums((pi - onehot)^2)), ece = mc_ece_estimate(as.numeric(di == li), apply(pi, 1, max)))
-  })
+  onehot <- outer(labels, seq_len(k) - 1L, "==") * 1
+  aucs <- matrix(vapply(seq_len(k), function(j) mc_weighted_auc(as.numeric(labels == j - 1L), probabilities[, j], counts),
+                        numeric(nrow(counts))), nrow(counts))
+  n_defined <- rowSums(!is.na(aucs))
+  draws <- list(cohen_kappa = mc_weighted_kappa(labels, decided, k, counts),
+                macro_auc = ifelse(n_defined > 0, rowSums(aucs, na.rm = TRUE) / n_defined, NA),
+                brier_score = as.vector(counts %*% rowSums((probabilities - onehot)^2)) / rowSums(counts),
+                ece = mc_weighted_ece(as.numeric(decided == labels), apply(probabilities, 1, max), counts))
   metrics <- result$metrics
   metrics$accuracy <- mc_clustered_proportion(decided == labels, rep(TRUE, length(labels)), codes, metrics$accuracy)
   present <- (seq_len(k) - 1L)[vapply(seq_len(k) - 1L, function(j) any(labels == j), TRUE)]
   metrics$balanced_accuracy <- mc_clustered_balanced(lapply(present, function(j) list(decided == j, labels == j)),
                                                      codes, metrics$balanced_accuracy)
   for (stat in c("cohen_kappa", "macro_auc", "brier_score", "ece"))
-    metrics[[stat]] <- mc_cluster_percentile(metrics[[stat]], lapply(draws, function(d) d[[stat]]))
+    metrics[[stat]] <- mc_cluster_percentile(metrics[[stat]], draws[[stat]])
   result$metrics <- metrics
-  result$per_class <- mc_clustered_per_class(result$per_class, labels, decided, probabilities, codes, indices)
+  result$per_class <- mc_clustered_per_class(result$per_class, labels, decided, probabilities, codes, counts)
   result
 }

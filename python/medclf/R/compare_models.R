@@ -135,13 +135,13 @@ mc_compare <- function(req) {
       v <- mc_binary_view(r$data, framing)
       b <- mc_binary_metrics(v$is_positive, v$score, threshold)
       if (grouped) b$metrics <- mc_clustered_binary(b$metrics, v$is_positive, v$score, threshold, codes,
-                                                    mc_cluster_resamples(codes, as.integer(v$is_positive)))
+                                                    mc_cluster_resample_counts(codes, as.integer(v$is_positive)))
       row$roc_auc <- b$metrics$roc_auc
       for (nm in c("sensitivity", "specificity", "accuracy", "cohen_kappa")) row[[nm]] <- b$metrics[[nm]]
     } else {
       m <- mc_multiclass_metrics(r$data$labels, r$data$probabilities, r$data$classes)
       if (grouped) m <- mc_clustered_multiclass(m, r$data$labels, r$data$probabilities, codes,
-                                                mc_cluster_resamples(codes, r$data$labels))
+                                                mc_cluster_resample_counts(codes, r$data$labels))
       row$macro_auc <- m$metrics$macro_auc
       row$balanced_accuracy <- m$metrics$balanced_accuracy
       row$accuracy <- m$metrics$accuracy

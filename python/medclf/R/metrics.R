@@ -114,18 +114,8 @@ mc_average_precision <- function(is_positive, scores) {
   method <- "step-wise sum over distinct thresholds (sklearn average_precision_score)"
   n_pos <- sum(is_positive)
   if (n_pos == 0) return(mc_value(NA, NA, NA, method, note = "no positive cases; AP undefined"))
-  mc_value(mc_ap_estimate(is_positive, scores), NA, NA, method)
-}
-
-# The AP of mc_average_precision without building the threshold table (the group bootstrap calls
-# it hundreds of times): the same cumulative counts at each distinct score, highest first.
-mc_ap_estimate <- function(is_positive, scores) {
-  o <- order(scores, decreasing = TRUE)
-  s <- scores[o]; y <- is_positive[o]
-  n <- length(s)
-  last <- if (n > 1) c(s[-1] != s[-n], TRUE) else TRUE
-  tp <- cumsum(y)[last]; fp <- cumsum(!y)[last]
-  sum(diff(c(0, tp / sum(is_positive))) * (tp / (tp + fp)))
+  tab <- mc_threshold_table(is_positive, scores)
+  mc_value(sum(diff(c(0, tab$tp / n_pos)) * tab$precision), NA, NA, method)
 }
 
 # Cohen's kappa of a square confusion matrix (rows = truth, columns = decision).

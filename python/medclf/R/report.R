@@ -163,9 +163,9 @@ mc_binary_report <- function(req, data, framing) {
   per_class <- mc_per_class(truth, decided, two, c(framing$negative, framing$positive))
   codes <- mc_cluster_codes(req, length(truth))
   if (mc_is_clustered(codes)) {
-    indices <- mc_cluster_resamples(codes, truth)
-    b$metrics <- mc_clustered_binary(b$metrics, view$is_positive, view$score, threshold, codes, indices)
-    per_class <- mc_clustered_per_class(per_class, truth, decided, two, codes, indices)
+    counts <- mc_cluster_resample_counts(codes, truth)
+    b$metrics <- mc_clustered_binary(b$metrics, view$is_positive, view$score, threshold, codes, counts)
+    per_class <- mc_clustered_per_class(per_class, truth, decided, two, codes, counts)
   }
   out <- list(schema = MC_RESULTS_SCHEMA, engine = mc_engine(), task = "binary",
               split = data$split, predictions = data$source, input_format = data$format,
@@ -197,7 +197,7 @@ mc_multiclass_report <- function(req, data) {
   m <- mc_multiclass_metrics(data$labels, data$probabilities, data$classes)
   codes <- mc_cluster_codes(req, length(data$labels))
   if (mc_is_clustered(codes))
-    m <- mc_clustered_multiclass(m, data$labels, data$probabilities, codes, mc_cluster_resamples(codes, data$labels))
+    m <- mc_clustered_multiclass(m, data$labels, data$probabilities, codes, mc_cluster_resample_counts(codes, data$labels))
   out <- list(schema = MC_RESULTS_SCHEMA, engine = mc_engine(), task = "multiclass",
               split = data$split, predictions = data$source, input_format = data$format,
               classes = data$classes, positive_class = NULL, threshold = NULL, threshold_source = "argmax",

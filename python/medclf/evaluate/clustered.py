@@ -194,30 +194,34 @@ def balanced_accuracy(successes_eligibles, codes, unclustered):
 
 
 # ------------------------------------------------------------------ the group bootstrap
+# A resample is a row of counts: how many times each image is drawn (its group's count). Every
+# bootstrap statistic is computed for all resamples at once, each image weighted by its count;
+# this equals computing it on the resample's list of images (the sums hold the same terms).
 
-def resamples(codes, strata, boot_n=BOOT_N, seed=BOOT_SEED):
-    """BOOT_N arrays of image indices, each the images of groups drawn with replacement within
-    class strata (see the module docstring), strata in sorted order, groups in code order."""
+def resample_counts(codes, strata, boot_n=BOOT_N, seed=BOOT_SEED):
+    """(boot_n, n) counts of each image in each resample: whole groups drawn with replacement
+    within class strata (see the module docstring), strata in sorted order."""
     strata = np.asarray(strata, dtype=np.int64)
     groups = int(codes.max()) + 1
-    members = [np.flatnonzero(codes == g) for g in range(groups)]
     group_stratum = np.empty(groups, dtype=np.int64)
     for g in range(groups):
-        values, counts = np.unique(strata[members[g]], return_counts=True)
+        values, counts = np.unique(strata[codes == g], return_counts=True)
         group_stratum[g] = values[np.argmax(counts)]  # most frequent; the smallest on ties
-    draws = []
+    group_counts = np.zeros((boot_n, groups))
     for s, stratum in enumerate(np.unique(group_stratum)):
         in_stratum = np.flatnonzero(group_stratum == stratum)
-        draws.append((in_stratum, M.bootstrap_indices(len(in_stratum), boot_n, seed + s)))
-    return [np.concatenate([members[chosen[i]] for chosen, index in draws for i in index[b]])
-            for b in range(boot_n)]
+        drawn = in_stratum[M.bootstrap_indices(len(in_stratum), boot_n, seed + s)]
+        np.add.at(group_counts, (np.repeat(np.arange(boot_n), len(in_stratum)), drawn.ravel()), 1.0)
+    return group_counts[:, codes]
 
 
 def percentile(unclustered, draws):
-    """`unclustered` with the 2.5 and 97.5 % percentiles (type 7) of the defined draws."""
+    """`unclustered` with the 2.5 and 97.5 % percentiles (type 7) of the finite draws (NaN: the
+    statistic is undefined in that resample)."""
     if unclustered["estimate"] is None:
         return unclustered
-    defined = np.array([d for d in draws if d is not None and np.isfinite(d)], dtype=np.float64)
+    draws = np.asarray(draws, dtype=np.float64)
+    defined = draws[np.isfinite(draws)]
     if len(defined) == 0:
         return M.value(unclustered["estimate"], None, None, METHOD_BOOT, "undefined in every resample")
     alpha = (1 - M.CONF_LEVEL) / 2
@@ -225,9 +229,92 @@ def percentile(unclustered, draws):
                    METHOD_BOOT)
 
 
+def _tie_runs(scores, descending):
+    """(order, start of each run of equal scores in that order)."""
+    s = np.asarray(scores, dtype=np.float64)
+    order = np.argsort(-s if descending else s, kind="stable")
+    ordered = s[order]
+    return order, np.flatnonzero(np.append(True, ordered[1:] != ordered[:-1]))
+
+
+def weighted_average_precision(y, scores, counts):
+    """metrics.average_precision's estimate per resample (NaN without a positive)."""
+    order, starts = _tie_runs(scores, descending=True)
+    tp = np.cumsum(np.add.reduceat(counts[:, order] * y[order], starts, axis=1), axis=1)
+    fp = np.cumsum(np.add.reduceat(counts[:, order] * (1 - y[order]), starts, axis=1), axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        recall = tp / tp[:, -1:]
+        gain = np.diff(recall, axis=1, prepend=0.0)
+        terms = np.where(gain > 0, gain * tp / (tp + fp), 0.0)  # a score absent from a resample adds nothing
+    return np.where(tp[:, -1] > 0, terms.sum(axis=1), np.nan)
+
+
+def weighted_auc(y, scores, counts):
+    """metrics.roc_auc per resample (Mann-Whitney, ties one half; NaN with one class absent)."""
+    order, starts = _tie_runs(scores, descending=False)
+    positives = np.add.reduceat(counts[:, order] * y[order], starts, axis=1)
+    negatives = np.add.reduceat(counts[:, order] * (1 - y[order]), starts, axis=1)
+    below = np.cumsum(negatives, axis=1) - negatives
+    n_pos, n_neg = positives.sum(axis=1), negatives.sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        auc = (positives * (below + 0.5 * negatives)).sum(axis=1) / (n_pos * n_neg)
+    return np.where((n_pos > 0) & (n_neg > 0), auc, np.nan)
+
+
+def weighted_ece(y, p, counts, bins=M.ECE_BINS):
+    """metrics.ece_estimate per resample."""
+    gaps = np.zeros((len(y), bins))
+    gaps[np.arange(len(y)), np.clip(np.ceil(p * bins), 1, bins).astype(np.int64) - 1] = y - p
+    return np.abs(counts @ gaps).sum(axis=1) / counts.sum(axis=1)
+
+
+def weighted_kappa(labels, decided, n_classes, counts):
+    """Cohen's kappa estimate (metrics.kappa) per resample; NaN where chance agreement is 1."""
+    cells = np.zeros((len(labels), n_classes * n_classes))
+    cells[np.arange(len(labels)), np.asarray(labels) * n_classes + np.asarray(decided)] = 1.0
+    p = (counts @ cells).reshape(-1, n_classes, n_classes) / counts.sum(axis=1)[:, None, None]
+    po = np.trace(p, axis1=1, axis2=2)
+    pe = (p.sum(axis=2) * p.sum(axis=1)).sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(pe == 1, np.nan, (po - pe) / (1 - pe))
+
+
 def _logits(probability):
     p = np.clip(np.asarray(probability, dtype=np.float64), M.LOGIT_CLIP, 1 - M.LOGIT_CLIP)
     return np.log(p / (1 - p))
+
+
+def weighted_logistic_fits(y, x, counts, slope, start):
+    """metrics.logistic_fit for every resample at once (logit P = a + b x, or a + x), Newton from
+    `start` (the full sample's coefficients; zeros when None), each resample until its step is
+    under 1e-10; returns (resamples, 2) coefficients (a, b), NaN where it does not converge."""
+    rows = counts.shape[0]
+    beta = np.zeros((rows, 2)) if start is None else np.tile(np.append(start, 0.0)[:2], (rows, 1))
+    out = np.full((rows, 2), np.nan)
+    active = np.arange(rows)
+    for _ in range(100):
+        w, b = counts[active], beta[active]
+        eta = b[:, :1] + (b[:, 1:] * x if slope else x)
+        with np.errstate(over="ignore"):  # exp overflow -> mu = 0, as in R
+            mu = 1 / (1 + np.exp(-eta))
+        v, r = w * mu * (1 - mu), w * (y - mu)
+        i00, g0 = v.sum(axis=1), r.sum(axis=1)
+        if slope:
+            i01, i11, g1 = v @ x, v @ (x * x), r @ x
+            det = i00 * i11 - i01 * i01
+            with np.errstate(divide="ignore", invalid="ignore"):
+                step = np.column_stack([(i11 * g0 - i01 * g1) / det, (i00 * g1 - i01 * g0) / det])
+        else:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                step = np.column_stack([g0 / i00, np.zeros(len(active))])
+        singular = ~np.isfinite(step).all(axis=1)
+        beta[active] = b + np.where(singular[:, None], 0.0, step)
+        done = ~singular & (np.abs(step).max(axis=1) < 1e-10)
+        out[active[done]] = beta[active[done]]
+        active = active[~done & ~singular]
+        if len(active) == 0:
+            break
+    return out
 
 
 def calibration_starts(y, s):
@@ -237,25 +324,30 @@ def calibration_starts(y, s):
     return tuple(None if fit is None else fit[0] for fit in (M.logistic_fit(y, x, x, True), M.logistic_fit(y, x, x, False)))
 
 
-def calibration_estimates(y, s, starts):
-    """(slope, intercept) estimates as metrics.calibration_slope_intercept gives them (None where it
-    gives None), the Newton iterations started at `starts`."""
+def weighted_calibration(y, s, counts, starts):
+    """(slopes, intercepts) per resample as metrics.calibration_slope_intercept estimates them
+    (NaN where it gives None: one class absent, perfect separation for the slope, no convergence)."""
     x = _logits(s)
-    if y.sum() == 0 or y.sum() == len(y):
-        return None, None
-    separated = x[y == 1].min() > x[y == 0].max() or x[y == 1].max() < x[y == 0].min()
-    slope = None if separated else M.logistic_fit(y, x, x, True, starts[0])
-    intercept = M.logistic_fit(y, x, x, False, starts[1])
-    return (None if slope is None else float(slope[0][1])), (None if intercept is None else float(intercept[0][0]))
+    drawn = counts > 0
+    positives = counts @ y
+    defined = (positives > 0) & (positives < counts.sum(axis=1))
+    pos, neg = drawn & (y == 1), drawn & (y == 0)
+    separated = ((np.where(pos, x, np.inf).min(axis=1) > np.where(neg, x, -np.inf).max(axis=1))
+                 | (np.where(pos, x, -np.inf).max(axis=1) < np.where(neg, x, np.inf).min(axis=1)))
+    slopes, intercepts = np.full(len(counts), np.nan), np.full(len(counts), np.nan)
+    fit_slope, fit_intercept = defined & ~separated, defined
+    slopes[fit_slope] = weighted_logistic_fits(y, x, counts[fit_slope], True, starts[0])[:, 1]
+    intercepts[fit_intercept] = weighted_logistic_fits(y, x, counts[fit_intercept], False, starts[1])[:, 0]
+    return slopes, intercepts
 
 
-def _column_draws(y, s, index, starts):
-    """Bootstrap statistics of one probability column (binary, or one class against the rest)."""
-    yi, si = y[index], s[index]
-    slope, intercept = calibration_estimates(yi, si, starts)
-    return {"average_precision": M.average_precision(yi, si)["estimate"],
-            "brier_score": float(np.mean((si - yi) ** 2)), "ece": M.ece_estimate(yi, si),
-            "calibration_slope": slope, "calibration_intercept": intercept}
+def _column_draws(y, s, counts):
+    """Bootstrap statistics of one probability column (binary, or one class against the rest), per
+    resample."""
+    slopes, intercepts = weighted_calibration(y, s, counts, calibration_starts(y, s))
+    return {"average_precision": weighted_average_precision(y, s, counts),
+            "brier_score": counts @ ((s - y) ** 2) / counts.sum(axis=1), "ece": weighted_ece(y, s, counts),
+            "calibration_slope": slopes, "calibration_intercept": intercepts}
 
 
 def _count_intervals(metrics, y, called, codes):
@@ -269,9 +361,9 @@ def _count_intervals(metrics, y, called, codes):
     return out
 
 
-def per_class_metrics(per_class, labels, decided, probabilities, codes, indices):
+def per_class_metrics(per_class, labels, decided, probabilities, codes, counts):
     """per_class_metrics' entries (one class against the rest) with intervals over groups;
-    `indices` the resamples (drawn within the label strata)."""
+    `counts` the resamples (resample_counts, drawn within the label strata)."""
     labels, decided = np.asarray(labels), np.asarray(decided)
     p = np.asarray(probabilities, dtype=np.float64)
     out = {}
@@ -279,58 +371,52 @@ def per_class_metrics(per_class, labels, decided, probabilities, codes, indices)
         y = labels == k
         m = _count_intervals(entry["metrics"], y, decided == k, codes)
         m["roc_auc"] = auc(y, p[:, k], codes, entry["metrics"]["roc_auc"])
-        starts = calibration_starts(y.astype(np.float64), p[:, k])
-        draws = [_column_draws(y.astype(np.float64), p[:, k], index, starts) for index in indices]
+        draws = _column_draws(y.astype(np.float64), p[:, k], counts)
         for stat in BOOTSTRAPPED:
             if stat in m:
-                m[stat] = percentile(entry["metrics"][stat], [d[stat] for d in draws])
+                m[stat] = percentile(entry["metrics"][stat], draws[stat])
         out[name] = dict(entry, metrics=m)
     return out
 
 
-def binary_metrics(metrics, is_positive, scores, threshold, codes, indices):
-    """metrics.binary_metrics' metrics with their intervals over groups (a new dict); `indices` the
-    resamples (drawn within the truth strata)."""
+def binary_metrics(metrics, is_positive, scores, threshold, codes, counts):
+    """metrics.binary_metrics' metrics with their intervals over groups (a new dict); `counts` the
+    resamples (resample_counts, drawn within the truth strata)."""
     y = np.asarray(is_positive, dtype=bool)
     s = np.asarray(scores, dtype=np.float64)
     called = s >= threshold
     out = _count_intervals(metrics, y, called, codes)
     out["balanced_accuracy"] = balanced_accuracy([(called, y), (~called, ~y)], codes, metrics["balanced_accuracy"])
     out["roc_auc"] = auc(y, s, codes, metrics["roc_auc"])
-    draws, starts = [], calibration_starts(y.astype(np.float64), s)
-    for index in indices:
-        d = _column_draws(y.astype(np.float64), s, index, starts)
-        cm = M.confusion(y[index], called[index])
-        d["cohen_kappa"] = M.kappa([[cm["tn"], cm["fp"]], [cm["fn"], cm["tp"]]])["estimate"]
-        draws.append(d)
+    draws = _column_draws(y.astype(np.float64), s, counts)
+    draws["cohen_kappa"] = weighted_kappa(y.astype(np.int64), called.astype(np.int64), 2, counts)
     for name in BOOTSTRAPPED:
-        out[name] = percentile(metrics[name], [d[name] for d in draws])
+        out[name] = percentile(metrics[name], draws[name])
     return out
 
 
-def multiclass_metrics(result, labels, probabilities, codes, indices):
+def multiclass_metrics(result, labels, probabilities, codes, counts):
     """metrics.multiclass_metrics' result with every interval over groups: per class and overall
-    (accuracy, balanced accuracy, kappa, macro AUC, Brier, top-label ECE); `indices` the resamples
-    (drawn within the label strata)."""
+    (accuracy, balanced accuracy, kappa, macro AUC, Brier, top-label ECE); `counts` the resamples
+    (resample_counts, drawn within the label strata)."""
     labels = np.asarray(labels)
     p = np.asarray(probabilities, dtype=np.float64)
     decided = np.asarray(result["decided"])
     k = p.shape[1]
-    draws = []
-    for index in indices:
-        li, pi, di = labels[index], p[index], decided[index]
-        onehot = (li[:, None] == np.arange(k)[None, :]).astype(np.float64)
-        aucs = [M.roc_auc(li == j, pi[:, j]) for j in range(k) if 0 < (li == j).sum() < len(li)]
-        draws.append({"cohen_kappa": M.kappa(M.confusion_table(li, di, k))["estimate"],
-                      "macro_auc": float(np.mean(aucs)) if aucs else None,
-                      "brier_score": float(np.mean(np.sum((pi - onehot) ** 2, axis=1))),
-                      "ece": M.ece_estimate(di == li, pi.max(axis=1))})
+    onehot = (labels[:, None] == np.arange(k)[None, :]).astype(np.float64)
+    aucs = np.column_stack([weighted_auc((labels == j).astype(np.float64), p[:, j], counts) for j in range(k)])
+    n_defined = np.isfinite(aucs).sum(axis=1)
+    with np.errstate(invalid="ignore"):
+        macro_auc = np.where(n_defined > 0, np.nansum(aucs, axis=1) / n_defined, np.nan)
+    draws = {"cohen_kappa": weighted_kappa(labels, decided, k, counts), "macro_auc": macro_auc,
+             "brier_score": counts @ np.sum((p - onehot) ** 2, axis=1) / counts.sum(axis=1),
+             "ece": weighted_ece((decided == labels).astype(np.float64), p.max(axis=1), counts)}
     metrics = dict(result["metrics"])
     metrics["accuracy"] = proportion(decided == labels, np.ones(len(labels), dtype=bool), codes, metrics["accuracy"])
     present = [j for j in range(k) if (labels == j).any()]
     metrics["balanced_accuracy"] = balanced_accuracy([(decided == j, labels == j) for j in present], codes,
                                                      metrics["balanced_accuracy"])
     for stat in ("cohen_kappa", "macro_auc", "brier_score", "ece"):
-        metrics[stat] = percentile(metrics[stat], [d[stat] for d in draws])
-    per_class = per_class_metrics(result["per_class"], labels, decided, p, codes, indices)
+        metrics[stat] = percentile(metrics[stat], draws[stat])
+    per_class = per_class_metrics(result["per_class"], labels, decided, p, codes, counts)
     return dict(result, metrics=metrics, per_class=per_class)

@@ -147,7 +147,7 @@ def python_compare(request):
             b = M.binary_metrics(v["is_positive"], v["score"], threshold)
             if grouped:
                 b["metrics"] = clustered.binary_metrics(b["metrics"], v["is_positive"], v["score"], threshold, codes,
-                                                        clustered.resamples(codes, v["is_positive"].astype(np.int64)))
+                                                        clustered.resample_counts(codes, v["is_positive"].astype(np.int64)))
             row["roc_auc"] = b["metrics"]["roc_auc"]
             for name in ("sensitivity", "specificity", "accuracy", "cohen_kappa"):
                 row[name] = b["metrics"][name]
@@ -155,7 +155,7 @@ def python_compare(request):
             m = M.multiclass_metrics(r["data"]["labels"], r["data"]["probabilities"], r["data"]["classes"])
             if grouped:
                 m = clustered.multiclass_metrics(m, r["data"]["labels"], r["data"]["probabilities"], codes,
-                                                 clustered.resamples(codes, r["data"]["labels"]))
+                                                 clustered.resample_counts(codes, r["data"]["labels"]))
             row.update(macro_auc=m["metrics"]["macro_auc"], balanced_accuracy=m["metrics"]["balanced_accuracy"],
                        accuracy=m["metrics"]["accuracy"], cohen_kappa=m["metrics"]["cohen_kappa"],
                        per_class_auc={k: pc["metrics"]["roc_auc"] for k, pc in m["per_class"].items()})

@@ -129,9 +129,9 @@ def _binary_python(request, data, frame):
     per_class = M.per_class_metrics(truth, decided, two, [frame["negative"], frame["positive"]])
     codes = clustered.request_codes(request, len(data["labels"]))
     if clustered.is_clustered(codes):
-        indices = clustered.resamples(codes, truth)
-        b["metrics"] = clustered.binary_metrics(b["metrics"], y, s, threshold, codes, indices)
-        per_class = clustered.per_class_metrics(per_class, truth, decided, two, codes, indices)
+        counts = clustered.resample_counts(codes, truth)
+        b["metrics"] = clustered.binary_metrics(b["metrics"], y, s, threshold, codes, counts)
+        per_class = clustered.per_class_metrics(per_class, truth, decided, two, codes, counts)
     out = {"schema": schemas.RESULTS, "engine": r_bridge.python_engine_info(), "task": "binary", "split": data["split"],
            "predictions": data["source"], "input_format": data["format"], "classes": data["classes"],
            "positive_class": frame["positive"], "negative_class": frame["negative"], "grouping": frame["group"],
@@ -161,7 +161,7 @@ def _multiclass_python(request, data):
     codes = clustered.request_codes(request, len(data["labels"]))
     if clustered.is_clustered(codes):
         m = clustered.multiclass_metrics(m, data["labels"], data["probabilities"], codes,
-                                         clustered.resamples(codes, data["labels"]))
+                                         clustered.resample_counts(codes, data["labels"]))
     out = {"schema": schemas.RESULTS, "engine": r_bridge.python_engine_info(), "task": "multiclass", "split": data["split"],
            "predictions": data["source"], "input_format": data["format"], "classes": data["classes"],
            "positive_class": None, "threshold": None, "threshold_source": "argmax",

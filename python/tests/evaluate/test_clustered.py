@@ -101,10 +101,48 @@ def test_report_says_images_in_groups_and_names_each_method(tmp_path):
 
 def test_group_bootstrap_draws_whole_groups_within_class_strata():
     codes = clustered.group_codes(GROUPS)
-    strata = TRUTH.astype(np.int64)  # G1, G3 positive by majority (G3 ties: the smaller class 0)
-    for index in clustered.resamples(codes, strata, boot_n=50):
-        drawn = np.asarray(GROUPS)[index]
-        for group in set(drawn):
-            whole = [g for g in GROUPS if g == group]
-            assert list(drawn).count(group) % len(whole) == 0  # a group comes with all its images
-        assert sum(g in ("G1",) for g in drawn) == 2  # stratum 1 holds G1 only: drawn once per resample
+    strata = TRUTH.astype(np.int64)  # G1 positive by majority; G2, G3 (ties: the smaller class 0), G4 negative
+    counts = clustered.resample_counts(codes, strata, boot_n=50)
+    assert counts.shape == (50, len(GROUPS))
+    for row in counts:
+        for group in set(GROUPS):
+            assert len({row[i] for i, g in enumerate(GROUPS) if g == group}) == 1  # a group comes with all its images
+        assert row[0] == row[1] == 1  # stratum 1 holds G1 only: drawn once per resample
+        assert row[2] + row[3] + row[5] == 3  # stratum 0: three draws among G2, G3 and G4
+    assert len({tuple(row) for row in counts}) > 5
+
+
+def _none_as_nan(value):
+    return np.nan if value is None else value
+
+
+def test_weighted_statistics_equal_the_statistic_on_each_resamples_images():
+    """A resample is a row of counts; each statistic weighted by it must equal metrics' own function
+    on the list of images the row stands for (ties, absent images, one class absent, separation)."""
+    rng = np.random.default_rng(5)
+    n = 24
+    y = (rng.random(n) < 0.4).astype(np.float64)
+    s = np.round(np.clip(0.3 + 0.4 * y + rng.normal(0, 0.2, n), 0.01, 0.99), 1)  # rounded: many ties
+    decided = (s >= 0.5).astype(np.int64)
+    counts = rng.integers(0, 3, (40, n)).astype(np.float64)
+    counts[0] = np.where(y == 0, 1, 0)  # no positive
+    counts[1] = 0
+    counts[1, [np.argmax(np.where(y == 1, s, -1)), np.argmin(np.where(y == 0, s, 2))]] = 2  # separated
+    starts = clustered.calibration_starts(y, s)
+    ap = clustered.weighted_average_precision(y, s, counts)
+    auc = clustered.weighted_auc(y, s, counts)
+    ece = clustered.weighted_ece(y, s, counts)
+    kappa = clustered.weighted_kappa(y.astype(np.int64), decided, 2, counts)
+    slopes, intercepts = clustered.weighted_calibration(y, s, counts, starts)
+    for b, row in enumerate(counts):
+        i = np.repeat(np.arange(n), row.astype(np.int64))
+        slope, intercept = M.calibration_slope_intercept(y[i], s[i])
+        expected = {"ap": M.average_precision(y[i] == 1, s[i])["estimate"], "auc": M.roc_auc(y[i], s[i]),
+                    "ece": M.ece_estimate(y[i], s[i]), "slope": slope["estimate"], "intercept": intercept["estimate"],
+                    "kappa": M.kappa(M.confusion_table(y[i].astype(np.int64), decided[i], 2))["estimate"]}
+        got = {"ap": ap[b], "auc": auc[b], "ece": ece[b], "slope": slopes[b], "intercept": intercepts[b],
+               "kappa": kappa[b]}
+        for name, value in expected.items():
+            np.testing.assert_allclose(got[name], _none_as_nan(value), rtol=0, atol=1e-9, err_msg=f"{name}, row {b}")
+    assert np.isnan(ap[0]) and np.isnan(auc[0]) and np.isnan(slopes[0]) and np.isnan(slopes[1])
+    assert np.isfinite(intercepts[1])
