@@ -37,6 +37,9 @@ mc_cli_options <- function() {
     optparse::make_option("--clusters", type = "character", default = NULL,
                           help = paste("the group (patient, lesion) of each prediction, for intervals over groups: a",
                                        "splits.csv (path and group columns) or a JSON array of group names in file order")),
+    optparse::make_option("--prevalence", type = "double", default = NULL,
+                          help = paste("decision curve: the population's prevalence of the positive class where the test",
+                                       "split's differs (an enriched or case-control test set) [default: the test split's]")),
     optparse::make_option("--legacy", action = "store_true", default = FALSE,
                           help = "write the original two-array form [[names], [Accuracy, Sensitivity, Specificity, ROC-AUC, Cohen's Kappa]]")
   )
@@ -63,7 +66,8 @@ main <- function(argv = commandArgs(trailingOnly = TRUE)) {
     tryCatch(mc_read_clusters(opt$clusters, files[1]), medclf_error = function(e) fail(conditionMessage(e)))
   request <- list(predictions_path = files[1], val_predictions_path = opt$threshold_from,
                   positive = opt$positive, threshold = opt$threshold, threshold_rule = opt$threshold_rule,
-                  group = group, boot_n = opt$boot, seed = opt$seed, legacy = opt$legacy, clusters = clusters)
+                  group = group, boot_n = opt$boot, seed = opt$seed, legacy = opt$legacy, clusters = clusters,
+                  prevalence = opt$prevalence)
   request <- Filter(Negate(is.null), request)
   out <- medclf_report_json(mc_to_json(request))
   parsed_out <- jsonlite::fromJSON(out, simplifyVector = FALSE)

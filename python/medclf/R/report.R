@@ -25,8 +25,8 @@ mc_r_dir <- function() {
   "R"
 }
 if (!exists("mc_binary_metrics", mode = "function") || !exists("mc_validate_predictions", mode = "function") ||
-    !exists("mc_clustered_binary", mode = "function")) {
-  for (.mc_file in c("metrics.R", "io.R", "clustered.R")) sys.source(file.path(mc_r_dir(), .mc_file), envir = environment())
+    !exists("mc_clustered_binary", mode = "function") || !exists("mc_decision_curve", mode = "function")) {
+  for (.mc_file in c("metrics.R", "io.R", "clustered.R", "decision_curve.R")) sys.source(file.path(mc_r_dir(), .mc_file), envir = environment())
   rm(.mc_file)
 }
 
@@ -178,6 +178,7 @@ mc_binary_report <- function(req, data, framing) {
               operating_points = mc_operating_points(view$is_positive, view$score),
               model = data$model)
   if (mc_is_clustered(codes)) out$clusters <- mc_cluster_summary(codes)
+  out["decision_curve"] <- list(mc_decision_curve(view$is_positive, view$score, codes, mc_request_prevalence(req)))
   boot_n <- as.integer(mc_opt(req, "boot_n", 0))
   if (boot_n > 0) {
     y <- view$is_positive; s <- view$score
@@ -191,9 +192,19 @@ mc_binary_report <- function(req, data, framing) {
   out
 }
 
+# The request's population prevalence for decision curves (strictly between 0 and 1), or NULL.
+mc_request_prevalence <- function(req) {
+  prevalence <- mc_opt(req, "prevalence")
+  if (!is.null(prevalence) && !(is.numeric(prevalence) && length(prevalence) == 1 && prevalence > 0 && prevalence < 1))
+    mc_fail("prevalence", sprintf("%s is not a probability strictly between 0 and 1", format(prevalence)))
+  prevalence
+}
+
 mc_multiclass_report <- function(req, data) {
   if (!is.null(mc_opt(req, "threshold")) || !is.null(mc_opt(req, "threshold_rule")))
     mc_fail("options", "a threshold needs a binary task: name --positive CLASS or --group NAME=CLASS,...")
+  if (!is.null(mc_opt(req, "prevalence")))
+    mc_fail("options", "a decision curve (--prevalence) needs a binary task: name --positive CLASS or --group NAME=CLASS,...")
   m <- mc_multiclass_metrics(data$labels, data$probabilities, data$classes)
   codes <- mc_cluster_codes(req, length(data$labels))
   if (mc_is_clustered(codes))

@@ -33,6 +33,9 @@ def add_arguments(parser):
                              "probability of the positive class (default: mean)")
     parser.add_argument("--engine", default="auto", choices=["auto", "rpy2", "rscript", "python"],
                         help="auto tries rpy2, then Rscript, then Python")
+    parser.add_argument("--prevalence", type=float, default=None,
+                        help="decision curve: the population's prevalence of the positive class where the test split's "
+                             "differs (an enriched or case-control test set); default: the test split's")
     parser.add_argument("--boot", type=int, default=0, help="bootstrap resamples for percentile intervals (0 = none)")
     parser.add_argument("--seed", type=int, default=1, help="bootstrap seed")
     parser.add_argument("--no-plots", dest="plots", action="store_false", help="skip the PNG plots")
@@ -47,7 +50,7 @@ def run(args):
 
     out = report_run(args.run, args.split, args.positive, args.threshold, args.threshold_rule, args.group,
                      args.engine, args.boot, args.seed, args.plots, args.tag, args.allow_uncalibrated, args.level,
-                     args.group_reduce)
+                     args.group_reduce, args.prevalence)
     result = out["result"]
     headline = ["roc_auc", "sensitivity", "specificity"] if result["task"] == "binary" else \
         ["macro_auc", "balanced_accuracy", "cohen_kappa"]

@@ -26,12 +26,12 @@ from medclf.core.predictions import (fail, is_number, passed_subset, read_predic
 from medclf.core.run_config import read_run_config
 from medclf.core.splits import named_positive
 from medclf.evaluate import metrics as M
-from medclf.evaluate import clustered, group_level, r_bridge, reliability
+from medclf.evaluate import clustered, decision_curve, group_level, r_bridge, reliability
 from medclf.evaluate.formatting import estimate_with_interval, interval, number
 
 OPTIMISTIC = ("the threshold was chosen on the same predictions it is scored on, so these estimates are "
               "optimistic; choose it on validation predictions and score another split (e.g. test)")
-PLOTS = ("roc", "pr", "pr_zoom", "confusion", "calibration")
+PLOTS = ("roc", "pr", "pr_zoom", "confusion", "calibration", "decision_curve")
 TAG_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]*")
 
 
@@ -142,6 +142,7 @@ def _binary_python(request, data, frame):
            "macro": M.macro_metrics(per_class), "operating_points": M.operating_points(y, s), "model": data["model"]}
     if clustered.is_clustered(codes):
         out["clusters"] = clustered.summary(codes)
+    out["decision_curve"] = decision_curve.decision_curve(y, s, codes, request_prevalence(request))
     boot_n = int(request.get("boot_n") or 0)
     if boot_n > 0:
         def statistic(i):
@@ -154,9 +155,20 @@ def _binary_python(request, data, frame):
     return out
 
 
+def request_prevalence(request):
+    """The request's population prevalence for decision curves (a probability strictly between 0 and
+    1), or None: the test split's own."""
+    prevalence = request.get("prevalence")
+    if prevalence is not None and not (is_number(prevalence) and 0 < prevalence < 1):
+        fail("prevalence", f"{prevalence} is not a probability strictly between 0 and 1")
+    return prevalence
+
+
 def _multiclass_python(request, data):
     if request.get("threshold") is not None or request.get("threshold_rule") is not None:
         fail("options", "a threshold needs a binary task: name --positive CLASS or --group NAME=CLASS,...")
+    if request.get("prevalence") is not None:
+        fail("options", "a decision curve (--prevalence) needs a binary task: name --positive CLASS or --group NAME=CLASS,...")
     m = M.multiclass_metrics(data["labels"], data["probabilities"], data["classes"])
     codes = clustered.request_codes(request, len(data["labels"]))
     if clustered.is_clustered(codes):
@@ -222,6 +234,8 @@ def _rscript_argv(request, out_path):
         argv += ["--group", format_group(request["group"])]
     if request.get("boot_n"):
         argv += ["--boot", str(int(request["boot_n"])), "--seed", str(int(request.get("seed") or 1))]
+    if request.get("prevalence") is not None:
+        argv += ["--prevalence", repr(float(request["prevalence"]))]
     if request.get("legacy"):
         argv += ["--legacy"]
     if request.get("clusters") is not None:
@@ -260,10 +274,12 @@ def format_group(group):
 
 
 def build_request(predictions_path, val_predictions_path=None, positive=None, threshold=None, threshold_rule=None,
-                  group=None, boot_n=0, seed=1, legacy=False, clusters=None):
+                  group=None, boot_n=0, seed=1, legacy=False, clusters=None, prevalence=None):
     """The engines' request; `clusters`: the group of each prediction (intervals over groups when a
-    group holds two images, medclf.evaluate.clustered), or None."""
+    group holds two images, medclf.evaluate.clustered), or None; `prevalence`: the population's, for
+    the decision curve (medclf.evaluate.decision_curve), or None (the test split's)."""
     return {"predictions_path": str(predictions_path), "clusters": None if clusters is None else list(clusters),
+            "prevalence": prevalence,
             "val_predictions_path": None if val_predictions_path is None else str(val_predictions_path),
             "positive": positive, "threshold": threshold, "threshold_rule": threshold_rule,
             "group": parse_group(group) if isinstance(group, str) else group,
@@ -407,7 +423,8 @@ def _metric_lines(result):
 
 
 def markdown_report(result, run_dir=None, plots=()):
-    lines = _header_lines(result) + _metric_lines(result) + reliability.markdown_lines(result)
+    lines = (_header_lines(result) + _metric_lines(result) + reliability.markdown_lines(result)
+             + decision_curve.markdown_lines(result))
     if result.get("operating_points"):
         lines += ["", "## Operating points (on this split; step function, no interpolation)", "",
                   "| kind | target | threshold | sensitivity | specificity | precision |", "|---|---|---|---|---|---|"]
@@ -528,7 +545,7 @@ def _plot_calibration(plt, result, data, series, save):
 
 
 def write_plots(result, data, out_dir, names=None):
-    """The ROC, PR, PR zoom (binary), confusion and calibration plots under `names` (plot -> file name,
+    """The ROC, PR, PR zoom (binary), confusion, calibration and decision-curve (binary) plots under `names` (plot -> file name,
     default output_names(result's split)); returns the paths written."""
     import matplotlib
 
@@ -552,6 +569,8 @@ def write_plots(result, data, out_dir, names=None):
     _plot_roc_pr(plt, result, series, save)
     _plot_confusion(plt, result, save)
     _plot_calibration(plt, result, data, series, save)
+    if result.get("decision_curve"):
+        decision_curve.plot(plt, result["decision_curve"], save)
     return written
 
 
@@ -602,12 +621,12 @@ def _group_level_inputs(run_dir, split, predictions, raw, val_path, reduce, posi
 
 def report_run(run_dir, split="test", positive=None, threshold=None, threshold_rule=None, group=None,
                engine="auto", boot_n=0, seed=1, plots=True, tag=None, allow_uncalibrated=False, level="image",
-               group_reduce="mean"):
+               group_reduce="mean", prevalence=None):
     """Score results/NAME/predictions_<split>.json; write results_<split>[_<tag>].json,
     report_<split>[_<tag>].md and the plots named likewise (output_names). Rank scores (a rank
     ensemble) are refused unless allow_uncalibrated (medclf.evaluate.ensemble.refuse_uncalibrated).
     level "group" scores one prediction per group (medclf.evaluate.group_level; tag default
-    group-<reduce>)."""
+    group-<reduce>). `prevalence`: the population's, for the decision curve (default the split's)."""
     from medclf.evaluate.ensemble import refuse_uncalibrated
 
     run_dir = Path(run_dir)
@@ -632,7 +651,7 @@ def report_run(run_dir, split="test", positive=None, threshold=None, threshold_r
                                                          positive)
     clusters = None if level == "group" else group_level.image_groups(run_dir, raw)
     request = build_request(predictions, val_path, positive, threshold, threshold_rule, group, boot_n, seed,
-                            clusters=clusters)
+                            clusters=clusters, prevalence=prevalence)
     data = validate_predictions(raw, predictions)
     frame = framing(data, positive, request["group"])  # refuses before any engine
     result, notes = run_engine(request, engine)

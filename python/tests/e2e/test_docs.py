@@ -90,6 +90,7 @@ ADDED = {
     "demo": [["--n-per-class", "8"], ["--epochs", "1"], ["--img-size", "32"]],
     "benchmarks/duplicates.py": [["--max-per-dataset", "40"], ["--n-speed", "200"]],
     "benchmarks/serve_load.py": [["--seconds", "3"]],
+    "benchmarks/clustered_report_speed.py": [["--repeats", "1"]],
     "benchmarks/cache_build.py": [["--limit", "40"], ["--sizes", "32"]],
     "benchmarks/recipes_ablation.py": [["--threads", "1"], ["--configs", "plain"], ["--epochs", "1"], ["--img-size", "32"]],
 }

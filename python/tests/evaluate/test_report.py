@@ -169,7 +169,8 @@ def test_reports_are_named_by_split_and_tag_and_never_overwrite_each_other(ham_r
     assert (test["results"].name, val["results"].name, grouped["results"].name) == \
         ("results_test.json", "results_val.json", "results_test_grouped.json")
     assert [p.name for p in grouped["plots"]] == [f"{k}_test_grouped.png" for k in
-                                                  ("roc", "pr", "pr_zoom", "confusion", "calibration")]
+                                                  ("roc", "pr", "pr_zoom", "confusion", "calibration",
+                                                   "decision_curve")]
     assert {p.name for p in val["plots"]} == {"roc_val.png", "pr_val.png", "confusion_val.png", "calibration_val.png"}
     assert test["report"].read_text() == test_md  # the val and grouped reports left the test report alone
     assert json.loads(test["results"].read_text())["task"] == "multiclass"

@@ -1,5 +1,6 @@
-"""R (R/clustered.R) and Python (medclf.evaluate.clustered) give the same intervals over groups to
-1e-9, through Rscript (its --clusters option) and rpy2, for binary, grouped and multi-class reports."""
+"""R (R/clustered.R, R/decision_curve.R) and Python (medclf.evaluate.clustered, decision_curve) give
+the same intervals and decision-curve bands over groups to 1e-9, through Rscript (its --clusters and
+--prevalence options) and rpy2, for binary, grouped and multi-class reports."""
 
 import shutil
 
@@ -28,6 +29,7 @@ def cases(tmp_path_factory):
     multi = write_predictions(tmp / "multi_test.json", ym, normalise_rows(raw), classes)
     return {"binary": R.build_request(binary, clusters=names),
             "binary_threshold": R.build_request(binary, threshold=0.62, clusters=names),
+            "binary_prevalence": R.build_request(binary, clusters=names, prevalence=0.1),
             "grouped": R.build_request(multi, group="malignant=mel,bcc,akiec", clusters=names),
             "multiclass": R.build_request(multi, clusters=names),
             "singletons": R.build_request(binary, clusters=[f"case{i}" for i in range(len(y))])}
@@ -49,7 +51,7 @@ def test_rpy2_matches_python_over_groups(cases):
         r_bridge.run_rpy2(R.REPORT_TASK, cases["singletons"])
     except r_bridge.EngineUnavailable as exc:
         pytest.skip(f"rpy2 cannot run R here: {exc}")
-    for name in ("binary", "multiclass"):
+    for name in ("binary", "binary_prevalence", "multiclass"):
         assert_same(r_bridge.run_rpy2(R.REPORT_TASK, cases[name]), python_results(cases[name]), f"{name} (rpy2)")
 
 
