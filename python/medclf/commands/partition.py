@@ -103,4 +103,19 @@ def run(args):
         max_group_size=args.max_group_size, label_map=args.label_map, overwrite=args.overwrite, quiet=args.quiet,
     )
     info = partition(options)
+    if not args.quiet:
+        print_test_widths(args.out)
     return 0 if leakage_free(info) else 2
+
+
+def print_test_widths(out):
+    """How wide the test split's intervals will be (medclf plan --splits), before anyone trains."""
+    from pathlib import Path
+
+    from medclf.core.splits import read_splits
+    from medclf.evaluate.sample_size import split_width_lines
+
+    table = read_splits(Path(out) / "splits.csv")
+    if len(table.rows("test")):
+        for line in split_width_lines(table, "test"):
+            print("expected precision, " + line)

@@ -15,7 +15,7 @@ from medclf.core.errors import MedclfError
 
 COMMANDS = ["partition", "organize", "train", "test", "report", "compare", "study", "demo", "explain", "quality",
             "calibrate", "conformal", "serve", "ensemble", "sweep", "export", "cv", "crop", "embed", "probe",
-            "lr-find"]
+            "lr-find", "plan"]
 
 
 def available_commands():
