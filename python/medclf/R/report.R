@@ -178,7 +178,8 @@ mc_binary_report <- function(req, data, framing) {
               operating_points = mc_operating_points(view$is_positive, view$score),
               model = data$model)
   if (mc_is_clustered(codes)) out$clusters <- mc_cluster_summary(codes)
-  out["decision_curve"] <- list(mc_decision_curve(view$is_positive, view$score, codes, mc_request_prevalence(req)))
+  prevalence <- mc_request_prevalence(req)  # checked before the curve, which returns early when a class is absent
+  out["decision_curve"] <- list(mc_decision_curve(view$is_positive, view$score, codes, prevalence))
   boot_n <- as.integer(mc_opt(req, "boot_n", 0))
   if (boot_n > 0) {
     y <- view$is_positive; s <- view$score

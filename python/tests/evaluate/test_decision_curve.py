@@ -105,6 +105,10 @@ def test_report_has_the_section_and_refuses_a_bad_prevalence(tmp_path):
     for bad in (0, 1, 1.5, "x"):
         with pytest.raises(MedclfError, match="prevalence"):
             python_results(R.build_request(path, prevalence=bad))
+    one_class = write_predictions(tmp_path / "o_test.json", [1, 1], binary_probs([0.3, 0.8]), ["no", "yes"], "yes")
+    assert python_results(R.build_request(one_class))["decision_curve"] is None
+    with pytest.raises(MedclfError, match="prevalence"):  # refused also where no curve is drawn (R did not)
+        python_results(R.build_request(one_class, prevalence=1.5))
     multi = write_predictions(tmp_path / "m_test.json", [0, 1, 2], np.eye(3) * 0.7 + 0.1, ["a", "b", "c"])
     assert "decision_curve" not in python_results(R.build_request(multi))
     with pytest.raises(MedclfError, match="needs a binary task"):

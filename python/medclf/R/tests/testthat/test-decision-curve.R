@@ -12,3 +12,9 @@ test_that("net benefit, treat all and the useful thresholds by hand", {
   expect_equal(given$model$estimate[31], -1 / 35, tolerance = 1e-12)         # 1/10 - 1/3 * 9/10 * 3/7
   expect_null(mc_decision_curve(c(TRUE, TRUE), c(0.3, 0.8)))
 })
+
+test_that("a bad prevalence is refused also when the curve is undefined (one class present)", {
+  path <- write_text_file(predictions_json(c(1L, 1L), c(0.3, 0.8)))
+  out <- jsonlite::fromJSON(medclf_report_json(mc_to_json(list(predictions_path = path, prevalence = 1.5))))
+  expect_match(out$error, "prevalence: 1.5 is not a probability")
+})
