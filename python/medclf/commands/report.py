@@ -36,6 +36,12 @@ def add_arguments(parser):
     parser.add_argument("--prevalence", type=float, default=None,
                         help="decision curve: the population's prevalence of the positive class where the test split's "
                              "differs (an enriched or case-control test set); default: the test split's")
+    parser.add_argument("--by", type=lambda text: text.split(","), default=None, metavar="COL[,COL...]",
+                        help="subgroup analysis by these splits.csv columns (e.g. sex,localization): each subgroup's "
+                             "AUC, sensitivity, specificity and calibration intercept with intervals, a heterogeneity "
+                             "test and forest_<split>.png; binary reports")
+    parser.add_argument("--bands", action="append", default=None, metavar="COL=EDGES",
+                        help="cut a numeric --by column into bands, e.g. age=0,30,50,70 (repeat for several)")
     parser.add_argument("--boot", type=int, default=0, help="bootstrap resamples for percentile intervals (0 = none)")
     parser.add_argument("--seed", type=int, default=1, help="bootstrap seed")
     parser.add_argument("--no-plots", dest="plots", action="store_false", help="skip the PNG plots")
@@ -50,7 +56,7 @@ def run(args):
 
     out = report_run(args.run, args.split, args.positive, args.threshold, args.threshold_rule, args.group,
                      args.engine, args.boot, args.seed, args.plots, args.tag, args.allow_uncalibrated, args.level,
-                     args.group_reduce, args.prevalence)
+                     args.group_reduce, args.prevalence, args.by, args.bands)
     result = out["result"]
     headline = ["roc_auc", "sensitivity", "specificity"] if result["task"] == "binary" else \
         ["macro_auc", "balanced_accuracy", "cohen_kappa"]

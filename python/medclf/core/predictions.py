@@ -231,7 +231,11 @@ def passed_subset(record):
     verdicts = record.get("quality")
     if not isinstance(verdicts, list):
         return None
-    keep = [i for i, v in enumerate(verdicts) if v == "passed"]
+    return subset_record(record, [i for i, v in enumerate(verdicts) if v == "passed"])
+
+
+def subset_record(record, keep):
+    """The predictions record restricted to the images at the indices `keep`, in that order."""
     subset = dict(record)
     for key in PER_IMAGE_KEYS:
         if isinstance(record.get(key), list):

@@ -25,9 +25,9 @@ from medclf.core.run_config import read_run_config
 REDUCES = ("mean", "max")
 
 
-def run_groups(run_dir):
-    """{path: group} of the split a run (or the run holding a derived folder such as
-    calibrated_temperature/) was trained on, from its splits.csv."""
+def run_split_frame(run_dir, needed_for="--level group"):
+    """The rows of the splits.csv a run (or the run holding a derived folder such as
+    calibrated_temperature/) was trained on: path, label, split, group and metadata columns."""
     from medclf.core.splits import load_run_splits
 
     for folder in (Path(run_dir), Path(run_dir).parent):
@@ -36,11 +36,15 @@ def run_groups(run_dir):
             config = read_run_config(config_path, required={})
             if not (config.get("split_files") or config.get("splits_file") or (config.get("arguments") or {}).get("splits")):
                 break
-            table = load_run_splits(folder, config)
-            return dict(zip(table.frame["path"].astype(str), table.frame["group"].astype(str)))
-    raise MedclfError(f"{run_dir}: no config.json naming the run's split here or in the folder above, so the groups "
-                      "of its images (splits.csv's group column) are unknown; --level group needs a run folder of "
-                      "`medclf train`")
+            return load_run_splits(folder, config).frame
+    raise MedclfError(f"{run_dir}: no config.json naming the run's split here or in the folder above, so the rows "
+                      f"of its images in splits.csv are unknown; {needed_for} needs a run folder of `medclf train`")
+
+
+def run_groups(run_dir):
+    """{path: group} of the split a run was trained on (run_split_frame)."""
+    frame = run_split_frame(run_dir)
+    return dict(zip(frame["path"].astype(str), frame["group"].astype(str)))
 
 
 def image_groups(run_dir, record):

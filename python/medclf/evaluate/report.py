@@ -26,12 +26,12 @@ from medclf.core.predictions import (fail, is_number, passed_subset, read_predic
 from medclf.core.run_config import read_run_config
 from medclf.core.splits import named_positive
 from medclf.evaluate import metrics as M
-from medclf.evaluate import clustered, decision_curve, group_level, r_bridge, reliability
+from medclf.evaluate import clustered, decision_curve, group_level, r_bridge, reliability, subgroups
 from medclf.evaluate.formatting import estimate_with_interval, interval, number
 
 OPTIMISTIC = ("the threshold was chosen on the same predictions it is scored on, so these estimates are "
               "optimistic; choose it on validation predictions and score another split (e.g. test)")
-PLOTS = ("roc", "pr", "pr_zoom", "confusion", "calibration", "decision_curve")
+PLOTS = ("roc", "pr", "pr_zoom", "confusion", "calibration", "decision_curve", "forest")
 TAG_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]*")
 
 
@@ -424,7 +424,7 @@ def _metric_lines(result):
 
 def markdown_report(result, run_dir=None, plots=()):
     lines = (_header_lines(result) + _metric_lines(result) + reliability.markdown_lines(result)
-             + decision_curve.markdown_lines(result))
+             + decision_curve.markdown_lines(result) + subgroups.markdown_lines(result))
     if result.get("operating_points"):
         lines += ["", "## Operating points (on this split; step function, no interpolation)", "",
                   "| kind | target | threshold | sensitivity | specificity | precision |", "|---|---|---|---|---|---|"]
@@ -571,6 +571,8 @@ def write_plots(result, data, out_dir, names=None):
     _plot_calibration(plt, result, data, series, save)
     if result.get("decision_curve"):
         decision_curve.plot(plt, result["decision_curve"], save)
+    if result.get("subgroups"):
+        subgroups.plot(plt, result, save)
     return written
 
 
@@ -621,17 +623,22 @@ def _group_level_inputs(run_dir, split, predictions, raw, val_path, reduce, posi
 
 def report_run(run_dir, split="test", positive=None, threshold=None, threshold_rule=None, group=None,
                engine="auto", boot_n=0, seed=1, plots=True, tag=None, allow_uncalibrated=False, level="image",
-               group_reduce="mean", prevalence=None):
+               group_reduce="mean", prevalence=None, by=None, bands=None):
     """Score results/NAME/predictions_<split>.json; write results_<split>[_<tag>].json,
     report_<split>[_<tag>].md and the plots named likewise (output_names). Rank scores (a rank
     ensemble) are refused unless allow_uncalibrated (medclf.evaluate.ensemble.refuse_uncalibrated).
     level "group" scores one prediction per group (medclf.evaluate.group_level; tag default
-    group-<reduce>). `prevalence`: the population's, for the decision curve (default the split's)."""
+    group-<reduce>). `prevalence`: the population's, for the decision curve (default the split's).
+    `by`: splits.csv columns whose subgroups are reported (medclf.evaluate.subgroups), `bands`
+    ['age=0,30,50,70', ...] for numeric ones."""
     from medclf.evaluate.ensemble import refuse_uncalibrated
 
     run_dir = Path(run_dir)
     if level not in ("image", "group"):
         raise MedclfError(f"--level {level}: use image or group")
+    by, band_edges = [c.strip() for c in (by or []) if c.strip()], subgroups.parse_bands(bands)
+    if by and level == "group":
+        raise MedclfError("--by reads each image's row of splits.csv; use it with --level image")
     if level == "group" and tag is None:
         tag = f"group-{group_reduce}"
     names = output_names(split, tag)
@@ -657,6 +664,10 @@ def report_run(run_dir, split="test", positive=None, threshold=None, threshold_r
     result, notes = run_engine(request, engine)
     if notes:
         result["engine_notes"] = notes
+    if by:
+        result["subgroups"] = subgroups.subgroup_analysis(
+            raw, request, result, group_level.run_split_frame(run_dir, "--by"), by, band_edges,
+            lambda sub_request: run_engine(sub_request, engine))
     variability = None
     if threshold_rule is not None and frame is not None:
         val = validate_predictions(read_predictions_file(val_path), val_path)
