@@ -15,7 +15,8 @@ def add_arguments(parser):
     parser.add_argument("--run", required=True, help="run folder written by `medclf train` (results/NAME)")
     parser.add_argument("--split", default="test", choices=["train", "val", "test"])
     parser.add_argument("--splits", help="another splits file to score (default: the run's own copy, <run>/splits.csv); "
-                        "images the run trained or selected on are refused")
+                        "images the run trained or selected on are refused, also copies of them under other names "
+                        "(by content)")
     parser.add_argument("--data-root", help="image root (default: the run's)")
     parser.add_argument("--batch-size", type=int, help="default: the run's")
     parser.add_argument("--use_GPU", "-use_GPU", dest="use_gpu", action="store_true", help="alias of --device cuda")

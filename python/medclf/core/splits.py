@@ -300,7 +300,7 @@ def read_splits(path, data_root=None, classes=None):
 
 RUN_COPIES = ("splits.csv", "partition.json")  # names of the copies in a run folder
 # Images of a scored split that must not have been seen in these splits of the run.
-_SEEN_BY_RUN = {"test": ("train", "val"), "val": ("train",), "train": ()}
+SEEN_BY_RUN = {"test": ("train", "val"), "val": ("train",), "train": ()}
 
 
 def _keep_or_copy(source, target, digest, trained):
@@ -375,11 +375,11 @@ def _image_key(table, relative_path):
 def refuse_images_seen_by_run(run_table, other, split):
     """Refuse images of `other`'s `split` that were in the run's train split (or, for test, its
     train or val split): scoring them would report training images as held-out."""
-    seen = {_image_key(run_table, p) for s in _SEEN_BY_RUN[split] for p in run_table.rows(s)["path"]}
+    seen = {_image_key(run_table, p) for s in SEEN_BY_RUN[split] for p in run_table.rows(s)["path"]}
     hits = [p for p in other.rows(split)["path"] if _image_key(other, p) in seen]
     if hits:
         shown = ", ".join(hits[:5]) + (f" and {len(hits) - 5} more" if len(hits) > 5 else "")
         raise MedclfError(
             f"{other.source}: {len(hits)} image(s) of its {split} split were in the "
-            f"{' or '.join(_SEEN_BY_RUN[split])} split of {run_table.source}, which the run was trained on "
+            f"{' or '.join(SEEN_BY_RUN[split])} split of {run_table.source}, which the run was trained on "
             f"(e.g. {shown}); score the run's own split (leave out --splits) or train a new run on {other.source}")

@@ -41,10 +41,11 @@ CHUNK_IMAGES = 256  # images per unit of work: what an interrupted build redoes 
 HASH_MEMO = "file_sha256.json"
 
 
-def content_hashes(paths, root):
+def content_hashes(paths, root, remember=True):
     """SHA-256 of each file's bytes. A memo in `root` (path, size, mtime in ns -> hash) spares
     re-reading files that did not change since they were hashed, so later runs and the other
-    processes of a run only stat them; any write to a file changes its mtime and it is re-read."""
+    processes of a run only stat them; any write to a file changes its mtime and it is re-read.
+    remember=False reads the memo but writes nothing (a check that may refuse the command)."""
     memo_path = Path(root) / HASH_MEMO
     memo = _read_memo(memo_path)
     hashes, changed = [], False
@@ -58,7 +59,7 @@ def content_hashes(paths, root):
         memo[str(path.resolve())] = [stat.st_size, stat.st_mtime_ns, digest]
         hashes.append(digest)
         changed = True
-    if changed:
+    if changed and remember:
         write_json(memo_path, memo, indent=None)
     return hashes
 

@@ -26,9 +26,10 @@ from medclf.core.errors import MedclfError
 from medclf.core.fileio import write_json
 from medclf.core.predictions import LOG_CLIP, build_record
 from medclf.core.run_config import read_run_config
-from medclf.core.splits import load_run_splits, read_splits, refuse_images_seen_by_run
+from medclf.core.splits import SEEN_BY_RUN, load_run_splits, read_splits, refuse_images_seen_by_run
 from medclf.data import datasets as data_mod
 from medclf.data import transforms
+from medclf.data.image_cache import content_hashes
 from medclf.engine.precision import choose_precision, log_precision, select_device
 from medclf.engine.steps import forward, predict, probabilities_from_logits
 from medclf.evaluate import uncertainty
@@ -185,9 +186,35 @@ def split_table_for_test(run_dir, config, splits=None, data_root=None, names=("t
     if splits is None:
         return own
     other = read_splits(splits, data_root=data_root or config.get("data_root"))
+    memo_root = data_mod.cache_root(config["arguments"].get("cache_dir"), Path(run_dir).parent)
+    # the run's images where --data-root moved them, else where the run read them
+    own_tables = [own] + ([load_run_splits(run_dir, config)] if data_root else [])
     for name in names:
         refuse_images_seen_by_run(own, other, name)
+        refuse_copies_seen_by_run(own_tables, other, name, memo_root)
     return other
+
+
+def refuse_copies_seen_by_run(own_tables, other, name, memo_root):
+    """Refuse images of `other`'s `name` split whose bytes equal an image the run trained or selected
+    on (the rows of own_tables[0], found under any of the tables' roots): another dataset (another
+    site, a re-export) may hold copies under other names."""
+    def first_file(path):
+        return next((Path(t.resolve(path)) for t in own_tables if Path(t.resolve(path)).is_file()), None)
+
+    seen = [first_file(p) for split in SEEN_BY_RUN[name] for p in own_tables[0].rows(split)["path"]]
+    seen = [path for path in seen if path is not None]
+    scored = [p for p in other.rows(name)["path"] if Path(other.resolve(p)).is_file()]
+    scored_files = [Path(other.resolve(p)) for p in scored]
+    if not seen or not scored:
+        return
+    seen_hashes = set(content_hashes(seen, memo_root, remember=False))  # a refused command writes nothing
+    hits = [p for p, h in zip(scored, content_hashes(scored_files, memo_root, remember=False)) if h in seen_hashes]
+    if hits:
+        shown = ", ".join(hits[:5]) + (f" and {len(hits) - 5} more" if len(hits) > 5 else "")
+        raise MedclfError(f"{other.source}: {len(hits)} image(s) of its {name} split have the same bytes as images in the "
+                          f"{' or '.join(SEEN_BY_RUN[name])} split the run was trained on (e.g. {shown}); "
+                          f"leave them out of {other.source} (copies are not external data)")
 
 
 def run_test(run_dir, split="test", splits=None, data_root=None, device="auto", batch_size=None, workers=0,

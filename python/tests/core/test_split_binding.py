@@ -123,6 +123,33 @@ def test_another_splits_file_without_trained_images_is_scored(bound_run, tmp_pat
     assert set(chosen.rows("test")["path"]) == original["test"]
 
 
+def test_copies_of_trained_images_under_other_names_are_refused_by_content(bound_run, tmp_path):
+    """An 'external' set that holds byte copies of training images (a re-export, another site's
+    folder) under new names: refused by content, naming them; genuinely new images are scored."""
+    base, data, part, run, original = bound_run
+    external = tmp_path / "external"
+    for name in ("no", "yes"):
+        (external / name).mkdir(parents=True)
+    trained = sorted(original["train"])[:2]
+    rows = ["path,label,label_index,split,group"]
+    for i, path in enumerate(trained):
+        label = path.split("/")[0]
+        shutil.copyfile(data / path, external / label / f"site_b_{i}.png")
+        rows.append(f"{label}/site_b_{i}.png,{label},{int(label == 'yes')},test,{label}/site_b_{i}.png")
+    for k, label in enumerate(("no", "yes")):
+        Image.fromarray(np.random.default_rng(900 + k).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(
+            external / label / "new.png")
+        rows.append(f"{label}/new.png,{label},{k},test,{label}/new.png")
+    (external / "splits.csv").write_text("\n".join(rows) + "\n")
+    config = read_json(run / "config.json")
+    with pytest.raises(MedclfError, match=r"2 image\(s\) of its test split have the same bytes as images in the "
+                                          r"train or val split the run was trained on \(e.g. .*site_b_0.png"):
+        split_table_for_test(run, config, external / "splits.csv", data_root=external, names=["test"])
+    (external / "splits.csv").write_text("\n".join(rows[:1] + rows[-2:]) + "\n")
+    chosen = split_table_for_test(run, config, external / "splits.csv", data_root=external, names=["test"])
+    assert sorted(chosen.rows("test")["path"]) == ["no/new.png", "yes/new.png"]
+
+
 @pytest.mark.slow
 def test_old_run_falls_back_to_the_recorded_file_and_refuses_a_changed_one(bound_run, tmp_path):
     base, data, part, run, original = bound_run
