@@ -17,6 +17,10 @@ def add_arguments(parser):
     parser.add_argument("--splits", help="another splits file to score (default: the run's own copy, <run>/splits.csv); "
                         "images the run trained or selected on are refused, also copies of them under other names "
                         "(by content)")
+    parser.add_argument("--external", metavar="NAME",
+                        help="with --splits: external validation on another dataset (another site, scanner): score "
+                             "its --split into <run>/external_NAME/ (the run's own predictions stay), with a copy of "
+                             "the splits file; `medclf report --run <run>/external_NAME` marks the result external")
     parser.add_argument("--data-root", help="image root (default: the run's)")
     parser.add_argument("--batch-size", type=int, help="default: the run's")
     parser.add_argument("--use_GPU", "-use_GPU", dest="use_gpu", action="store_true", help="alias of --device cuda")
@@ -42,7 +46,7 @@ def run(args):
     apply_threads(args)
     written = run_test(args.run, args.split, args.splits, args.data_root,
                        "cuda" if args.use_gpu else args.device, args.batch_size, args.workers, args.progress,
-                       mc_dropout=args.mc_dropout, tta=args.tta, amp=args.amp)
+                       mc_dropout=args.mc_dropout, tta=args.tta, amp=args.amp, external=args.external)
     if args.quality_gate:
         from medclf.quality.gate import gate_predictions
 

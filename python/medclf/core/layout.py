@@ -12,6 +12,7 @@ from pathlib import Path
 CONFIG = "config.json"
 BEST_CHECKPOINT = "best.pt"
 LAST_CHECKPOINT = "last.pt"
+EXTERNAL_PREFIX = "external_"  # <run>/external_<name>/: another dataset scored by the run (medclf test --external)
 
 
 def predictions_name(split):
@@ -25,3 +26,11 @@ def predictions_file(folder, split):
 
 def config_file(run_dir):
     return Path(run_dir) / CONFIG
+
+
+def external_folder(run_dir, name):
+    return Path(run_dir) / f"{EXTERNAL_PREFIX}{name}"
+
+
+def is_external_folder(folder):
+    return Path(folder).name.startswith(EXTERNAL_PREFIX)

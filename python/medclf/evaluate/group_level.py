@@ -27,9 +27,13 @@ REDUCES = ("mean", "max")
 
 def run_split_frame(run_dir, needed_for="--level group"):
     """The rows of the splits.csv a run (or the run holding a derived folder such as
-    calibrated_temperature/) was trained on: path, label, split, group and metadata columns."""
-    from medclf.core.splits import load_run_splits
+    calibrated_temperature/) was trained on: path, label, split, group and metadata columns. A
+    derived folder with a splits.csv of its own (external_<name>/, `medclf test --external`) has
+    scored that file's images: its rows are those."""
+    from medclf.core.splits import load_run_splits, read_splits
 
+    if layout.is_external_folder(run_dir) and (Path(run_dir) / "splits.csv").is_file():
+        return read_splits(Path(run_dir) / "splits.csv").frame
     for folder in (Path(run_dir), Path(run_dir).parent):
         config_path = layout.config_file(folder)
         if config_path.is_file():

@@ -422,9 +422,19 @@ def _metric_lines(result):
     return lines
 
 
+def _external_lines(result):
+    external = result.get("external")
+    if not external:
+        return []
+    return ["", f"**External validation: {external['name']}.** The images come from another dataset than the run's "
+                f"training data ({external['splits']}, SHA-256 {external['sha256'][:12]}...; none is a copy of a "
+                "training or validation image, checked by content). Compare with the internal test result side by side."]
+
+
 def markdown_report(result, run_dir=None, plots=()):
-    lines = (_header_lines(result) + _metric_lines(result) + reliability.markdown_lines(result)
-             + decision_curve.markdown_lines(result) + subgroups.markdown_lines(result))
+    lines = (_header_lines(result) + _external_lines(result) + _metric_lines(result)
+             + reliability.markdown_lines(result) + decision_curve.markdown_lines(result)
+             + subgroups.markdown_lines(result))
     if result.get("operating_points"):
         lines += ["", "## Operating points (on this split; step function, no interpolation)", "",
                   "| kind | target | threshold | sensitivity | specificity | precision |", "|---|---|---|---|---|---|"]
@@ -664,6 +674,8 @@ def report_run(run_dir, split="test", positive=None, threshold=None, threshold_r
     result, notes = run_engine(request, engine)
     if notes:
         result["engine_notes"] = notes
+    if raw.get("external"):
+        result["external"] = raw["external"]
     if by:
         result["subgroups"] = subgroups.subgroup_analysis(
             raw, request, result, group_level.run_split_frame(run_dir, "--by"), by, band_edges,

@@ -17,16 +17,17 @@ without TTA); written
 to <run>/tta_<name>/ unless out_dir, so the plain predictions stay beside them.
 """
 
+import re
 from pathlib import Path
 
 import torch
 
 from medclf.core import layout
 from medclf.core.errors import MedclfError
-from medclf.core.fileio import write_json
+from medclf.core.fileio import sha256_file, write_json, write_text
 from medclf.core.predictions import LOG_CLIP, build_record
 from medclf.core.run_config import read_run_config
-from medclf.core.splits import SEEN_BY_RUN, load_run_splits, read_splits, refuse_images_seen_by_run
+from medclf.core.splits import RUN_COPIES, SEEN_BY_RUN, load_run_splits, read_splits, refuse_images_seen_by_run
 from medclf.data import datasets as data_mod
 from medclf.data import transforms
 from medclf.data.image_cache import content_hashes
@@ -217,13 +218,29 @@ def refuse_copies_seen_by_run(own_tables, other, name, memo_root):
                           f"leave them out of {other.source} (copies are not external data)")
 
 
+EXTERNAL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]*")
+
+
+def checked_external_folder(run_dir, name, splits):
+    """<run>/external_<name>/ for --external (checked: a name for a folder, and another splits file)."""
+    if splits is None:
+        raise MedclfError(f"--external {name}: name the other dataset's splits file with --splits")
+    if not EXTERNAL_NAME.fullmatch(str(name)):
+        raise MedclfError(f"--external '{name}': use letters, digits, '.' and '-' (e.g. site-b); it names a folder")
+    return layout.external_folder(run_dir, name)
+
+
 def run_test(run_dir, split="test", splits=None, data_root=None, device="auto", batch_size=None, workers=0,
-             progress=True, out_dir=None, mc_dropout=0, tta="none", amp=None):
+             progress=True, out_dir=None, mc_dropout=0, tta="none", amp=None, external=None):
     """Write predictions_<split>.json (and predictions_val.json when split is test). Returns the paths.
     mc_dropout=K > 0: K passes with dropout on, written to <run>/mc_dropout_K/ unless out_dir.
     tta: --tta views (tta_views), written to <run>/tta_<name>/ unless out_dir.
-    amp: True/False = --amp/--no-amp; None = as the run was trained (`inference_precision`)."""
+    amp: True/False = --amp/--no-amp; None = as the run was trained (`inference_precision`).
+    external=NAME: `splits`' `split` only, into <run>/external_NAME/ with a copy of the splits file,
+    each record marked `external` (name, splits file and its SHA-256)."""
     run_dir = Path(run_dir)
+    if external is not None:
+        out_dir = out_dir or checked_external_folder(run_dir, external, splits)
     views = tta_views(tta)
     if mc_dropout and len(views) > 1:
         raise MedclfError(f"--mc-dropout with --tta {tta}: choose one of them (each averages its own passes)")
@@ -242,7 +259,7 @@ def run_test(run_dir, split="test", splits=None, data_root=None, device="auto", 
                               "vgg11_bn, squeezenet1_1, ...)")
         out_dir = out_dir or run_dir / f"mc_dropout_{mc_dropout}"
     args = config["arguments"]
-    names = [split] + (["val"] if split == "test" else [])
+    names = [split] + (["val"] if split == "test" and external is None else [])
     table = split_table_for_test(run_dir, config, splits, data_root, names)
     if [str(c) for c in table.classes] != list(config["classes"]):
         raise MedclfError(f"{table.source}: classes {table.classes} differ from the run's {config['classes']}; "
@@ -266,6 +283,14 @@ def run_test(run_dir, split="test", splits=None, data_root=None, device="auto", 
             predictions_record(name, config, checkpoint, "best.pt", rel, labels, logits, samples, views,
                                precision.record())
     log_precision("test", precision)  # after every refusal: an error stays one line
+    if external is not None:
+        marked = {"name": external, "splits": str(Path(table.source).resolve()), "sha256": sha256_file(table.source)}
+        records = {path: dict(record, external=marked) for path, record in records.items()}
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        for name in RUN_COPIES:  # splits.csv and partition.json: the groups and metadata columns of its images
+            source = Path(table.source).with_name(name)
+            if source.is_file():
+                write_text(Path(out_dir) / name, source.read_text(encoding="utf-8"))
     # Written only once every split has been predicted: a refusal on val leaves test's file as it was.
     for path, record in records.items():
         write_json(path, record)

@@ -150,6 +150,38 @@ def test_copies_of_trained_images_under_other_names_are_refused_by_content(bound
     assert sorted(chosen.rows("test")["path"]) == ["no/new.png", "yes/new.png"]
 
 
+def test_external_validation_writes_beside_the_run_and_the_report_says_external(bound_run, tmp_path, capsys):
+    base, data, part, run, original = bound_run
+    external = tmp_path / "site_b"
+    rows = ["path,label,label_index,split,group"]
+    for k, label in enumerate(("no", "yes")):
+        (external / label).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(np.random.default_rng(700 + 10 * k + i).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(
+                external / label / f"{i}.png")
+            rows.append(f"{label}/{i}.png,{label},{k},test,{label}-patient{i // 2}")  # two images per patient
+    (external / "splits.csv").write_text("\n".join(rows) + "\n")
+    own_before = (run / "predictions_test.json").read_bytes() if (run / "predictions_test.json").is_file() else None
+    assert main(["test", "--run", str(run), "--splits", str(external / "splits.csv"), "--data-root", str(external),
+                 "--external", "site-b", "--no-progress"]) == 0
+    folder = run / "external_site-b"
+    assert capsys.readouterr().out.strip().splitlines()[-1] == str(folder / "predictions_test.json")
+    record = json.loads((folder / "predictions_test.json").read_text())
+    assert record["external"] == {"name": "site-b", "splits": str((external / "splits.csv").resolve()),
+                                  "sha256": _hashes(external / "splits.csv")[0]}
+    assert sorted(record["paths"]) == sorted(r.split(",")[0] for r in rows[1:])
+    assert (folder / "splits.csv").read_bytes() == (external / "splits.csv").read_bytes()
+    assert not (folder / "predictions_val.json").exists()
+    if own_before is not None:
+        assert (run / "predictions_test.json").read_bytes() == own_before  # the internal result stays
+    assert main(["report", "--run", str(folder), "--engine", "python", "--no-plots"]) == 0
+    result = json.loads((folder / "results_test.json").read_text())
+    assert result["external"]["name"] == "site-b" and result["clusters"]["n_groups"] == 4  # the external file's groups
+    assert "**External validation: site-b.**" in (folder / "report_test.md").read_text()
+    assert main(["test", "--run", str(run), "--external", "site-b", "--no-progress"]) == 1
+    assert "--external site-b: name the other dataset's splits file with --splits" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_old_run_falls_back_to_the_recorded_file_and_refuses_a_changed_one(bound_run, tmp_path):
     base, data, part, run, original = bound_run
