@@ -7,7 +7,8 @@ DESCRIPTION = (
     "difference with its interval, z, p and Holm-adjusted p. Runs are labelled by the shortest path suffixes "
     "that tell them apart (results/A/resnet18 vs results/B/resnet18 -> A/resnet18, B/resnet18); a run given twice "
     "is refused. Runs through R/compare_models.R (rpy2, else "
-    "Rscript), else the pure-Python fallback."
+    "Rscript), else the pure-Python fallback. A run and its external_NAME/ folder (`medclf test --external`) are "
+    "two independent test sets: compared side by side with the unpaired AUC difference and a recalibration hint."
 )
 
 

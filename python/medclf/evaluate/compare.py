@@ -17,7 +17,7 @@ from medclf.core import layout, schemas
 from medclf.core.errors import MedclfError
 from medclf.core.fileio import write_json, write_text
 from medclf.core.predictions import fail, load_predictions_file, read_predictions_file
-from medclf.evaluate import clustered, group_level
+from medclf.evaluate import clustered, external, group_level
 from medclf.evaluate import metrics as M
 from medclf.evaluate import r_bridge
 from medclf.evaluate import report as R
@@ -230,6 +230,8 @@ def path_labels(paths):
 
 
 def markdown_table(result):
+    if result.get("kind") == "internal-external":
+        return "\n".join(external.markdown_lines(result)) + "\n"
     binary = result["task"] == "binary"
     cols = (["roc_auc", "sensitivity", "specificity", "accuracy", "cohen_kappa"] if binary
             else ["macro_auc", "balanced_accuracy", "accuracy", "cohen_kappa"])
@@ -253,6 +255,28 @@ def markdown_table(result):
     return "\n".join(lines) + "\n"
 
 
+def _internal_external(dirs, paths, out_dir, positive, group, threshold, engine):
+    """A run against its external_<name>/ folder: two independent test sets side by side
+    (medclf.evaluate.external), each scored by the report engine with its own groups."""
+    order = sorted(range(2), key=lambda i: layout.is_external_folder(dirs[i]))  # internal first
+    results, names = [], path_labels([str(dirs[i]) for i in order])
+    for i in order:
+        raw = read_predictions_file(paths[i])
+        request = R.build_request(paths[i], positive=positive, threshold=threshold, group=group,
+                                  clusters=group_level.image_groups(dirs[i], raw))
+        R.framing(R.load_predictions(request, "predictions"), positive, request["group"])  # refuses before any engine
+        result, _ = R.run_engine(request, engine)
+        results.append(dict(result, external=raw.get("external")))
+    record = dict(external.comparison(results[0], results[1], names[0], names[1]), schema=schemas.COMPARISON,
+                  engine=results[0]["engine"])
+    written = {}
+    if out_dir is not None:
+        written = {"json": Path(out_dir) / "compare.json", "markdown": Path(out_dir) / "compare.md"}
+        write_json(written["json"], record)
+        write_text(written["markdown"], markdown_table(record))
+    return record, written
+
+
 def compare_runs(run_dirs, split="test", out_dir=None, positive=None, group=None, threshold=None, engine="auto"):
     """Compare results/NAME folders (or predictions files); write compare.json and compare.md to out_dir."""
     paths = []
@@ -264,6 +288,9 @@ def compare_runs(run_dirs, split="test", out_dir=None, positive=None, group=None
     if len(paths) < 2:
         raise MedclfError("compare needs at least two runs")
     refuse_same_file([str(p) for p in paths])
+    dirs = [Path(d) for d in run_dirs]
+    if len(dirs) == 2 and all(d.is_dir() for d in dirs) and sum(layout.is_external_folder(d) for d in dirs) == 1:
+        return _internal_external(dirs, paths, out_dir, positive, group, threshold, engine)
     runs = [{"name": name, "predictions_path": str(path)} for name, path in zip(path_labels(run_dirs), paths)]
     first_dir = Path(run_dirs[0])
     clusters = (group_level.image_groups(first_dir, read_predictions_file(paths[0])) if first_dir.is_dir() else None)

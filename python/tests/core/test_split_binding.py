@@ -181,6 +181,16 @@ def test_external_validation_writes_beside_the_run_and_the_report_says_external(
     assert main(["test", "--run", str(run), "--external", "site-b", "--no-progress"]) == 1
     assert "--external site-b: name the other dataset's splits file with --splits" in capsys.readouterr().err
 
+    # internal and external side by side: two independent test sets, the external one first named as such
+    if own_before is None:
+        assert main(["test", "--run", str(run), "--no-progress"]) == 0
+    assert main(["compare", str(folder), str(run), "--engine", "python", "--out", str(tmp_path / "cmp")]) == 0
+    record = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert record["kind"] == "internal-external" and record["external"]["name"] == "site-b"
+    assert [row["n"] for row in record["runs"]] == [len(original["test"]), 8]  # internal first, whatever the order
+    assert record["runs"][1]["groups"] == 4 and record["auc_difference"]["difference"]["method"].startswith("difference")
+    assert "Internal against external validation (site-b)." in (tmp_path / "cmp" / "compare.md").read_text()
+
 
 @pytest.mark.slow
 def test_old_run_falls_back_to_the_recorded_file_and_refuses_a_changed_one(bound_run, tmp_path):
