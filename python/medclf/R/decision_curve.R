@@ -33,12 +33,18 @@ mc_dc_useful_ranges <- function(model, treat_all) {
   runs
 }
 
-mc_decision_curve <- function(is_positive, scores, codes = NULL, prevalence = NULL) {
+# The band's resamples: whole groups within class strata, or images when no group has two.
+mc_dc_resamples <- function(is_positive, codes = NULL) {
+  strata <- as.integer(is_positive)
+  mc_cluster_resample_counts(if (mc_is_clustered(codes)) codes else seq_along(strata) - 1L, strata)
+}
+
+mc_decision_curve <- function(is_positive, scores, codes = NULL, prevalence = NULL, counts = NULL) {
   y <- as.numeric(is_positive)
   n_pos <- sum(y); n_neg <- length(y) - n_pos
   if (n_pos == 0 || n_neg == 0) return(NULL)
   grouped <- mc_is_clustered(codes)
-  counts <- mc_cluster_resample_counts(if (grouped) codes else seq_along(y) - 1L, as.integer(y))
+  if (is.null(counts)) counts <- mc_dc_resamples(is_positive, codes)
   thresholds <- MC_DC_THRESHOLDS
   full <- mc_dc_counts(y, scores, matrix(1, 1, length(y)))
   model <- mc_net_benefit(as.vector(full$tp), as.vector(full$fp), n_pos, n_neg, thresholds, prevalence)

@@ -162,8 +162,8 @@ mc_binary_report <- function(req, data, framing) {
   decided <- as.integer(view$score >= threshold)
   per_class <- mc_per_class(truth, decided, two, c(framing$negative, framing$positive))
   codes <- mc_cluster_codes(req, length(truth))
+  counts <- mc_dc_resamples(truth, codes)  # shared by the intervals over groups and the curve's band
   if (mc_is_clustered(codes)) {
-    counts <- mc_cluster_resample_counts(codes, truth)
     b$metrics <- mc_clustered_binary(b$metrics, view$is_positive, view$score, threshold, codes, counts)
     per_class <- mc_clustered_per_class(per_class, truth, decided, two, codes, counts)
   }
@@ -179,7 +179,7 @@ mc_binary_report <- function(req, data, framing) {
               model = data$model)
   if (mc_is_clustered(codes)) out$clusters <- mc_cluster_summary(codes)
   prevalence <- mc_request_prevalence(req)  # checked before the curve, which returns early when a class is absent
-  out["decision_curve"] <- list(mc_decision_curve(view$is_positive, view$score, codes, prevalence))
+  out["decision_curve"] <- list(mc_decision_curve(view$is_positive, view$score, codes, prevalence, counts))
   boot_n <- as.integer(mc_opt(req, "boot_n", 0))
   if (boot_n > 0) {
     y <- view$is_positive; s <- view$score

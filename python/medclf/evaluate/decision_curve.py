@@ -57,16 +57,24 @@ def _useful_ranges(model, treat_all):
     return runs
 
 
-def decision_curve(is_positive, scores, codes=None, prevalence=None):
+def resamples(is_positive, codes=None):
+    """The band's resamples (clustered.resample_counts): whole groups within class strata where a
+    group has two images, else images within class strata."""
+    strata = np.asarray(is_positive).astype(np.int64)
+    return clustered.resample_counts(codes if clustered.is_clustered(codes) else np.arange(len(strata)), strata)
+
+
+def decision_curve(is_positive, scores, codes=None, prevalence=None, counts=None):
     """The decision-curve record of a binary report (None when a class is absent: net benefit
-    needs both); `codes` the group of each image (clustered.group_codes) or None."""
+    needs both); `codes` the group of each image (clustered.group_codes) or None; `counts` the
+    resamples when the caller has drawn them already (resamples(is_positive, codes))."""
     y = np.asarray(is_positive, dtype=np.float64)
     s = np.asarray(scores, dtype=np.float64)
     n_pos, n_neg = float(y.sum()), float(len(y) - y.sum())
     if n_pos == 0 or n_neg == 0:
         return None
     grouped = clustered.is_clustered(codes)
-    counts = clustered.resample_counts(codes if grouped else np.arange(len(y)), y.astype(np.int64))
+    counts = resamples(is_positive, codes) if counts is None else counts
     thresholds = np.asarray(THRESHOLDS)
     tp, fp = _counts(y, s, np.ones((1, len(y))))
     model = net_benefit(tp[0], fp[0], n_pos, n_neg, thresholds, prevalence)

@@ -128,8 +128,8 @@ def _binary_python(request, data, frame):
     two = np.column_stack([view["other"], s])
     per_class = M.per_class_metrics(truth, decided, two, [frame["negative"], frame["positive"]])
     codes = clustered.request_codes(request, len(data["labels"]))
+    counts = decision_curve.resamples(truth, codes)  # shared by the intervals over groups and the curve's band
     if clustered.is_clustered(codes):
-        counts = clustered.resample_counts(codes, truth)
         b["metrics"] = clustered.binary_metrics(b["metrics"], y, s, threshold, codes, counts)
         per_class = clustered.per_class_metrics(per_class, truth, decided, two, codes, counts)
     out = {"schema": schemas.RESULTS, "engine": r_bridge.python_engine_info(), "task": "binary", "split": data["split"],
@@ -142,7 +142,7 @@ def _binary_python(request, data, frame):
            "macro": M.macro_metrics(per_class), "operating_points": M.operating_points(y, s), "model": data["model"]}
     if clustered.is_clustered(codes):
         out["clusters"] = clustered.summary(codes)
-    out["decision_curve"] = decision_curve.decision_curve(y, s, codes, request_prevalence(request))
+    out["decision_curve"] = decision_curve.decision_curve(y, s, codes, request_prevalence(request), counts)
     boot_n = int(request.get("boot_n") or 0)
     if boot_n > 0:
         def statistic(i):
